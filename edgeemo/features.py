@@ -1,0 +1,247 @@
+"""The one log-mel front end (numpy only), shared by training and the runtime.
+
+Owns :class:`FeatureConfig` (every number that shapes a feature, saved in each
+checkpoint and bundle), the Slaney mel filterbank, the fixed log scaling, the
+whole-signal :func:`log_mel` and the chunk-by-chunk :class:`LogMelStream`. The
+STFT is uncentred (frame ``i`` covers samples ``[i*hop, i*hop + n_fft)``) and the
+scaling uses fixed constants with no per-clip normalisation, so frames computed
+from a stream in arbitrary chunks equal the frames of the whole file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from edgeemo.errors import EdgeemoError
+
+_CHUNK_FRAMES = 128  # frames per STFT batch: small enough to stay in cache (2x faster than one big batch)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that defines a log-mel window. Serialised into checkpoints and bundles.
+
+    The log scaling is ``(10*log10(mel_power + amin) - db_offset) / db_scale``: fixed
+    constants, so a stream and a whole file give identical features.
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 500
+    n_mels: int = 64
+    fmin: float = 20.0
+    fmax: float = 8000.0
+    n_frames: int = 128
+    window_hop_s: float = 0.5
+    amin: float = 1e-8
+    db_offset: float = -30.0
+    db_scale: float = 20.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop_length <= 0:
+            problems.append("sample_rate, n_fft and hop_length must be positive")
+        if self.n_mels <= 0 or self.n_frames <= 0:
+            problems.append("n_mels and n_frames must be positive")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            problems.append(f"need 0 <= fmin < fmax <= sample_rate/2, got {self.fmin}..{self.fmax}")
+        hop_samples = self.window_hop_s * self.sample_rate
+        if self.window_hop_s <= 0 or abs(hop_samples / self.hop_length - round(hop_samples / self.hop_length)) > 1e-9:
+            problems.append(
+                f"window_hop_s * sample_rate ({hop_samples:g}) must be a multiple of hop_length ({self.hop_length})"
+            )
+        if self.amin <= 0 or self.db_scale <= 0:
+            problems.append("amin and db_scale must be positive")
+        if problems:
+            raise EdgeemoError("invalid FeatureConfig: " + "; ".join(problems))
+
+    # --- derived sizes -------------------------------------------------------------
+    @property
+    def window_hop_frames(self) -> int:
+        """Frames between the starts of consecutive windows."""
+        return int(round(self.window_hop_s * self.sample_rate / self.hop_length))
+
+    @property
+    def window_samples(self) -> int:
+        """Samples one window of ``n_frames`` frames spans."""
+        return (self.n_frames - 1) * self.hop_length + self.n_fft
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.sample_rate
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Model input shape of one window, ``(n_mels, n_frames)``."""
+        return (self.n_mels, self.n_frames)
+
+    def n_windows(self, n_frames_total: int) -> int:
+        """Number of whole windows in a signal of ``n_frames_total`` frames."""
+        if n_frames_total < self.n_frames:
+            return 0
+        return (n_frames_total - self.n_frames) // self.window_hop_frames + 1
+
+    def window_start_s(self, index: np.ndarray | int) -> np.ndarray:
+        """Start time (s) of window ``index``."""
+        return np.asarray(index) * self.window_hop_frames * self.hop_length / self.sample_rate
+
+    def window_center_s(self, index: np.ndarray | int) -> np.ndarray:
+        """Centre time (s) of window ``index``: the time its prediction is reported at."""
+        return self.window_start_s(index) + self.window_samples / (2 * self.sample_rate)
+
+    # --- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EdgeemoError(f"FeatureConfig has no field(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureConfig:
+        return cls.from_dict(json.loads(text))
+
+    def digest(self) -> str:
+        """Short stable hash, used to key feature caches."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> FeatureConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# --- filterbank -------------------------------------------------------------------------
+def hz_to_mel(freqs: np.ndarray | float) -> np.ndarray:
+    """Slaney mel scale (linear below 1 kHz, logarithmic above), as librosa with htk=False."""
+    freqs = np.asarray(freqs, dtype=np.float64)
+    f_sp = 200.0 / 3
+    mels = freqs / f_sp
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    log_t = freqs >= min_log_hz
+    return np.where(log_t, min_log_mel + np.log(np.maximum(freqs, min_log_hz) / min_log_hz) / logstep, mels)
+
+
+def mel_to_hz(mels: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp = 200.0 / 3
+    freqs = f_sp * mels
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    log_t = mels >= min_log_mel
+    return np.where(log_t, min_log_hz * np.exp(logstep * (mels - min_log_mel)), freqs)
+
+
+@lru_cache(maxsize=16)
+def _mel_filterbank_cached(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    n_bins = n_fft // 2 + 1
+    fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_bins)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])  # Slaney area normalisation
+    weights *= enorm[:, None]
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
+    """Slaney-normalised mel filterbank, shape ``(n_mels, n_fft//2 + 1)``, float32, read-only."""
+    return _mel_filterbank_cached(cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.fmin), float(cfg.fmax))
+
+
+@lru_cache(maxsize=16)
+def _hann(n_fft: int) -> np.ndarray:
+    # periodic Hann (scipy.signal.get_window('hann', n, fftbins=True)), librosa's default window
+    w = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
+# --- log-mel ----------------------------------------------------------------------------
+def log_scale(mel_power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """The fixed log scaling applied to mel power (no per-clip statistics)."""
+    db = 10.0 * np.log10(mel_power + np.float32(cfg.amin))
+    return ((db - np.float32(cfg.db_offset)) / np.float32(cfg.db_scale)).astype(np.float32, copy=False)
+
+
+def mel_power(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Mel power spectrogram (uncentred STFT, power 2), shape ``(n_mels, n_frames)``."""
+    x = np.ascontiguousarray(signal, dtype=np.float32)
+    if x.ndim != 1:
+        raise EdgeemoError(f"log-mel expects a mono 1-D signal, got shape {x.shape}")
+    n_total = 0 if x.size < cfg.n_fft else (x.size - cfg.n_fft) // cfg.hop_length + 1
+    out = np.empty((cfg.n_mels, n_total), dtype=np.float32)
+    if n_total == 0:
+        return out
+    frames = sliding_window_view(x, cfg.n_fft)[:: cfg.hop_length][:n_total]
+    window = _hann(cfg.n_fft)
+    fb = mel_filterbank(cfg)
+    for start in range(0, n_total, _CHUNK_FRAMES):
+        block = frames[start : start + _CHUNK_FRAMES] * window
+        spec = np.fft.rfft(block, axis=1)
+        power = spec.real**2 + spec.imag**2
+        out[:, start : start + block.shape[0]] = fb @ power.T.astype(np.float32, copy=False)
+    return out
+
+
+def log_mel(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Log-mel frames of a mono float signal at ``cfg.sample_rate``: ``(n_mels, n_frames)`` float32."""
+    return log_scale(mel_power(signal, cfg), cfg)
+
+
+def frame_windows(frames: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Cut ``(n_mels, T)`` frames into ``(n_windows, n_mels, n_frames)`` windows (a view)."""
+    n = cfg.n_windows(frames.shape[1])
+    if n == 0:
+        return np.empty((0, cfg.n_mels, cfg.n_frames), dtype=frames.dtype)
+    view = sliding_window_view(frames, cfg.n_frames, axis=1)  # (n_mels, T - n_frames + 1, n_frames)
+    return view[:, :: cfg.window_hop_frames][:, :n].transpose(1, 0, 2)
+
+
+class LogMelStream:
+    """Chunk-by-chunk log-mel: ``push`` any number of samples, get the frames they complete.
+
+    Concatenating the outputs of successive pushes equals :func:`log_mel` of the whole
+    signal exactly (same arithmetic on the same samples).
+    """
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        self.cfg = cfg
+        self._buf = np.zeros(0, dtype=np.float32)
+        self.frames_emitted = 0
+
+    def reset(self) -> None:
+        self._buf = np.zeros(0, dtype=np.float32)
+        self.frames_emitted = 0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Add mono samples; returns the newly completed frames, ``(n_mels, k)``."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        buf = np.concatenate([self._buf, samples]) if self._buf.size else samples
+        frames = log_mel(buf, self.cfg)
+        consumed = frames.shape[1] * self.cfg.hop_length
+        self._buf = buf[consumed:].copy()
+        self.frames_emitted += frames.shape[1]
+        return frames
