@@ -31,10 +31,8 @@ class _Group(click.Group):
             sys.exit(130)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in {"torch", "timm", "librosa", "matplotlib", "onnx", "sklearn"}:
-                click.echo(
-                    f"error: this command needs the training extra ({exc.name} is missing): pip install 'edgeemo[train]'",
-                    err=True,
-                )
+                hint = f"this command needs the training extra ({exc.name} is missing): pip install 'edgeemo[train]'"
+                click.echo(f"error: {hint}", err=True)
                 sys.exit(2)
             raise
 
@@ -43,6 +41,11 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="edgeemo")
 def main() -> None:
     """edgeemo: music emotion recognition (valence/arousal) on the edge."""
+
+
+def _register_command_modules() -> None:
+    """Training/export commands live in their own modules; importing them registers them on ``main``."""
+    import edgeemo.cli_train  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- data
@@ -76,6 +79,8 @@ def data_check(path: Path) -> None:
     if not report.ok:
         sys.exit(1)
 
+
+_register_command_modules()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

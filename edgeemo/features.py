@@ -67,7 +67,7 @@ class FeatureConfig:
     @property
     def window_hop_frames(self) -> int:
         """Frames between the starts of consecutive windows."""
-        return int(round(self.window_hop_s * self.sample_rate / self.hop_length))
+        return round(self.window_hop_s * self.sample_rate / self.hop_length)
 
     @property
     def window_samples(self) -> int:
@@ -245,3 +245,15 @@ class LogMelStream:
         self._buf = buf[consumed:].copy()
         self.frames_emitted += frames.shape[1]
         return frames
+
+
+def pad_to_window(signal: np.ndarray, cfg: FeatureConfig) -> tuple[np.ndarray, bool]:
+    """Zero-pad a signal shorter than one window to exactly one window.
+
+    Returns ``(signal, padded)``. Training and the runtime both pad this way (silence
+    after the clip), so a short clip gives the same single window everywhere.
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    if signal.size >= cfg.window_samples:
+        return signal, False
+    return np.concatenate([signal, np.zeros(cfg.window_samples - signal.size, np.float32)]), True

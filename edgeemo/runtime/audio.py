@@ -112,8 +112,8 @@ def iter_audio_blocks(
         resampler = StreamResampler(sr_in, sample_rate)
         try:
             if start_s > 0:
-                f.seek(min(int(round(start_s * sr_in)), max(f.frames - 1, 0)))
-            remaining = None if end_s is None else max(0, int(round((end_s - start_s) * sr_in)))
+                f.seek(min(round(start_s * sr_in), max(f.frames - 1, 0)))
+            remaining = None if end_s is None else max(0, round((end_s - start_s) * sr_in))
             block = max(1, int(block_s * sr_in))
             got_any = False
             while remaining is None or remaining > 0:

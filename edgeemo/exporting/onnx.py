@@ -1,0 +1,86 @@
+"""ONNX export of a trained teacher/student and the fp32 parity check against torch.
+
+Owns the exporter choice (the TorchScript-based ``torch.onnx.export(dynamo=False)``:
+it handles timm's MobileViT and ViT graphs in one pass and gives a plain opset-17
+graph that onnxruntime's quantiser understands), the I/O names the runtime expects
+(``mel`` -> ``valence_arousal``, dynamic batch axis) and the parity gate: ONNX fp32
+must match torch within ``tol`` on real windows or the export fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeemo.errors import EdgeemoError
+
+INPUT_NAME = "mel"
+OUTPUT_NAME = "valence_arousal"
+OPSET = 17
+
+
+class ExportError(EdgeemoError):
+    """An export step failed (parity, quantisation, the gate)."""
+
+
+def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, int], opset: int = OPSET) -> Path:
+    """Export ``model`` (eval mode, outputs clamped to [-1, 1]) with a fixed window shape and dynamic batch."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    dummy = torch.zeros(1, 1, *input_shape)
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    return path
+
+
+def onnx_session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_predict(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Run an edgeemo ONNX model over ``(N, 1, n_mels, n_frames)`` windows in batches."""
+    out = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x[s : s + batch_size], dtype=np.float32)})[0]
+        for s in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, windows: np.ndarray, tol: float = 1e-4) -> float:
+    """Max |ONNX - torch| over ``windows``; raises :class:`ExportError` above ``tol``."""
+    model = model.eval().cpu()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.asarray(windows, dtype=np.float32))).numpy()
+    got = onnx_predict(onnx_session(onnx_path), windows)
+    diff = float(np.max(np.abs(ref - got)))
+    if not diff <= tol:
+        raise ExportError(
+            f"ONNX fp32 output differs from torch by {diff:.2e} (> {tol:.0e}) on {len(windows)} real windows: "
+            "the export is wrong, refusing to continue"
+        )
+    return diff
+
+
+def onnx_predictor(path: Path, threads: int = 1):
+    """A numpy predictor ``(B, 1, n_mels, n_frames) -> (B, 2)`` over an ONNX file."""
+    session = onnx_session(path, threads)
+    return lambda x: onnx_predict(session, x)

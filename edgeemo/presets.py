@@ -1,0 +1,132 @@
+"""Training presets (``tiny``, ``small``, ``base``) and the flat :class:`TrainConfig` they fill.
+
+Named in this one place. A preset is a set of field overrides on the defaults; every
+CLI flag overrides one field. The resolved config is written to
+``runs/<name>/config.json`` and read back on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeemo.errors import EdgeemoError
+from edgeemo.features import FeatureConfig
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    seed: int = 0
+    device: str = "auto"
+    # data
+    corpus_n: int = 400
+    corpus_seed: int = 0
+    corpus_duration: float = 12.0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+    train_windows_per_song: int | None = 8  # evenly spaced windows per training song each epoch (None: all)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    # GAN augmentation
+    gan_epochs: int = 15
+    gan_lr: float = 2e-4
+    gan_d_lr_mult: float = 0.5
+    gan_d_every: int = 2
+    gan_g_steps: int = 2
+    gan_noise_std: float = 0.1
+    gan_noise_min: float = 0.01
+    gan_real_label: float = 0.9
+    gan_fake_label: float = 0.1
+    gan_batch_size: int = 32
+    gan_latent_dim: int = 64
+    gan_ratio: float = 0.25  # generated windows mixed into teacher training, as a fraction of real windows
+    # teacher
+    teacher_arch: str = "vit_tiny_patch16_224"
+    teacher_depth: int | None = None
+    teacher_pretrained: bool = False
+    teacher_weights: str | None = None
+    teacher_trainable_blocks: int = 4
+    teacher_epochs: int = 12
+    teacher_lr: float = 3e-5
+    teacher_backbone_lr_mult: float = 0.1
+    teacher_loss: str = "mse"  # mse | ccc | mix
+    weight_decay: float = 0.05
+    batch_size: int = 12
+    accum_steps: int = 4
+    patience: int | None = 6
+    # student
+    student_arch: str = "mobilevit_xxs"
+    student_epochs: int = 12
+    student_lr: float = 2e-3
+    student_batch_size: int = 32
+    student_accum_steps: int = 1
+    alpha: float = 0.5  # ground-truth task loss
+    beta: float = 0.5  # teacher-output distillation
+    gamma: float = 0.1  # feature distillation
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["features"] = self.features.to_dict()
+        d["split_fractions"] = list(self.split_fractions)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EdgeemoError(f"unknown training config field(s): {', '.join(unknown)}")
+        if "features" in data and isinstance(data["features"], dict):
+            data["features"] = FeatureConfig.from_dict(data["features"])
+        if "split_fractions" in data:
+            data["split_fractions"] = tuple(data["split_fractions"])
+        return cls(**data)
+
+
+_TINY_FEATURES = FeatureConfig()  # 16 kHz, 64 mels x 128 frames (hop 500) = 4.06 s, 2 Hz windows
+_BASE_FEATURES = FeatureConfig(n_mels=128, hop_length=250, n_frames=256)  # 128 x 256, 4.03 s
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU, CI, minutes: ViT-Tiny (from scratch: all blocks train) -> MobileViT-XXS
+    "tiny": dict(
+        features=_TINY_FEATURES,
+        teacher_arch="vit_tiny_patch16_224",
+        teacher_lr=1e-3,
+        teacher_backbone_lr_mult=0.1,
+        teacher_epochs=12,
+        gan_epochs=15,
+        student_arch="mobilevit_xxs",
+        student_epochs=12,
+    ),
+    # CPU, about an hour: ViT-Small -> MobileViT-XXS at 128 x 256
+    "small": dict(
+        features=_BASE_FEATURES,
+        teacher_arch="vit_small_patch16_224",
+        teacher_lr=5e-4,
+        teacher_epochs=20,
+        student_arch="mobilevit_xxs",
+        student_epochs=20,
+        train_windows_per_song=6,
+    ),
+    # the paper recipe, GPU: ViT-B/16 (pretrained when asked) -> MobileViT-S at 128 x 256
+    "base": dict(
+        features=_BASE_FEATURES,
+        teacher_arch="vit_base_patch16_224",
+        teacher_lr=3e-5,
+        teacher_epochs=30,
+        student_arch="mobilevit_s",
+        student_epochs=30,
+        train_windows_per_song=None,
+    ),
+}
+
+
+def make_config(preset: str = "tiny", **overrides: Any) -> TrainConfig:
+    """The preset's config with ``overrides`` (``None`` values are ignored) applied."""
+    if preset not in PRESETS:
+        raise EdgeemoError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    values["preset"] = preset
+    return TrainConfig.from_dict(values)

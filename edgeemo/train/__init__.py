@@ -1,0 +1,1 @@
+"""Training (needs the ``[train]`` extra): GAN augmentation, ViT teacher, MobileViT student, the shared fit loop."""

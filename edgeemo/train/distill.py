@@ -1,0 +1,141 @@
+"""MobileViT student distillation from the trained teacher.
+
+Owns the student stage: loss = alpha * task loss (vs ground truth) + beta * output
+distillation (vs the teacher's predictions) + gamma * feature distillation (the
+student's pooled features, projected by a learned linear layer, vs the teacher's
+pooled/CLS features; 1 - cosine similarity, so the term is scale-free). The teacher
+runs once in eval mode over every training and validation window and its outputs
+and features are cached (it is deterministic in eval mode, so the cache is exact);
+each batch then carries labels and teacher targets side by side. Training itself
+is the shared :func:`edgeemo.train.loop.fit`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from edgeemo.data.windows import WindowSet
+from edgeemo.evaluation import window_and_song_report
+from edgeemo.metrics import retention
+from edgeemo.presets import TrainConfig
+from edgeemo.train.checkpoint import load_checkpoint
+from edgeemo.train.datasets import TorchWindows
+from edgeemo.train.loop import FitResult, fit, predict_windows, resolve_device
+from edgeemo.train.models import Regressor, build_model, param_groups, rebuild_spec, student_spec
+from edgeemo.train.rundata import RunData, epoch_window_indices
+from edgeemo.train.teacher import fit_config
+
+
+def load_model(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[Regressor, dict[str, Any]]:
+    """Rebuild a teacher or student from a checkpoint, in eval mode."""
+    ck = load_checkpoint(checkpoint)
+    state = ck["state_dict"]
+    if ck["stage"] == "student":  # the student stage checkpoints {student, proj}
+        state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+    model = build_model(ck["model_spec"])
+    model.load_state_dict(state)
+    return model.to(device).eval(), ck
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: Regressor, windows: WindowSet, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """``(N, 2 + width)``: the teacher's predictions and pooled features for every window."""
+    teacher.eval()
+    rows = []
+    for s in range(0, len(windows), batch_size):
+        x = torch.from_numpy(windows.batch(range(s, min(s + batch_size, len(windows))))).to(device)
+        out, feats = teacher.forward_with_features(x)
+        rows.append(torch.cat([out.float(), feats.float()], dim=1).cpu().numpy())
+    return np.concatenate(rows)
+
+
+class DistillStage:
+    """Student training against labels, teacher outputs and teacher features.
+
+    Each batch target is ``[label (2) | teacher output (2) | teacher features (width)]``.
+    """
+
+    name = "student"
+
+    def __init__(self, student: Regressor, teacher_width: int, cfg: TrainConfig, teacher_val_ccc: float) -> None:
+        self.cfg = cfg
+        self.student = student
+        self.proj = nn.Linear(student.width, teacher_width)
+        self.model = nn.ModuleDict({"student": student, "proj": self.proj})
+        self.alpha, self.beta, self.gamma = cfg.alpha, cfg.beta, cfg.gamma
+        self.teacher_val_ccc = teacher_val_ccc
+
+    def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        y, t_out, t_feat = target[:, :2], target[:, 2:4], target[:, 4:]
+        out, feats = self.student.forward_with_features(x)
+        out = out.float()
+        return {
+            "task": nn.functional.mse_loss(out, y),
+            "kd": nn.functional.mse_loss(out, t_out),
+            "feat": 1.0 - nn.functional.cosine_similarity(self.proj(feats.float()), t_feat, dim=1).mean(),
+        }
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self.loss_terms(x, target)
+        total = self.alpha * terms["task"] + self.beta * terms["kd"] + self.gamma * terms["feat"]
+        return total, {"loss": total.item(), **{k: v.item() for k, v in terms.items()}}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
+        return {"retention": retention(val_metrics["ccc_mean"], self.teacher_val_ccc)}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "model_spec": rebuild_spec(self.student.spec),
+            "feature_config": self.cfg.features.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "teacher_val_ccc_mean": self.teacher_val_ccc,
+            "loss_weights": {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma},
+        }
+
+
+def student_train_data(train: WindowSet, cached: np.ndarray, cfg: TrainConfig) -> Callable[[int], Dataset]:
+    targets = np.concatenate([train.targets, cached], axis=1)
+
+    def make(epoch: int) -> Dataset:
+        return TorchWindows(train, epoch_window_indices(train, cfg.train_windows_per_song, cfg.seed, epoch), targets)
+
+    return make
+
+
+def train_student(
+    data: RunData, cfg: TrainConfig, teacher_checkpoint: Path, out_dir: Path, progress: bool = True
+) -> FitResult:
+    """Distil the teacher at ``teacher_checkpoint`` into a MobileViT student (resumable)."""
+    device = resolve_device(cfg.device)
+    teacher, _ = load_model(teacher_checkpoint, device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    train, val = data.windows("train"), data.windows("val")
+    t0 = time.perf_counter()
+    cached = teacher_outputs(teacher, train, device)
+    teacher_val = window_and_song_report(val, predict_windows(teacher, val, device))
+    print(
+        f"[student] cached teacher outputs for {len(train)} windows in {time.perf_counter() - t0:.1f} s; "
+        f"teacher val CCC {teacher_val['ccc_mean']:.3f}",
+        flush=True,
+    )
+    torch.manual_seed(cfg.seed)
+    student = build_model(student_spec(cfg.student_arch, cfg.features.shape))
+    stage = DistillStage(student, teacher.width, cfg, teacher_val["ccc_mean"])
+    groups = param_groups(student, cfg.student_lr, 1.0, cfg.weight_decay)
+    groups.append({"name": "proj", "params": list(stage.proj.parameters()), "lr": cfg.student_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.student_lr)
+    return fit(
+        stage, optimizer, student_train_data(train, cached, cfg), val, out_dir, fit_config(cfg, "student", progress)
+    )

@@ -1,0 +1,180 @@
+"""Model construction from plain specs: the ViT teacher and the MobileViT student.
+
+A *spec* is a JSON-able dict saved in every checkpoint, so any checkpoint rebuilds
+its model with :func:`build_model` alone. Both roles are a timm backbone (1 input
+channel, no classifier) plus a regression head to (valence, arousal). Outputs are
+linear while training and clamped to [-1, 1] in eval mode: a tanh would squash the
+targets near ±1 (the built-in corpus samples labels up to ±1) and slow learning
+there, while a clamp only bounds what apps see and keeps gradients linear in range.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeemo.errors import TrainingError
+
+
+def head_dims(width: int) -> tuple[int, int]:
+    """Hidden sizes of the 3-layer head: 768 -> (512, 128), scaled with the backbone width."""
+    return max(16, round(width * 2 / 3)), max(8, width // 6)
+
+
+class RegressionHead(nn.Module):
+    """width -> h1 -> h2 -> 2, dropout 0.2/0.2/0.1, GELU."""
+
+    def __init__(self, width: int, dims: tuple[int, int] | None = None, dropout=(0.2, 0.2, 0.1)) -> None:
+        super().__init__()
+        h1, h2 = dims or head_dims(width)
+        self.net = nn.Sequential(
+            nn.Dropout(dropout[0]),
+            nn.Linear(width, h1),
+            nn.GELU(),
+            nn.Dropout(dropout[1]),
+            nn.Linear(h1, h2),
+            nn.GELU(),
+            nn.Dropout(dropout[2]),
+            nn.Linear(h2, 2),
+        )
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net(feats)
+
+
+class Regressor(nn.Module):
+    """timm backbone + regression head. ``forward`` -> ``(B, 2)``; ``forward_features`` -> pooled features."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.spec = spec
+
+    @property
+    def width(self) -> int:
+        return int(self.backbone.num_features)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.forward_features(x)
+        out = self.head(feats)
+        if not self.training:
+            out = out.clamp(-1.0, 1.0)
+        return out, feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+
+def _create_backbone(spec: dict[str, Any]) -> nn.Module:
+    import timm
+
+    kwargs: dict[str, Any] = dict(spec.get("kwargs", {}))
+    if spec["role"] == "teacher":
+        kwargs["img_size"] = tuple(spec["input_shape"])
+    weights = spec.get("weights")
+    pretrained = bool(spec.get("pretrained")) or bool(weights)
+    if weights:
+        if not Path(weights).is_file():
+            raise TrainingError(f"teacher weights file not found: {weights}")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights), "hf_hub_id": None, "url": None}
+    try:
+        return timm.create_model(spec["arch"], pretrained=pretrained, num_classes=0, in_chans=1, **kwargs)
+    except TrainingError:
+        raise
+    except Exception as exc:  # network, hub or format failures from timm
+        if pretrained and not weights:
+            raise TrainingError(
+                f"could not fetch pretrained weights for {spec['arch']} ({type(exc).__name__}); offline, pass a "
+                "local file with --teacher-weights FILE or train from scratch without --pretrained"
+            ) from None
+        if weights:
+            raise TrainingError(f"could not load weights {weights} into {spec['arch']}: {exc}") from None
+        raise
+
+
+def build_model(spec: dict[str, Any]) -> Regressor:
+    """Build a teacher or student from its spec (see :func:`teacher_spec`, :func:`student_spec`)."""
+    backbone = _create_backbone(spec)
+    width = int(backbone.num_features)
+    if spec["role"] == "teacher":
+        head: nn.Module = RegressionHead(width)
+    else:
+        head = nn.Sequential(nn.Dropout(0.1), nn.Linear(width, 2))
+    return Regressor(backbone, head, spec)
+
+
+def teacher_spec(
+    arch: str,
+    input_shape: tuple[int, int],
+    *,
+    depth: int | None = None,
+    pretrained: bool = False,
+    weights: str | None = None,
+) -> dict[str, Any]:
+    kwargs = {} if depth is None else {"depth": depth}
+    return {
+        "role": "teacher",
+        "arch": arch,
+        "input_shape": list(input_shape),
+        "kwargs": kwargs,
+        "pretrained": pretrained,
+        "weights": weights,
+    }
+
+
+def student_spec(arch: str, input_shape: tuple[int, int]) -> dict[str, Any]:
+    return {"role": "student", "arch": arch, "input_shape": list(input_shape), "kwargs": {}}
+
+
+def rebuild_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec to rebuild a trained model: no pretrained download, the weights come from the checkpoint."""
+    return {**spec, "pretrained": False, "weights": None}
+
+
+def freeze_for_finetuning(model: Regressor, trainable_blocks: int) -> None:
+    """Freeze a ViT backbone except its last ``trainable_blocks`` blocks and final norm (head always trains)."""
+    bb = model.backbone
+    blocks = getattr(bb, "blocks", None)
+    if blocks is None:
+        raise TrainingError(f"{model.spec['arch']} has no transformer blocks to fine-tune partially")
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    n = max(0, min(trainable_blocks, len(blocks)))
+    for blk in list(blocks)[len(blocks) - n :]:
+        for p in blk.parameters():
+            p.requires_grad_(True)
+    for name in ("norm", "fc_norm"):
+        mod = getattr(bb, name, None)
+        if isinstance(mod, nn.Module):
+            for p in mod.parameters():
+                p.requires_grad_(True)
+
+
+def param_groups(model: Regressor, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: trainable backbone params at ``lr * backbone_lr_mult``, head (and extras) at ``lr``.
+
+    Biases and norm weights get no weight decay.
+    """
+    groups: list[dict[str, Any]] = []
+    for name, params, group_lr in (
+        ("backbone", list(model.backbone.named_parameters()), lr * backbone_lr_mult),
+        ("head", list(model.head.named_parameters()), lr),
+    ):
+        decay = [p for n, p in params if p.requires_grad and p.ndim > 1]
+        no_decay = [p for n, p in params if p.requires_grad and p.ndim <= 1]
+        if decay:
+            groups.append({"name": name, "params": decay, "lr": group_lr, "weight_decay": weight_decay})
+        if no_decay:
+            groups.append({"name": f"{name}_no_decay", "params": no_decay, "lr": group_lr, "weight_decay": 0.0})
+    return groups
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

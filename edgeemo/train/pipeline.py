@@ -1,0 +1,276 @@
+"""``train-all``: data -> GAN -> teacher -> student in one resumable run directory.
+
+Owns the run directory contract (``runs/<name>/config.json``, ``split.json``, one
+folder per stage with ``done.json`` when finished, ``summary.json`` and
+``summary.png`` at the end), skipping finished stages, resuming interrupted ones,
+``--restart``, and the final test-split report (teacher vs student, retention,
+parameters, wall time per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeemo import __version__
+from edgeemo.errors import EdgeemoError, TrainingError
+from edgeemo.evaluation import window_and_song_report
+from edgeemo.metrics import retention
+from edgeemo.presets import TrainConfig
+from edgeemo.train.checkpoint import atomic_write_json, read_json
+from edgeemo.train.rundata import DataSource, RunData, prepare_run_data
+
+STAGES = ("gan", "teacher", "student")
+
+
+@dataclass
+class Run:
+    """A run directory with its resolved config and data sources."""
+
+    dir: Path
+    cfg: TrainConfig
+    sources: list[DataSource]
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.dir / stage
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        p = self.stage_dir(stage) / "done.json"
+        return read_json(p) if p.is_file() else None
+
+
+def open_run(run_dir: Path, cfg: TrainConfig | None, sources: list[DataSource] | None, restart: bool = False) -> Run:
+    """Create or reopen ``run_dir``. An existing run must have the same config unless ``restart``."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if restart and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if cfg_path.is_file():
+        saved = read_json(cfg_path)
+        saved_cfg = TrainConfig.from_dict(saved["train_config"])
+        saved_sources = [DataSource(**s) for s in saved["sources"]]
+        if cfg is not None and cfg.to_dict() != saved_cfg.to_dict():
+            diff = [k for k, v in cfg.to_dict().items() if saved_cfg.to_dict().get(k) != v]
+            raise EdgeemoError(
+                f"run {run_dir} exists with a different config ({', '.join(diff)}); "
+                "use --restart to start over or --name for a new run"
+            )
+        if sources is not None and [s.to_dict() for s in sources] != [s.to_dict() for s in saved_sources]:
+            raise EdgeemoError(f"run {run_dir} was trained on other data; use --restart or a new --name")
+        return Run(run_dir, saved_cfg, saved_sources)
+    if cfg is None:
+        raise EdgeemoError(f"no run at {run_dir} (missing config.json); start one with `edgeemo train-all`")
+    sources = sources or [DataSource("builtin")]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        cfg_path,
+        {"edgeemo_version": __version__, "train_config": cfg.to_dict(), "sources": [s.to_dict() for s in sources]},
+    )
+    return Run(run_dir, cfg, sources)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _history_seconds(history: list[dict[str, Any]]) -> float:
+    return float(sum(h.get("seconds", 0.0) for h in history))
+
+
+def run_gan(run: Run, data: RunData, progress: bool = True) -> dict[str, Any] | None:
+    if run.cfg.gan_ratio <= 0 or run.cfg.gan_epochs <= 0:
+        return None
+    done = run.done("gan")
+    if done:
+        _log(f"[gan] done earlier ({run.stage_dir('gan')}), skipping")
+        return done
+    from edgeemo.train.gan import train_gan
+
+    result = train_gan(data.windows("train"), run.cfg, run.stage_dir("gan"), progress=progress)
+    done = {
+        "seconds": _history_seconds(result.history),
+        "health": result.health,
+        "diversity_ratio": result.diversity_ratio,
+        "generator": str(result.generator_path),
+    }
+    atomic_write_json(run.stage_dir("gan") / "done.json", done)
+    return done
+
+
+def _gan_sampler(run: Run, device: str) -> Any:
+    if run.cfg.gan_ratio <= 0 or run.cfg.gan_epochs <= 0:
+        return None
+    from edgeemo.train.gan import GanSampler
+
+    path = run.stage_dir("gan") / "gen.pt"
+    if not path.is_file():
+        raise TrainingError(f"--gan-ratio {run.cfg.gan_ratio} needs a trained GAN ({path} is missing): run train-gan")
+    return GanSampler.load(path, device="cpu" if device == "auto" else device)
+
+
+def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
+    done = run.done("teacher")
+    if done:
+        _log(f"[teacher] done earlier ({run.stage_dir('teacher')}), skipping")
+        return done
+    from edgeemo.train.teacher import train_teacher
+
+    result = train_teacher(data, run.cfg, run.stage_dir("teacher"), _gan_sampler(run, run.cfg.device), progress)
+    done = {"seconds": _history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
+    atomic_write_json(run.stage_dir("teacher") / "done.json", done)
+    return done
+
+
+def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
+    done = run.done("student")
+    if done:
+        _log(f"[student] done earlier ({run.stage_dir('student')}), skipping")
+        return done
+    teacher_ckpt = run.stage_dir("teacher") / "best.pt"
+    if not run.done("teacher") or not teacher_ckpt.is_file():
+        raise TrainingError(f"distillation needs a finished teacher ({teacher_ckpt}); run train-teacher first")
+    from edgeemo.train.distill import train_student
+
+    result = train_student(data, run.cfg, teacher_ckpt, run.stage_dir("student"), progress)
+    done = {"seconds": _history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
+    atomic_write_json(run.stage_dir("student") / "done.json", done)
+    return done
+
+
+def evaluate_run(run: Run, data: RunData, split: str = "test") -> dict[str, Any]:
+    """Teacher and student ``best.pt`` on a split: metrics, retention, parameters; predictions for plots."""
+    import torch
+
+    from edgeemo.train.distill import load_model
+    from edgeemo.train.loop import predict_windows
+    from edgeemo.train.models import count_params
+
+    windows = data.windows(split)
+    out: dict[str, Any] = {"split": split, "windows": len(windows), "songs": len(windows.songs)}
+    preds = {}
+    for role in ("teacher", "student"):
+        model, _ = load_model(run.stage_dir(role) / "best.pt")
+        preds[role] = predict_windows(model, windows, torch.device("cpu"))
+        out[role] = {
+            "params": count_params(model),
+            "arch": model.spec["arch"],
+            **window_and_song_report(windows, preds[role]),
+        }
+    out["retention"] = retention(out["student"]["ccc_mean"], out["teacher"]["ccc_mean"])
+    out["param_ratio"] = out["teacher"]["params"] / out["student"]["params"]
+    out["_preds"] = preds
+    out["_targets"] = windows.targets
+    return out
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The final train-all table."""
+    t, s = summary["test"]["teacher"], summary["test"]["student"]
+    lines = [
+        f"test split: {summary['test']['songs']} songs, {summary['test']['windows']} windows",
+        f"{'model':<10}{'arch':<24}{'params':>12}{'CCC_V':>8}{'CCC_A':>8}{'Avg':>8}{'songAvg':>9}",
+    ]
+    for name, m in (("teacher", t), ("student", s)):
+        lines.append(
+            f"{name:<10}{m['arch']:<24}{m['params']:>12,}{m['ccc_valence']:>8.3f}{m['ccc_arousal']:>8.3f}"
+            f"{m['ccc_mean']:>8.3f}{m.get('song_ccc_mean', float('nan')):>9.3f}"
+        )
+    lines.append(
+        f"retention (student/teacher CCC): {summary['test']['retention']:.3f}   "
+        f"parameter ratio: {summary['test']['param_ratio']:.1f}x"
+    )
+    lines.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items()))
+    return "\n".join(lines)
+
+
+def plot_summary(run: Run, test: dict[str, Any], path: Path) -> None:
+    """Training curves and predicted-vs-true scatter (teacher, student) in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+    for role, ax in (("teacher", axes[0, 0]), ("student", axes[0, 1])):
+        hist = [json.loads(line) for line in (run.stage_dir(role) / "metrics.jsonl").read_text().splitlines()]
+        ep = [h["epoch"] for h in hist]
+        for k in ("val_ccc_valence", "val_ccc_arousal", "val_ccc_mean", "val_retention"):
+            if k in hist[0]:
+                ax.plot(ep, [h[k] for h in hist], marker=".", label=k.removeprefix("val_"))
+        ax2 = ax.twinx()
+        ax2.plot(ep, [h["train_loss"] for h in hist], color="grey", ls="--", label="train loss")
+        ax.set_title(f"{role}: validation CCC (grey: train loss)")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8, loc="lower right")
+    gan_metrics = run.stage_dir("gan") / "metrics.jsonl"
+    ax = axes[0, 2]
+    if gan_metrics.is_file():
+        hist = [json.loads(line) for line in gan_metrics.read_text().splitlines()]
+        for k in ("D_loss", "G_loss", "D_real", "D_fake"):
+            if k in hist[0]:
+                ax.plot([h["epoch"] for h in hist], [h[k] for h in hist], marker=".", label=k)
+        ax.legend(fontsize=8)
+        ax.set_title("GAN")
+    else:
+        ax.set_axis_off()
+    y = test["_targets"]
+    for col, role in enumerate(("teacher", "student")):
+        ax = axes[1, col]
+        p = test["_preds"][role]
+        for d, (name, color) in enumerate((("valence", "tab:blue"), ("arousal", "tab:red"))):
+            ax.scatter(
+                y[:, d], p[:, d], s=4, alpha=0.4, color=color, label=f"{name} CCC {test[role]['ccc_' + name]:.3f}"
+            )
+        ax.plot([-1, 1], [-1, 1], color="k", lw=0.8)
+        ax.set_xlabel("true")
+        ax.set_ylabel("predicted")
+        ax.set_title(f"{role} on the test split (windows)")
+        ax.legend(fontsize=8)
+    axes[1, 2].set_axis_off()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def train_all(
+    run: Run, stages: tuple[str, ...] = STAGES, progress: bool = True, cache_dir: Path | None = None
+) -> dict[str, Any]:
+    """Run the stages in order, skipping finished ones; returns (and writes) ``summary.json``."""
+    t0 = time.perf_counter()
+    data = prepare_run_data(run.dir, run.cfg, run.sources, cache_dir)
+    for split in ("train", "val", "test"):
+        data.windows(split, progress=progress)
+    seconds: dict[str, float] = {"features": time.perf_counter() - t0}
+    for stage, fn in (("gan", run_gan), ("teacher", run_teacher), ("student", run_student)):
+        if stage in stages:
+            done = fn(run, data, progress)
+            if done:
+                seconds[stage] = done["seconds"]
+    if "student" not in stages:
+        return {}
+    test = evaluate_run(run, data, "test")
+    summary = {
+        "edgeemo_version": __version__,
+        "run": str(run.dir),
+        "preset": run.cfg.preset,
+        "data": data.describe(),
+        "seconds": seconds,
+        "test": {k: v for k, v in test.items() if not k.startswith("_")},
+        "gan": run.done("gan"),
+    }
+    atomic_write_json(run.dir / "summary.json", summary)
+    plot_summary(run, test, run.dir / "summary.png")
+    np.save(
+        run.dir / "test_predictions.npy",
+        np.concatenate([test["_targets"], test["_preds"]["teacher"], test["_preds"]["student"]], 1),
+    )
+    return summary

@@ -1,0 +1,136 @@
+"""The data every training stage of a run shares: which songs, how they are split, their windows.
+
+Owns resolving a run's data sources (built-in corpus, DEAM, manifests, quadrant sets,
+mixed), the seeded song split, saving that split to ``runs/<name>/split.json`` so
+every stage and ``edgeemo evaluate`` use the same songs, and building the windows
+(cached features).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeemo.data.split import SPLITS, split_songs
+from edgeemo.data.types import Song, SongSet
+from edgeemo.data.windows import WindowSet, build_windows, default_cache_dir
+from edgeemo.errors import DataError
+from edgeemo.presets import TrainConfig
+from edgeemo.train.checkpoint import atomic_write_json
+
+
+@dataclass
+class DataSource:
+    """One dataset of a run: ``kind`` is builtin | deam | manifest | quadrants."""
+
+    kind: str
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path}
+
+
+def load_source(source: DataSource, cfg: TrainConfig, cache_dir: Path | None = None) -> SongSet:
+    """Load one data source into a SongSet."""
+    if source.kind == "builtin":
+        from edgeemo.data.synth import builtin_corpus
+
+        return builtin_corpus(
+            n=cfg.corpus_n,
+            seed=cfg.corpus_seed,
+            duration_s=cfg.corpus_duration,
+            sample_rate=cfg.features.sample_rate,
+            cache_dir=cache_dir,
+        )
+    if source.path is None:
+        raise DataError(f"data source {source.kind} needs a path")
+    from edgeemo.data.check import load_dataset
+
+    return load_dataset(Path(source.path), kind=source.kind)
+
+
+def load_sources(sources: list[DataSource], cfg: TrainConfig, cache_dir: Path | None = None) -> SongSet:
+    if not sources:
+        sources = [DataSource("builtin")]
+    sets = [load_source(s, cfg, cache_dir) for s in sources]
+    out = sets[0]
+    for s in sets[1:]:
+        out = out + s
+    return out
+
+
+@dataclass
+class RunData:
+    """Songs per split and their windows (built lazily; cached on disk)."""
+
+    songset: SongSet
+    splits: dict[str, list[Song]]
+    cfg: TrainConfig
+    cache_dir: Path
+    _windows: dict[str, WindowSet] | None = None
+
+    def windows(self, split: str, progress: bool = True) -> WindowSet:
+        if self._windows is None:
+            self._windows = {}
+        if split not in self._windows:
+            self._windows[split] = build_windows(
+                self.splits[split], self.cfg.features, self.cache_dir, progress=progress, desc=f"features/{split}"
+            )
+        return self._windows[split]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dataset": self.songset.name,
+            "description": self.songset.description,
+            "songs": {k: len(v) for k, v in self.splits.items()},
+            "skipped": len(self.songset.skipped),
+        }
+
+
+def split_file(run_dir: Path) -> Path:
+    return Path(run_dir) / "split.json"
+
+
+def prepare_run_data(
+    run_dir: Path, cfg: TrainConfig, sources: list[DataSource], cache_dir: Path | None = None
+) -> RunData:
+    """Load the sources and split them; the split is written once to ``split.json`` and reused after."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    songset = load_sources(sources, cfg, cache_dir)
+    for line in songset.skipped[:5]:
+        print(f"skipped: {line}", flush=True)
+    if len(songset.skipped) > 5:
+        print(f"skipped: ... and {len(songset.skipped) - 5} more", flush=True)
+    path = split_file(run_dir)
+    by_id = {s.id: s for s in songset.songs}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        missing = [i for k in SPLITS for i in saved[k] if i not in by_id]
+        if missing:
+            raise DataError(
+                f"{path} names {len(missing)} song(s) the data no longer has (e.g. {missing[0]}); "
+                "use a new run name or --restart"
+            )
+        splits = {k: [by_id[i] for i in saved[k]] for k in SPLITS}
+    else:
+        splits = split_songs(songset, cfg.split_fractions, cfg.split_seed)
+        atomic_write_json(path, {k: [s.id for s in v] for k, v in splits.items()})
+    return RunData(songset=songset, splits=splits, cfg=cfg, cache_dir=cache_dir)
+
+
+def epoch_window_indices(windows: WindowSet, per_song: int | None, seed: int, epoch: int) -> np.ndarray:
+    """A fresh random choice of at most ``per_song`` windows per song for one epoch (deterministic)."""
+    if per_song is None:
+        return np.arange(len(windows))
+    rng = np.random.default_rng([seed, epoch])
+    song = windows.index[:, 0]
+    order = np.argsort(song, kind="stable")
+    bounds = np.flatnonzero(np.diff(song[order])) + 1
+    keep = []
+    for rows in np.split(order, bounds):
+        keep.append(rows if rows.size <= per_song else rng.choice(rows, per_song, replace=False))
+    return np.sort(np.concatenate(keep))

@@ -1,0 +1,68 @@
+"""Small in-memory WindowSets and configs for fast training tests (no audio decoding)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeemo.data.types import Song
+from edgeemo.data.windows import WindowSet
+from edgeemo.features import FeatureConfig
+from edgeemo.presets import make_config
+
+SMALL_FEATURES = FeatureConfig(n_mels=32, n_frames=64, hop_length=500)
+
+
+def learnable_windowset(n_songs: int = 12, seed: int = 0, cfg: FeatureConfig = SMALL_FEATURES) -> WindowSet:
+    """Songs whose frames encode their labels (low bands ~ valence, high bands ~ arousal) plus noise."""
+    rng = np.random.default_rng(seed)
+    songs, frames, index, targets = [], [], [], []
+    n_total = cfg.n_frames + 3 * cfg.window_hop_frames  # 4 windows per song
+    for s in range(n_songs):
+        v, a = rng.uniform(-0.9, 0.9, 2)
+        f = rng.normal(0, 0.3, (cfg.n_mels, n_total)).astype(np.float32)
+        f[: cfg.n_mels // 2] += v
+        f[cfg.n_mels // 2 :] += a
+        songs.append(Song(id=f"s{s}", path=Path(f"/nonexistent/s{s}.wav"), valence=float(v), arousal=float(a)))
+        frames.append(f)
+        n = cfg.n_windows(n_total)
+        index.append(np.stack([np.full(n, s), np.arange(n)], 1))
+        targets.append(np.tile([v, a], (n, 1)))
+    return WindowSet(
+        cfg=cfg,
+        songs=songs,
+        frames=frames,
+        index=np.concatenate(index).astype(np.int64),
+        targets=np.concatenate(targets).astype(np.float32),
+        failed=[],
+    )
+
+
+def tiny_config(**overrides):
+    """A TrainConfig small enough for unit tests: 1-block ViT-Tiny, MobileViT-XXS, 32 x 64 windows."""
+    base = dict(
+        features=SMALL_FEATURES,
+        teacher_depth=1,
+        teacher_epochs=2,
+        student_epochs=2,
+        batch_size=4,
+        accum_steps=2,
+        student_batch_size=8,
+        train_windows_per_song=2,
+        teacher_lr=1e-3,
+        patience=None,
+        device="cpu",
+    )
+    base.update(overrides)
+    return make_config("tiny", **base)
+
+
+class FakeRunData:
+    """Quacks like :class:`edgeemo.train.rundata.RunData` for the stage functions."""
+
+    def __init__(self, train: WindowSet, val: WindowSet, test: WindowSet | None = None) -> None:
+        self._w = {"train": train, "val": val, "test": test or val}
+
+    def windows(self, split: str, progress: bool = True) -> WindowSet:
+        return self._w[split]
