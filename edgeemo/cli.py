@@ -80,7 +80,136 @@ def data_check(path: Path) -> None:
         sys.exit(1)
 
 
-_register_command_modules()
+# ----------------------------------------------------------------------------- runtime: bundle, predict, live
+@main.group("bundle", cls=_Group)
+def bundle_group() -> None:
+    """Inspect exported model bundles."""
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+
+@bundle_group.command("check")
+@click.argument("directory", type=click.Path(path_type=Path))
+def bundle_check(directory: Path) -> None:
+    """Verify a bundle (schema, hashes, embedded cards) and print its card summary."""
+    from edgeemo.bundle import card_summary, verify_bundle
+
+    click.echo(card_summary(verify_bundle(directory)))
+
+
+def _plot_paths(png: Path, files: list[Path]) -> list[Path]:
+    """One PNG per file: PNG itself for one file, else PNG's stem + the file's stem (+ index if repeated)."""
+    if len(files) == 1:
+        return [png]
+    stems = [f.stem for f in files]
+    return [
+        png.with_name(
+            f"{png.stem}_{s}{png.suffix or '.png'}"
+            if stems.count(s) == 1
+            else f"{png.stem}_{i:02d}_{s}{png.suffix or '.png'}"
+        )
+        for i, s in enumerate(stems)
+    ]
+
+
+@main.command("predict")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), help="Bundle folder [reference bundle].")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--out", "out_path", type=click.Path(path_type=Path), help="Write the output here instead of stdout.")
+@click.option("--plot", "plot_png", type=click.Path(path_type=Path), help="Save a trajectory PNG (one per file).")
+@click.option(
+    "--smoothing",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="EMA coefficient over the window series (0 = none).",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads.")
+def predict(
+    files: tuple[Path, ...],
+    bundle_dir: Path | None,
+    fmt: str,
+    out_path: Path | None,
+    plot_png: Path | None,
+    smoothing: float,
+    threads: int,
+) -> None:
+    """Valence/arousal per window and a summary for each audio FILE (bad files are reported and skipped)."""
+    from edgeemo.runtime import EmotionModel
+    from edgeemo.runtime.model import format_predictions
+
+    if plot_png is not None:
+        from edgeemo.runtime.plot import _matplotlib
+
+        _matplotlib()  # fail before predicting anything when matplotlib is missing
+    model = EmotionModel.load(bundle_dir, threads=threads)
+    plots = _plot_paths(plot_png, list(files)) if plot_png is not None else []
+    preds, failed = [], 0
+    for i, file in enumerate(files):
+        try:
+            pred = model.predict_file(file, smoothing=smoothing)
+            if plot_png is not None:
+                from edgeemo.runtime.plot import plot_prediction
+
+                plot_prediction(pred, plots[i])
+        except EdgeemoError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failed += 1
+            continue
+        preds.append(pred)
+    text = format_predictions(preds, fmt)
+    if out_path is not None:
+        try:
+            out_path.write_text(text)
+        except OSError as exc:
+            raise EdgeemoError(f"cannot write {out_path} ({exc.strerror})") from None
+        click.echo(f"wrote {len(preds)} prediction(s) to {out_path}", err=True)
+    elif text:
+        click.echo(text, nl=not text.endswith("\n"))
+    if failed:
+        sys.exit(1)
+
+
+@main.command("live")
+@click.option("--device", help="Input device: index or (part of) its name [system default].")
+@click.option("--list-devices", is_flag=True, help="List input devices and exit.")
+@click.option("--samplerate", type=click.IntRange(min=1000), help="Capture rate [the device's native rate].")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), help="Bundle folder [reference bundle].")
+@click.option(
+    "--from-file", "from_file", type=click.Path(path_type=Path), help="Play FILE in real time instead of a mic."
+)
+@click.option("--record", type=click.Path(path_type=Path), help="Log time,valence,arousal,quadrant to this CSV.")
+@click.option("--duration", type=click.FloatRange(min=0.0, min_open=True), help="Stop after this many seconds.")
+@click.option(
+    "--smoothing",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="EMA coefficient over the window series (0 = none).",
+)
+def live(
+    device: str | None,
+    list_devices: bool,
+    samplerate: int | None,
+    bundle_dir: Path | None,
+    from_file: Path | None,
+    record: Path | None,
+    duration: float | None,
+    smoothing: float,
+) -> None:
+    """Live valence/arousal from a microphone (or a file played in real time); Ctrl-C stops with a summary."""
+    from edgeemo.runtime import mic
+
+    if list_devices:
+        click.echo(mic.devices_table(mic.input_devices()))
+        return
+    if from_file is not None and (device is not None or samplerate is not None):
+        raise EdgeemoError("--from-file plays a file; --device and --samplerate apply to a live input only")
+    from edgeemo.runtime import EmotionModel
+    from edgeemo.runtime.live import run_live
+
+    model = EmotionModel.load(bundle_dir)
+    source = mic.FileSource(from_file) if from_file is not None else mic.MicSource(device, samplerate)
+    run_live(model, source, smoothing=smoothing, duration=duration, record=record)
+
+
+_register_command_modules()

@@ -1,4 +1,4 @@
-"""Teacher, student and the shared fit loop: freezing, param groups, accumulation, selection, resume, NaN, distillation."""
+"""Teacher, student and the shared fit loop: freezing, groups, accumulation, selection, resume, NaN, distillation."""
 
 from __future__ import annotations
 

@@ -63,7 +63,8 @@ def read_manifest(path: str | Path, scale: tuple[float, float] | None = None, na
         raise DataError(f"manifest lacks column(s) {', '.join(missing)} (needs {','.join(REQUIRED)})", path=path)
     songs: list[Song] = []
     skipped: list[str] = []
-    for line_no, row in enumerate(reader, start=2 + (declared is not None)):
+    for row in reader:
+        line_no = reader.line_num + (declared is not None)  # the file's line, also after blank or multi-line rows
         audio = Path(row["path"].strip())
         if not audio.is_absolute():
             audio = path.parent / audio

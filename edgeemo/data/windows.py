@@ -40,7 +40,7 @@ def _song_key(song: Song) -> str:
 
 
 def song_frames(song: Song, cfg: FeatureConfig, cache_dir: Path | None = None) -> np.ndarray:
-    """Log-mel frames ``(n_mels, T)`` of one song (padded to at least one window), cached as float16."""
+    """Log-mel frames ``(n_mels, T)`` of one song (padded to at least one window), float16-rounded, cached."""
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "features" / cfg.digest() / f"{_song_key(song)}.npy"
@@ -51,13 +51,15 @@ def song_frames(song: Song, cfg: FeatureConfig, cache_dir: Path | None = None) -
                 pass  # a damaged cache entry is recomputed
     signal = load_audio(song.path, cfg.sample_rate, start_s=song.start_s, end_s=song.end_s)
     signal, _ = pad_to_window(signal, cfg)
-    frames = log_mel(signal, cfg)
+    # float16 is the storage precision; round fresh features the same way so a first run and a
+    # run that reads the cache train on identical inputs
+    frames = log_mel(signal, cfg).astype(np.float16)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, frames.astype(np.float16))
+        np.save(tmp, frames)
         tmp.replace(path)
-    return frames
+    return frames.astype(np.float32)
 
 
 @dataclass

@@ -112,7 +112,12 @@ def iter_audio_blocks(
         resampler = StreamResampler(sr_in, sample_rate)
         try:
             if start_s > 0:
-                f.seek(min(round(start_s * sr_in), max(f.frames - 1, 0)))
+                first = round(start_s * sr_in)
+                if f.frames > 0 and first >= f.frames:  # not a 1-sample "excerpt" of the last sample
+                    raise AudioError(
+                        f"start_s {start_s:g} is past the end of the audio ({f.frames / sr_in:.3f} s)", path=path
+                    )
+                f.seek(min(first, max(f.frames - 1, 0)))
             remaining = None if end_s is None else max(0, round((end_s - start_s) * sr_in))
             block = max(1, int(block_s * sr_in))
             got_any = False

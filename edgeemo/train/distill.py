@@ -92,6 +92,8 @@ class DistillStage:
         return self.student(x)
 
     def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
+        if self.teacher_val_ccc <= 0:  # retention is undefined against a teacher no better than chance
+            return {"retention": float("nan")}
         return {"retention": retention(val_metrics["ccc_mean"], self.teacher_val_ccc)}
 
     def checkpoint_meta(self) -> dict[str, Any]:

@@ -163,7 +163,8 @@ def evaluate_run(run: Run, data: RunData, split: str = "test") -> dict[str, Any]
             "arch": model.spec["arch"],
             **window_and_song_report(windows, preds[role]),
         }
-    out["retention"] = retention(out["student"]["ccc_mean"], out["teacher"]["ccc_mean"])
+    teacher_ccc = out["teacher"]["ccc_mean"]
+    out["retention"] = retention(out["student"]["ccc_mean"], teacher_ccc) if teacher_ccc > 0 else None
     out["param_ratio"] = out["teacher"]["params"] / out["student"]["params"]
     out["_preds"] = preds
     out["_targets"] = windows.targets
@@ -182,8 +183,9 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{name:<10}{m['arch']:<24}{m['params']:>12,}{m['ccc_valence']:>8.3f}{m['ccc_arousal']:>8.3f}"
             f"{m['ccc_mean']:>8.3f}{m.get('song_ccc_mean', float('nan')):>9.3f}"
         )
+    ret = summary["test"]["retention"]
     lines.append(
-        f"retention (student/teacher CCC): {summary['test']['retention']:.3f}   "
+        f"retention (student/teacher CCC): {'n/a (teacher CCC <= 0)' if ret is None else f'{ret:.3f}'}   "
         f"parameter ratio: {summary['test']['param_ratio']:.1f}x"
     )
     lines.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items()))
