@@ -35,8 +35,12 @@ def gate_checks(figures: dict[str, Any], th: GateThresholds) -> list[tuple[str, 
         ),
         (
             "retention",
-            figures["retention"] >= th.min_retention,
-            f"retention {figures['retention']:.3f} of the teacher's CCC (need >= {th.min_retention:g})",
+            figures["retention"] is not None and figures["retention"] >= th.min_retention
+            if figures["retention"] is not None
+            else th.min_retention < 0,
+            f"retention {figures['retention']:.3f} of the teacher's CCC (need >= {th.min_retention:g})"
+            if figures["retention"] is not None
+            else "retention undefined: the teacher's test CCC is <= 0 (a negative --min-retention skips this check)",
         ),
     ]
     if figures.get("int8_drop") is not None:
@@ -55,10 +59,10 @@ def gate_figures(ccc: dict[str, float], sizes: dict[str, int], params: dict[str,
     teacher = ccc["teacher_torch"]
     fig: dict[str, Any] = {
         "shipped": shipped,
-        "retention_by_model": {k: (v / teacher if teacher > 0 else float("nan")) for k, v in ccc.items()},
+        "retention_by_model": {k: (v / teacher if teacher > 0 else None) for k, v in ccc.items()},
         "param_ratio": params["teacher"] / params["student"],
         "compression": sizes["teacher_fp32"] / sizes[shipped],
-        "retention": (ccc[shipped] / teacher) if teacher > 0 else float("-inf"),
+        "retention": (ccc[shipped] / teacher) if teacher > 0 else None,
         "int8_drop": (ccc["student_fp32"] - ccc["student_int8"]) if "student_int8" in ccc else None,
     }
     return fig
@@ -68,6 +72,10 @@ def enforce_gate(figures: dict[str, Any], th: GateThresholds) -> None:
     failed = [desc for _, ok, desc in gate_checks(figures, th) if not ok]
     if failed:
         raise ExportError("verification gate failed: " + "; ".join(failed) + " (no bundle written)")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def gate_table(
@@ -82,7 +90,7 @@ def gate_table(
         lat = latency.get(key)
         rows.append(
             f"{key:<16}{m['ccc_valence']:>8.3f}{m['ccc_arousal']:>8.3f}{m['ccc_mean']:>8.3f}"
-            f"{figures['retention_by_model'][key]:>11.3f}{'' if lat is None else f'{lat:.2f}':>12}"
+            f"{_fmt(figures['retention_by_model'][key]):>11}{'' if lat is None else f'{lat:.2f}':>12}"
         )
     rows.append(
         f"compression (teacher fp32 ONNX / {figures['shipped']}): {figures['compression']:.2f}x; "

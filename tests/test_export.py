@@ -1,0 +1,117 @@
+"""Export: ONNX parity gate, static int8, the verification gate, bundle contents and round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from edgeemo.errors import EdgeemoError  # noqa: E402
+from edgeemo.evaluation import predict_windowset, window_and_song_report  # noqa: E402
+from edgeemo.exporting.export import export_run  # noqa: E402
+from edgeemo.exporting.onnx import ExportError, check_parity, export_onnx, onnx_predictor  # noqa: E402
+from edgeemo.exporting.quantize import quantize_int8  # noqa: E402
+from edgeemo.exporting.verify import GateThresholds, enforce_gate, gate_figures  # noqa: E402
+from edgeemo.train.models import build_model, student_spec  # noqa: E402
+from edgeemo.train.pipeline import open_run, train_all  # noqa: E402
+from edgeemo.train.rundata import DataSource, prepare_run_data  # noqa: E402
+from tests.train_fixtures import tiny_config  # noqa: E402
+
+LOOSE = GateThresholds(min_compression=1.0, min_retention=-10.0, max_int8_drop=1.0)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export_run")
+    cfg = tiny_config(
+        corpus_n=24, corpus_duration=6.0, gan_ratio=0.0, teacher_epochs=3, student_epochs=2, teacher_depth=2
+    )
+    r = open_run(root / "runs" / "mini", cfg, [DataSource("builtin")])
+    train_all(r, progress=False, cache_dir=root / "cache")
+    return r, root / "cache"
+
+
+def test_parity_check_catches_a_perturbed_model(tmp_path):
+    model = build_model(student_spec("mobilevit_xxs", (32, 64))).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", (32, 64))
+    x = np.random.default_rng(0).standard_normal((8, 1, 32, 64)).astype(np.float32)
+    assert check_parity(model, path, x) <= 1e-4
+    with torch.no_grad():
+        model.head[1].bias += 0.01
+    with pytest.raises(ExportError, match="differs from torch"):
+        check_parity(model, path, x)
+
+
+def test_int8_model_is_smaller_and_close(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(student_spec("mobilevit_xxs", (32, 64))).eval()
+    fp32 = export_onnx(model, tmp_path / "m.onnx", (32, 64))
+    x = np.random.default_rng(0).standard_normal((64, 1, 32, 64)).astype(np.float32)
+    q = quantize_int8(fp32, tmp_path / "q.onnx", x)
+    assert q.stat().st_size < 0.5 * fp32.stat().st_size
+    a, b = onnx_predictor(fp32)(x), onnx_predictor(q)(x)
+    assert np.abs(a - b).max() < 0.1
+
+
+def test_gate_fails_with_the_failed_check_named():
+    ccc = {"teacher_torch": 0.8, "student_torch": 0.75, "student_fp32": 0.75, "student_int8": 0.70}
+    sizes = {"teacher_fp32": 20_000_000, "student_fp32": 4_000_000, "student_int8": 1_500_000}
+    fig = gate_figures(ccc, sizes, {"teacher": 5_000_000, "student": 1_000_000}, "student_int8")
+    assert fig["compression"] == pytest.approx(20_000_000 / 1_500_000)
+    assert fig["retention"] == pytest.approx(0.70 / 0.8)
+    assert fig["int8_drop"] == pytest.approx(0.05)
+    with pytest.raises(ExportError) as err:
+        enforce_gate(fig, GateThresholds())
+    msg = str(err.value)
+    assert "retention 0.875" in msg and "int8 CCC drop 0.0500" in msg and "compression" not in msg
+    assert "\n" not in msg
+    enforce_gate(fig, GateThresholds(min_retention=0.85, max_int8_drop=0.06))  # passes when relaxed
+
+
+def test_export_writes_a_verified_bundle(run, tmp_path, monkeypatch):
+    r, cache = run
+    monkeypatch.setenv("EDGEEMO_CACHE", str(cache))
+    out = tmp_path / "bundle"
+    card = export_run(r.dir, out, int8=True, calibration_count=32, thresholds=LOOSE)
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.int8.onnx", "card.json"}
+    saved = json.loads((out / "card.json").read_text())
+    assert saved["metrics"]["student_int8"]["ccc_mean"] == pytest.approx(card["metrics"]["student_int8"]["ccc_mean"])
+    assert saved["compression"]["compression"] == pytest.approx(
+        saved["compression"]["teacher_fp32_onnx_bytes"] / saved["compression"]["student_int8_onnx_bytes"]
+    )
+    assert (r.dir / "export" / "teacher.onnx").is_file()
+
+    from edgeemo.runtime import EmotionModel
+
+    model = EmotionModel.load(out)
+    data = prepare_run_data(r.dir, r.cfg, r.sources, cache)
+    test = data.windows("test")
+    int8_ccc = window_and_song_report(test, predict_windowset(model.predict_windows, test))["ccc_mean"]
+    assert int8_ccc == pytest.approx(saved["metrics"]["student_int8"]["ccc_mean"], abs=1e-6)
+    assert saved["metrics"]["int8_drop"] <= LOOSE.max_int8_drop
+    # the card also travels inside each ONNX file
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.int8.onnx")).metadata_props}
+    embedded = json.loads(meta["edgeemo_card"])
+    assert embedded["metrics"]["student_int8"] == pytest.approx(saved["metrics"]["student_int8"])
+
+
+def test_failed_gate_leaves_no_bundle(run, tmp_path, monkeypatch):
+    r, cache = run
+    monkeypatch.setenv("EDGEEMO_CACHE", str(cache))
+    out = tmp_path / "never"
+    with pytest.raises(ExportError, match=r"compression [0-9.]+x \(need >= 1000x\)"):
+        export_run(r.dir, out, int8=True, calibration_count=16, thresholds=GateThresholds(min_compression=1000))
+    assert not out.exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_refuses_an_unfinished_run(tmp_path):
+    r = open_run(tmp_path / "runs" / "x", tiny_config(), [DataSource("builtin")])
+    with pytest.raises(EdgeemoError, match="no finished teacher"):
+        export_run(r.dir, tmp_path / "b")
