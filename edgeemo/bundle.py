@@ -1,0 +1,410 @@
+"""The model bundle: a folder with the ONNX student(s) and ``card.json``, written once, verified on every load.
+
+Layout of ``export/<name>/``::
+
+    model.onnx         fp32 student: input ``mel`` (batch, 1, n_mels, n_frames) float32,
+                       output ``valence_arousal`` (batch, 2) in [-1, 1]; batch is dynamic
+    model.int8.onnx    optional static-int8 student (same I/O)
+    card.json          the model card (see below) plus ``files``: sha256 and size of each ONNX file
+
+The card (everything in ``card.json`` except ``files``) is also embedded in every ONNX
+file's ``metadata_props`` under the key ``edgeemo_card``, so a model file separated from
+its folder still says what it is. :func:`verify_bundle` refuses a bundle whose schema
+version it does not know, whose files do not match their hashes, or whose embedded
+card differs from ``card.json``, always with a one-line :class:`BundleError`.
+
+Reading needs only onnxruntime (the embedded card is read through
+``InferenceSession.get_modelmeta()``); writing is export-side and imports ``onnx``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeemo import __version__
+from edgeemo.errors import BundleError, EdgeemoError
+from edgeemo.features import FeatureConfig
+
+SCHEMA_VERSION = 1
+CARD_NAME = "card.json"
+METADATA_KEY = "edgeemo_card"
+FP32_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+MODEL_NAMES = (FP32_NAME, INT8_NAME)
+INPUT_NAME = "mel"
+OUTPUT_NAME = "valence_arousal"
+REQUIRED_KEYS = ("schema_version", "feature_config", "input", "output", "default_model")
+
+_HASH_BLOCK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars/arrays -> Python, paths -> str, tuples -> lists, NaN/inf -> None."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _canonical(card: Mapping[str, Any]) -> str:
+    """The card as stored in ONNX metadata: sorted keys, no ``files``, strict JSON."""
+    return json.dumps(_jsonable({k: v for k, v in card.items() if k != "files"}), sort_keys=True, allow_nan=False)
+
+
+# ----------------------------------------------------------------------------- writing
+def write_bundle(out_dir: str | Path, models: Mapping[str, str | Path], card: Mapping[str, Any]) -> Path:
+    """Write a bundle to ``out_dir`` atomically and return its path.
+
+    ``models`` maps ``"model.onnx"`` (required) and optionally ``"model.int8.onnx"`` to
+    ONNX files. Each is copied in with the card embedded in its metadata; hashes are
+    taken after embedding. Everything is built in a temporary folder beside ``out_dir``
+    and renamed into place at the end (an existing bundle there is replaced only then),
+    so a failure never leaves a half-written bundle.
+    """
+    import onnx  # export-side only
+
+    out_dir = Path(out_dir)
+    unknown = sorted(set(models) - set(MODEL_NAMES))
+    if unknown:
+        raise BundleError(f"unknown bundle model name(s) {', '.join(unknown)}; expected {' / '.join(MODEL_NAMES)}")
+    if FP32_NAME not in models:
+        raise BundleError(f"a bundle needs {FP32_NAME} (the fp32 student)")
+    card = {k: v for k, v in dict(card).items() if k != "files"}
+    card.setdefault("schema_version", SCHEMA_VERSION)
+    card.setdefault("edgeemo_version", __version__)
+    card.setdefault("default_model", INT8_NAME if INT8_NAME in models else FP32_NAME)
+    cfg = _check_card_fields(card, where="card to write")
+    if card["default_model"] not in models:
+        raise BundleError(f"card default_model {card['default_model']!r} is not among the models given")
+    try:
+        text = _canonical(card)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"the card is not plain JSON ({exc})") from None
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        files: dict[str, dict[str, Any]] = {}
+        for name in MODEL_NAMES:
+            if name not in models:
+                continue
+            src = Path(models[name])
+            if not src.is_file():
+                raise BundleError(f"{src}: no such ONNX file for {name}")
+            proto = onnx.load(str(src))
+            _check_io(proto, src, cfg)
+            kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+            del proto.metadata_props[:]
+            proto.metadata_props.extend(kept)
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = METADATA_KEY, text
+            dst = tmp / name
+            onnx.save(proto, str(dst))
+            files[name] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}
+        full = {**json.loads(text), "files": files}
+        (tmp / CARD_NAME).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp made it private; a bundle is meant to be shared read-only
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _check_io(proto: Any, src: Path, cfg: FeatureConfig) -> None:
+    inputs = {i.name: i for i in proto.graph.input}
+    outputs = [o.name for o in proto.graph.output]
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        raise BundleError(
+            f"{src}: ONNX model must have input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
+            f"has inputs {sorted(inputs)} and outputs {outputs}"
+        )
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[INPUT_NAME].type.tensor_type.shape.dim]
+    expected = (1, cfg.n_mels, cfg.n_frames)
+    if len(dims) != 4 or any(d is not None and d != e for d, e in zip(dims[1:], expected, strict=True)):
+        raise BundleError(
+            f"{src}: input {INPUT_NAME!r} has shape {dims}, "
+            f"the card's feature_config needs (batch, 1, {cfg.n_mels}, {cfg.n_frames})"
+        )
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move ``tmp`` to ``out_dir``; an existing ``out_dir`` is swapped out only at this point."""
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir():
+            raise BundleError(f"{out_dir} exists and is not a bundle folder")
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        old.rmdir()
+        os.replace(out_dir, old)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its folder, card (with ``files``), FeatureConfig and model files."""
+
+    path: Path
+    card: dict[str, Any]
+    feature_config: FeatureConfig
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name") or self.path.name)
+
+    @property
+    def has_int8(self) -> bool:
+        return INT8_NAME in self.files
+
+    def model_path(self, prefer_int8: bool = True) -> Path:
+        """The ONNX file to run: the card's ``default_model`` (the int8 model when the bundle
+        ships it as default) if ``prefer_int8``, else always the fp32 ``model.onnx``."""
+        name = self.card["default_model"] if prefer_int8 else FP32_NAME
+        return self.path / name
+
+
+def load_card(path: str | Path) -> dict[str, Any]:
+    """Read and sanity-check ``card.json`` of a bundle folder (no hashing, no ONNX)."""
+    path = Path(path)
+    card_file = path / CARD_NAME
+    if not path.is_dir() or not card_file.is_file():
+        raise BundleError(
+            f"no bundle at {path} (expected card.json and model.onnx there; "
+            "write one with `edgeemo export` or pass --bundle DIR)"
+        )
+    try:
+        card = json.loads(card_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{card_file}: unreadable card ({' '.join(str(exc).split())})") from None
+    if not isinstance(card, dict):
+        raise BundleError(f"{card_file}: the card must be a JSON object")
+    _check_schema(card, card_file)
+    _check_card_fields(card, where=str(card_file))
+    files = card.get("files")
+    if not isinstance(files, dict) or FP32_NAME not in files:
+        raise BundleError(f"{card_file}: card lists no files (needs files.{FP32_NAME} with sha256 and bytes)")
+    for name, entry in files.items():
+        if name not in MODEL_NAMES or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise BundleError(f"{card_file}: bad files entry {name!r} (expected {' / '.join(MODEL_NAMES)} with sha256)")
+    if card["default_model"] not in files:
+        raise BundleError(f"{card_file}: default_model {card['default_model']!r} is not among the bundle's files")
+    return card
+
+
+def _check_schema(card: Mapping[str, Any], where: Path | str) -> None:
+    version = card.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BundleError(f"{where}: missing or non-integer schema_version ({version!r}); not an edgeemo bundle card")
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"{where}: bundle schema_version {version} needs a newer edgeemo (this is edgeemo {__version__}, "
+            f"which reads schema_version {SCHEMA_VERSION}): pip install -U edgeemo"
+        )
+    if version < SCHEMA_VERSION:
+        raise BundleError(
+            f"{where}: bundle schema_version {version} is older than any this edgeemo reads ({SCHEMA_VERSION}); "
+            "re-export the model with `edgeemo export`"
+        )
+
+
+def _check_card_fields(card: Mapping[str, Any], where: str) -> FeatureConfig:
+    missing = [k for k in REQUIRED_KEYS if k not in card]
+    if missing:
+        raise BundleError(f"{where}: card lacks {', '.join(missing)}")
+    if not isinstance(card["feature_config"], dict):
+        raise BundleError(f"{where}: feature_config must be an object")
+    try:
+        cfg = FeatureConfig.from_dict(card["feature_config"])
+    except (EdgeemoError, TypeError) as exc:
+        raise BundleError(f"{where}: bad feature_config ({exc})") from None
+    inp, out = card["input"], card["output"]
+    if not isinstance(inp, dict) or inp.get("name") != INPUT_NAME:
+        raise BundleError(f"{where}: input must be named {INPUT_NAME!r}")
+    if not isinstance(out, dict) or out.get("name") != OUTPUT_NAME:
+        raise BundleError(f"{where}: output must be named {OUTPUT_NAME!r}")
+    shape = inp.get("shape")
+    if shape is not None and list(shape)[1:] != [1, cfg.n_mels, cfg.n_frames]:
+        raise BundleError(
+            f"{where}: input shape {shape} does not match feature_config (1, {cfg.n_mels}, {cfg.n_frames})"
+        )
+    if card["default_model"] not in MODEL_NAMES:
+        raise BundleError(f"{where}: default_model must be one of {', '.join(MODEL_NAMES)}")
+    return cfg
+
+
+SessionFactory = Callable[[str, Path], Any]
+
+
+def _default_session(name: str, path: Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def verify_bundle(path: str | Path) -> Bundle:
+    """Check a bundle completely (schema, card, sizes, sha256, embedded cards); return it.
+
+    Raises :class:`BundleError` with one line on any problem.
+    """
+    return _verify(path, _default_session)[0]
+
+
+def _verify(
+    path: str | Path, make_session: SessionFactory, only: tuple[str, ...] | None = None
+) -> tuple[Bundle, dict[str, Any]]:
+    """Verify the bundle: card, sizes and sha256 of every file; then open an onnxruntime
+    session (``make_session``) for each model file, or only those named in ``only``, and
+    check its embedded card and I/O. Returns the bundle and the sessions by file name."""
+    path = Path(path)
+    card = load_card(path)
+    cfg = FeatureConfig.from_dict(card["feature_config"])
+    files = card["files"]
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path}: {name} is listed in card.json but missing")
+        size = file.stat().st_size
+        if "bytes" in entry and entry["bytes"] != size:
+            raise BundleError(
+                f"{path}: {name} does not match its card hash (tampered or corrupt: {size} bytes, "
+                f"card says {entry['bytes']})"
+            )
+        if sha256_file(file) != entry["sha256"]:
+            raise BundleError(f"{path}: {name} does not match its card hash (tampered or corrupt)")
+    expected = json.loads(_canonical(card))
+    sessions: dict[str, Any] = {}
+    for name in files:
+        if only is not None and name not in only:
+            continue
+        try:
+            session = make_session(name, path / name)
+        except EdgeemoError:
+            raise
+        except Exception as exc:
+            msg = " ".join(str(exc).split())[:200]
+            raise BundleError(f"{path}: onnxruntime cannot load {name} ({msg})") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise BundleError(f"{path}: {name} has no embedded edgeemo card (not written by write_bundle)")
+        try:
+            embedded = json.loads(meta[METADATA_KEY])
+        except json.JSONDecodeError:
+            raise BundleError(f"{path}: {name} has an unreadable embedded card") from None
+        if embedded != expected:
+            diff = sorted(k for k in set(embedded) | set(expected) if embedded.get(k) != expected.get(k))
+            raise BundleError(
+                f"{path}: the card embedded in {name} differs from card.json (keys: {', '.join(diff)}); "
+                "the files come from different exports"
+            )
+        _check_session_io(session, name, path, cfg)
+        sessions[name] = session
+    return Bundle(path=path, card=card, feature_config=cfg, files=dict(files)), sessions
+
+
+def _check_session_io(session: Any, name: str, path: Path, cfg: FeatureConfig) -> None:
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        raise BundleError(
+            f"{path}: {name} must have input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
+            f"(has {sorted(inputs)} -> {sorted(outputs)})"
+        )
+    shape = inputs[INPUT_NAME]
+    expected = (1, cfg.n_mels, cfg.n_frames)
+    if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
+        raise BundleError(f"{path}: {name} input shape {shape} does not match feature_config")
+
+
+# ----------------------------------------------------------------------------- reference bundle
+def default_bundle_path() -> Path:
+    """The reference bundle: packaged ``edgeemo/assets/reference`` if present, else ``<repo>/export/reference``."""
+    candidates: list[Path] = []
+    try:
+        from importlib.resources import files
+
+        packaged = files("edgeemo") / "assets" / "reference"
+        if (packaged / CARD_NAME).is_file():
+            return Path(str(packaged))
+        candidates.append(Path(str(packaged)))
+    except (ModuleNotFoundError, TypeError, OSError):
+        pass
+    repo = Path(__file__).resolve().parent.parent / "export" / "reference"
+    if (repo / CARD_NAME).is_file():
+        return repo
+    candidates.append(repo)
+    raise BundleError(
+        f"no reference bundle found (looked in {' and '.join(str(c) for c in candidates)}); "
+        "export one with `edgeemo export RUN --out export/reference` or pass --bundle DIR"
+    )
+
+
+def card_summary(bundle: Bundle) -> str:
+    """Human-readable summary of a verified bundle (used by ``edgeemo bundle check``)."""
+    card = bundle.card
+    cfg = bundle.feature_config
+    lines = [
+        f"bundle {bundle.path}: {bundle.name} (schema {card['schema_version']}, "
+        f"edgeemo {card.get('edgeemo_version', '?')}, created {card.get('created', '?')})",
+        f"  features: {cfg.sample_rate} Hz, n_fft {cfg.n_fft}, hop {cfg.hop_length}, {cfg.n_mels} mels "
+        f"{cfg.fmin:g}-{cfg.fmax:g} Hz, windows of {cfg.n_frames} frames ({cfg.window_seconds:.2f} s) "
+        f"every {cfg.window_hop_s:g} s",
+        f"  input {card['input'].get('name')} {card['input'].get('shape')} -> output "
+        f"{card['output'].get('name')} {card['output'].get('shape')} {card['output'].get('labels', '')}",
+    ]
+    metrics = card.get("metrics") or {}
+    for key, value in metrics.items():
+        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            lines.append(f"  {key}: " + ", ".join(f"{k} {v:.4g}" for k, v in value.items()))
+        elif isinstance(value, float):
+            lines.append(f"  {key}: {value:.4g}")
+        elif not isinstance(value, (dict, list)):
+            lines.append(f"  {key}: {value}")
+    comp = card.get("compression") or {}
+    if isinstance(comp, dict) and comp:
+        lines.append(
+            "  compression: " + ", ".join(f"{k} {v}" for k, v in comp.items() if isinstance(v, (int, float, str)))
+        )
+    lines.append("  files:")
+    for name, entry in bundle.files.items():
+        default = " (default)" if name == card["default_model"] else ""
+        lines.append(
+            f"    {name:<16} {entry.get('bytes', 0) / 1e6:8.2f} MB  sha256 {entry['sha256'][:16]}… ok{default}"
+        )
+    lines.append("  hashes ok, embedded cards match card.json")
+    return "\n".join(lines)
