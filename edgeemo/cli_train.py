@@ -242,3 +242,18 @@ def export_cmd(
         recipe=recipe,
         thresholds=GateThresholds(min_compression, min_retention, max_int8_drop),
     )
+
+
+@main.command("bench")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), help="Bundle (default: the reference).")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Also time the run's torch teacher/student.")
+@click.option("--runs", type=click.IntRange(min=50), default=100, show_default=True, help="Timed runs per model.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the numbers as JSON.")
+def bench_cmd(bundle_dir: Path | None, run_dir: Path | None, runs: int, json_out: Path | None) -> None:
+    """Size, 1-thread latency, throughput, streaming RTF, peak RSS and import time in one table."""
+    from edgeemo.bench import markdown, run_bench
+
+    result = run_bench(bundle_dir, run_dir, runs)
+    click.echo(markdown(result))
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,153 @@
+"""``edgeemo bench``: one table of size, latency, throughput, streaming real-time factor, memory, import time.
+
+Owns the measurement protocol: 1 thread everywhere (``torch.set_num_threads(1)``,
+onnxruntime ``intra_op_num_threads=1``), warm-up runs, then the median and p95 of at
+least 50 single-window runs; batch-8 throughput; the streaming real-time factor of
+the runtime including decoding-free feature extraction (synthetic audio pushed in
+100 ms chunks, 44.1 kHz input so resampling is included); and, in a fresh subprocess that only imports the runtime, the
+``import edgeemo.runtime`` time and the process's peak RSS while streaming.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WARMUP = 10
+
+
+def _latency(fn, x1: np.ndarray, x8: np.ndarray, runs: int) -> dict[str, float]:
+    for _ in range(WARMUP):
+        fn(x1)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(x1)
+        times.append((time.perf_counter() - t) * 1e3)
+    fn(x8)
+    t = time.perf_counter()
+    reps = max(5, runs // 10)
+    for _ in range(reps):
+        fn(x8)
+    batch_s = (time.perf_counter() - t) / reps
+    return {
+        "latency_ms_median": float(np.median(times)),
+        "latency_ms_p95": float(np.percentile(times, 95)),
+        "batch8_windows_per_s": 8.0 / batch_s,
+    }
+
+
+_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import edgeemo.runtime as rt
+import_s = time.perf_counter() - t0
+import numpy as np
+model = rt.EmotionModel.load(sys.argv[1], threads=1, prefer_int8=sys.argv[2] == "int8")
+sr, seconds = 44100, float(sys.argv[3])
+rng = np.random.default_rng(0)
+chunk = sr // 10
+stream = model.stream(sr)
+n, busy = 0, 0.0
+for s in range(0, int(seconds * sr), chunk):  # the test signal is made chunk by chunk, outside the timing
+    t = (s + np.arange(chunk)) / sr
+    x = (0.2 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(np.pi * t)) + 0.05 * rng.standard_normal(chunk))
+    x = x.astype(np.float32)
+    t1 = time.perf_counter()
+    n += len(stream.push(x).times)
+    busy += time.perf_counter() - t1
+t1 = time.perf_counter()
+n += len(stream.flush().times)
+busy += time.perf_counter() - t1
+# VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the (torch-sized) parent
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"import_s": import_s, "rtf": busy / seconds, "windows": n, "peak_rss_mb": hwm / 1024}))
+"""
+
+
+def runtime_process(bundle: Path, model: str, seconds: float = 60.0) -> dict[str, float]:
+    """Import time, streaming RTF (44.1 kHz input, 100 ms chunks, 1 thread) and peak RSS in a fresh process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(bundle), model, str(seconds)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_bench(bundle: Path | None = None, run_dir: Path | None = None, runs: int = 50) -> dict[str, Any]:
+    from edgeemo.bundle import default_bundle_path, verify_bundle
+    from edgeemo.exporting.onnx import onnx_predictor
+
+    bundle_path = Path(bundle) if bundle else default_bundle_path()
+    b = verify_bundle(bundle_path)
+    shape = b.feature_config.shape
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal((1, 1, *shape)).astype(np.float32)
+    x8 = rng.standard_normal((8, 1, *shape)).astype(np.float32)
+    rows: dict[str, dict[str, Any]] = {}
+    if run_dir is not None:
+        import torch
+
+        from edgeemo.train.distill import load_model
+        from edgeemo.train.models import count_params
+
+        torch.set_num_threads(1)
+        for role in ("teacher", "student"):
+            ckpt = Path(run_dir) / role / "best.pt"
+            model, _ = load_model(ckpt)
+
+            def fn(x, m=model):
+                with torch.no_grad():
+                    return m(torch.from_numpy(x))
+
+            onnx_file = Path(run_dir) / "export" / "teacher.onnx" if role == "teacher" else None
+            rows[f"{role} torch fp32"] = {
+                "params": count_params(model),
+                "file_mb": (onnx_file.stat().st_size / 1e6) if onnx_file and onnx_file.is_file() else None,
+                **_latency(fn, x1, x8, runs),
+            }
+    params = b.card.get("models", {}).get("student", {}).get("params")
+    for label, name in (("student onnx fp32", "model.onnx"), ("student onnx int8", "model.int8.onnx")):
+        path = bundle_path / name
+        if not path.is_file():
+            continue
+        rows[label] = {
+            "params": params,
+            "file_mb": path.stat().st_size / 1e6,
+            **_latency(onnx_predictor(path, threads=1), x1, x8, runs),
+            **{
+                f"runtime_{k}": v for k, v in runtime_process(bundle_path, "int8" if "int8" in name else "fp32").items()
+            },
+        }
+    return {"bundle": str(bundle_path), "window": list(shape), "runs": runs, "threads": 1, "rows": rows}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    head = (
+        "| model | params | file MB | latency ms (median / p95) | batch-8 windows/s | stream RTF | peak RSS MB "
+        "| import s |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for name, r in result["rows"].items():
+
+        def f(key: str, fmt: str, r: dict[str, Any] = r) -> str:
+            v = r.get(key)
+            return "" if v is None else format(v, fmt)
+
+        lines.append(
+            f"| {name} | {f('params', ',')} | {f('file_mb', '.2f')} | {r['latency_ms_median']:.2f} / "
+            f"{r['latency_ms_p95']:.2f} | {r['batch8_windows_per_s']:.0f} | {f('runtime_rtf', '.4f')} | "
+            f"{f('runtime_peak_rss_mb', '.0f')} | {f('runtime_import_s', '.3f')} |"
+        )
+    return "\n".join(lines)
