@@ -1,27 +1,39 @@
 """Conditional spectrogram GAN for augmentation, trained with the stabilised recipe.
 
-Owns the generator G(z, valence, arousal) -> log-mel window, the projection
-discriminator D(x, valence, arousal), and the training recipe, each rule a named
-piece of code driven by a :class:`edgeemo.presets.TrainConfig` field:
+Owns the generator G(z, valence, arousal) -> one log-mel window, the projection
+discriminator D(x, valence, arousal), the training loop and its outputs, and
+:class:`GanSampler`, which loads the finished generator (``gen.pt``) and feeds
+generated windows to the teacher (it matches ``edgeemo.train.teacher.GanSampler``).
 
-- discriminator LR = ``gan_d_lr_mult`` (0.5) x generator LR;
-- label smoothing: D's targets are ``gan_real_label`` (0.9) / ``gan_fake_label`` (0.1);
-- instance noise on real and fake inputs of D, std ``max(gan_noise_std * (1 - epoch/epochs), gan_noise_min)``;
-- D updated every ``gan_d_every``-th iteration (default every other), G ``gan_g_steps`` (2) times per iteration;
-- gradient-norm clipping at 1.0 on both;
-- per-epoch D_loss, G_loss, D_real, D_fake to ``metrics.jsonl``/``curves.png``, a health check
-  (``health.json``) with discriminator- and mode-collapse warnings, and ``samples.png``.
+The stabilised recipe, each rule a named piece of code driven by a
+:class:`edgeemo.presets.TrainConfig` field (and so by a CLI flag):
 
-Resumable from ``last.pt`` (RNG re-seeded per epoch); the finished generator is
-``gen.pt``, which :class:`GanSampler` loads to feed the teacher.
+- discriminator LR = ``gan_d_lr_mult`` (0.5) x generator LR ``gan_lr``; Adam, betas (0.5, 0.999)
+  (:func:`build_gan`);
+- label smoothing: D's targets are ``gan_real_label`` (0.9) for real and ``gan_fake_label`` (0.1)
+  for generated windows (:func:`smoothed_targets`);
+- instance noise on both the real and the generated inputs of D, std
+  ``max(gan_noise_std * (1 - epoch/epochs), gan_noise_min)`` with a 0-based epoch (:func:`noise_std`);
+- per iteration, one D step when ``iteration % gan_d_every == 0`` (:func:`d_step_due`), then
+  ``gan_g_steps`` G steps;
+- gradient-norm clipping at 1.0 on both nets (:func:`optimizer_step`).
+
+Per epoch it logs and records D_loss, G_loss, D_real, D_fake (mean D outputs), the noise
+std and the D/G step counts (``metrics.jsonl``, ``curves.png``); at the end it measures
+the diversity of generated windows against real ones, runs :func:`health_check`
+(``health.json``, lines starting ``GAN health:``; a failed check is a warning) and draws
+``samples.png``. ``last.pt`` is written atomically after every epoch and randomness is
+re-seeded from ``(seed, epoch)``, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,58 +42,123 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeemo import __version__
 from edgeemo.data.windows import WindowSet
 from edgeemo.errors import TrainingError
 from edgeemo.presets import TrainConfig
-from edgeemo.train.checkpoint import atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
-from edgeemo.train.checkpoint import write_metrics_jsonl
+from edgeemo.train.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+    write_metrics_jsonl,
+)
 from edgeemo.train.loop import resolve_device, seed_everything
 from edgeemo.train.rundata import epoch_window_indices
 
-CLIP_NORM = 1.0
-_BASE = 16  # both nets change resolution by 16 (4 stride-2 / upsampling stages)
+CLIP_NORM = 1.0  # gradient-norm clipping of both nets
+ADAM_BETAS = (0.5, 0.999)
+_BASE = 16  # both nets change resolution by 16: four stride-2 stages
+G_WIDTH = 64  # generator channels at the (n_mels/16, n_frames/16) map; halved at every stage
+D_WIDTH = 64  # discriminator channels after its last stage; halved going back towards the input
+
+# Healthy ranges the health check compares a run against ("~" ranges get HEALTH_SLACK either side).
+HEALTHY_D_REAL = (0.7, 0.9)  # mean D output on real windows, over the last third of epochs
+HEALTHY_D_FAKE_END = (0.3, 0.6)  # mean D output on generated windows at the end (rises to ~0.4-0.5)
+HEALTHY_LOSS_END = (0.3, 0.8)  # D_loss and G_loss at the end
+HEALTH_SLACK = 0.05
+D_COLLAPSE_MARGIN = 0.05  # D_loss this close to its minimum means D wins outright
+MODE_COLLAPSE_RATIO = 0.3  # generated / real diversity below this: mode collapse
+D_CONFUSED_GAP = 0.05  # D_real - D_fake below this at the end: D tells nothing apart
 
 
 # ----------------------------------------------------------------------------- recipe rules
 def noise_std(epoch: int, epochs: int, initial: float, minimum: float) -> float:
-    """Instance-noise std for a 0-based ``epoch``: linear decay from ``initial``, floored at ``minimum``."""
+    """Instance-noise std at 0-based ``epoch`` of ``epochs``: linear decay from ``initial``, floored at ``minimum``."""
     return max(initial * (1.0 - epoch / max(epochs, 1)), minimum)
 
 
 def d_step_due(iteration: int, d_every: int) -> bool:
-    """Whether the discriminator is updated at this 0-based iteration."""
+    """Whether the discriminator takes a step at this 0-based iteration of an epoch."""
     return iteration % d_every == 0
 
 
 def smoothed_targets(batch: int, real: bool, cfg: TrainConfig) -> torch.Tensor:
-    """Label-smoothed discriminator targets: ``gan_real_label`` for real, ``gan_fake_label`` for fake."""
-    return torch.full((batch,), cfg.gan_real_label if real else cfg.gan_fake_label)
+    """D's label-smoothed targets: ``gan_real_label`` (0.9) for real, ``gan_fake_label`` (0.1) for generated."""
+    return torch.full((batch,), float(cfg.gan_real_label if real else cfg.gan_fake_label))
 
 
 def clip_gradients(module: nn.Module, max_norm: float = CLIP_NORM) -> float:
-    """Clip the module's gradient norm; returns the norm before clipping."""
-    return float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm))
+    """Clip the total gradient norm of ``module`` to ``max_norm``; returns the norm before clipping."""
+    params = [p for p in module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+
+
+def optimizer_step(
+    loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float = CLIP_NORM
+) -> float:
+    """One update of ``module``: backward, clip its gradient norm to ``max_norm``, step. Returns the pre-clip norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = clip_gradients(module, max_norm)
+    optimizer.step()
+    return norm
+
+
+def smoothing_floor(real_label: float, fake_label: float) -> float:
+    """The lowest D_loss label smoothing allows: the mean binary entropy of the two targets."""
+
+    def h(p: float) -> float:
+        return 0.0 if p <= 0.0 or p >= 1.0 else -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+    return 0.5 * (h(real_label) + h(fake_label))
+
+
+def check_gan_config(cfg: TrainConfig) -> None:
+    """Raise :class:`TrainingError` (one line) for GAN settings the recipe cannot run with."""
+    problems = []
+    m, f = cfg.features.shape
+    if m % _BASE or f % _BASE:
+        problems.append(f"n_mels and n_frames must be divisible by {_BASE}, got {m} x {f}")
+    for name in ("gan_epochs", "gan_d_every", "gan_g_steps", "gan_batch_size", "gan_latent_dim"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if not (cfg.gan_lr > 0 and cfg.gan_d_lr_mult > 0):
+        problems.append(f"gan_lr and gan_d_lr_mult must be positive, got {cfg.gan_lr} and {cfg.gan_d_lr_mult}")
+    if not 0.0 <= cfg.gan_fake_label < cfg.gan_real_label <= 1.0:
+        problems.append(
+            f"need 0 <= gan_fake_label < gan_real_label <= 1, got {cfg.gan_fake_label}, {cfg.gan_real_label}"
+        )
+    if cfg.gan_noise_std < 0 or cfg.gan_noise_min < 0:
+        problems.append("gan_noise_std and gan_noise_min must not be negative")
+    if problems:
+        raise TrainingError("GAN settings: " + "; ".join(problems))
 
 
 # ----------------------------------------------------------------------------- networks
 class Generator(nn.Module):
-    """z (latent) + (valence, arousal) -> one log-mel window (1, n_mels, n_frames)."""
+    """G(z, labels): latent ``z`` + (valence, arousal) -> one window ``(1, n_mels, n_frames)``.
 
-    def __init__(self, shape: tuple[int, int], latent_dim: int = 64, width: int = 128) -> None:
+    The labels go through a small linear embedding and are concatenated with ``z``; a
+    linear layer makes a ``(width, n_mels/16, n_frames/16)`` map that four stride-2
+    transposed convolutions (BatchNorm + LeakyReLU between them) grow to full size,
+    halving the channels each stage. Output is unbounded (log-mel scale).
+    """
+
+    def __init__(self, shape: tuple[int, int], latent_dim: int = 64, width: int = G_WIDTH) -> None:
         super().__init__()
-        m, f = shape
-        if m % _BASE or f % _BASE:
+        m, f = int(shape[0]), int(shape[1])
+        if m % _BASE or f % _BASE or m < _BASE or f < _BASE:
             raise TrainingError(f"GAN needs n_mels and n_frames divisible by {_BASE}, got {m} x {f}")
         self.shape, self.latent_dim, self.width = (m, f), latent_dim, width
         self.label = nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2))
         self.fc = nn.Linear(latent_dim + 32, width * (m // _BASE) * (f // _BASE))
-        chans = [width, width // 2, width // 4, width // 8, width // 8]
-        blocks: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            blocks += [nn.Upsample(scale_factor=2), nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout)]
-            blocks.append(nn.LeakyReLU(0.2))
+        chans = [width, width // 2, width // 4, width // 8]
+        blocks: list[nn.Module] = [nn.BatchNorm2d(width), nn.LeakyReLU(0.2)]
+        for cin, cout in itertools.pairwise(chans):
+            blocks += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
         self.up = nn.Sequential(*blocks)
-        self.out = nn.Conv2d(chans[-1], 1, 3, padding=1)
+        self.out = nn.ConvTranspose2d(chans[-1], 1, 4, stride=2, padding=1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         h = self.fc(torch.cat([z, self.label(labels)], 1))
@@ -90,26 +167,52 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Projection discriminator: conv features, logit = linear(features) + <embed(labels), features>."""
+    """D(x, labels) -> one logit per window (a projection discriminator).
 
-    def __init__(self, width: int = 128) -> None:
+    Four stride-2 convolutions (LeakyReLU) give a ``(width, n_mels/16, n_frames/16)`` map;
+    it is averaged over time only (frequency position matters in a spectrogram) and
+    flattened to features ``h``. ``logit = linear(h) + <embed(labels), h> / sqrt(dim h)``.
+    """
+
+    def __init__(self, shape: tuple[int, int], width: int = D_WIDTH) -> None:
         super().__init__()
-        chans = [1, width // 4, width // 2, width, width]
+        m, f = int(shape[0]), int(shape[1])
+        if m % _BASE or f % _BASE or m < _BASE or f < _BASE:
+            raise TrainingError(f"GAN needs n_mels and n_frames divisible by {_BASE}, got {m} x {f}")
+        self.shape, self.width = (m, f), width
+        chans = [1, width // 8, width // 4, width // 2, width]
         layers: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
+        for cin, cout in itertools.pairwise(chans):
             layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         self.features = nn.Sequential(*layers)
-        self.linear = nn.Linear(width, 1)
-        self.embed = nn.Linear(2, width)
+        dim = width * (m // _BASE)
+        self.linear = nn.Linear(dim, 1)
+        self.embed = nn.Linear(2, dim)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        h = self.features(x).mean(dim=(2, 3))
+        h = self.features(x).mean(dim=3).flatten(1)
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1) / math.sqrt(h.shape[1])
+
+
+def build_gan(cfg: TrainConfig) -> tuple[Generator, Discriminator, torch.optim.Optimizer, torch.optim.Optimizer]:
+    """G, D and their Adam optimisers (betas (0.5, 0.999)); D's LR is ``gan_d_lr_mult`` x G's."""
+    g = Generator(cfg.features.shape, cfg.gan_latent_dim)
+    d = Discriminator(cfg.features.shape)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.gan_lr, betas=ADAM_BETAS)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.gan_lr * cfg.gan_d_lr_mult, betas=ADAM_BETAS)
+    return g, d, opt_g, opt_d
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 # ----------------------------------------------------------------------------- measurements
 def diversity(x: np.ndarray, max_items: int = 128, seed: int = 0) -> float:
-    """Mean pairwise L2 distance between windows, per sqrt(element): 0 for identical windows."""
+    """Mean pairwise L2 distance between windows divided by sqrt(elements per window); 0 when all are identical.
+
+    At most ``max_items`` windows (a seeded sample) are compared.
+    """
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if len(x) > max_items:
         x = x[np.random.default_rng(seed).choice(len(x), max_items, replace=False)]
@@ -121,203 +224,394 @@ def diversity(x: np.ndarray, max_items: int = 128, seed: int = 0) -> float:
     return float(np.sqrt(d2[iu]).mean() / math.sqrt(x.shape[1]))
 
 
-def health_check(history: list[dict[str, Any]], diversity_ratio: float) -> dict[str, Any]:
-    """Judge the run against the stabilised recipe's expected ranges; warnings, not errors."""
-    last_third = history[-max(1, len(history) // 3) :]
-    d_real = float(np.mean([h["D_real"] for h in last_third]))
+def health_check(
+    history: list[dict[str, Any]],
+    diversity_ratio: float,
+    real_label: float = 0.9,
+    fake_label: float = 0.1,
+) -> dict[str, Any]:
+    """Judge a run against the stabilised recipe's expected behaviour. Returns ``{"ok", "messages", ...}``.
+
+    Expected: D_real within ~0.7-0.9 over the last third of the epochs, D_fake ending in
+    0.3-0.6 (it rises towards ~0.4-0.5), D_loss and G_loss ending within ~0.3-0.8.
+    Warnings: discriminator collapse (the final D_loss under 0.05 above the lowest value
+    the label smoothing ``real_label``/``fake_label`` allows; with unsmoothed labels that
+    is simply D_loss < 0.05), a confused discriminator (final D_real - D_fake under 0.05)
+    and mode collapse (generated diversity under 0.3 x real).
+    A failed check is a warning for the caller to record, never an exception.
+    """
+    if not history:
+        return {"ok": False, "messages": ["no epochs were run"], "diversity_ratio": diversity_ratio}
+    lo_r, hi_r = HEALTHY_D_REAL[0] - HEALTH_SLACK, HEALTHY_D_REAL[1] + HEALTH_SLACK
+    lo_l, hi_l = HEALTHY_LOSS_END[0] - HEALTH_SLACK, HEALTHY_LOSS_END[1] + HEALTH_SLACK
+    last_third = history[-max(1, math.ceil(len(history) / 3)) :]
+    d_real = [float(h["D_real"]) for h in last_third]
     end = history[-1]
-    msgs, ok = [], True
+    msgs: list[str] = []
+    ok = True
 
     def check(cond: bool, good: str, bad: str) -> None:
         nonlocal ok
-        msgs.append(good if cond else bad)
+        msgs.append(good if cond else f"WARNING {bad}")
         ok = ok and cond
 
-    check(0.6 <= d_real <= 0.95, f"D_real {d_real:.2f} within ~0.7-0.9", f"D_real {d_real:.2f} outside ~0.7-0.9")
+    span = f"{min(d_real):.2f}-{max(d_real):.2f}"
     check(
-        0.25 <= end["D_fake"] <= 0.65,
-        f"D_fake rose to {end['D_fake']:.2f} (~0.4-0.5 expected)",
-        f"D_fake ended at {end['D_fake']:.2f}, not ~0.4-0.5",
+        all(lo_r <= v <= hi_r for v in d_real),
+        f"D_real stayed within ~0.7-0.9 over the last {len(d_real)} epoch(s) ({span})",
+        f"D_real left ~0.7-0.9 over the last {len(d_real)} epoch(s) ({span})",
+    )
+    first_fake = float(history[0]["D_fake"])
+    trend = "rose" if end["D_fake"] > first_fake else "did not rise"
+    check(
+        HEALTHY_D_FAKE_END[0] <= end["D_fake"] <= HEALTHY_D_FAKE_END[1],
+        f"D_fake {trend} from {first_fake:.2f} to {end['D_fake']:.2f} (0.3-0.6, ~0.4-0.5 ideal)",
+        f"D_fake ended at {end['D_fake']:.2f}, outside 0.3-0.6 ({trend} from {first_fake:.2f})",
     )
     for k in ("D_loss", "G_loss"):
-        check(
-            0.2 <= end[k] <= 1.0,
-            f"{k} ended at {end[k]:.2f} (~0.3-0.8)",
-            f"{k} ended at {end[k]:.2f}, outside ~0.3-0.8",
+        v = float(end[k])
+        check(lo_l <= v <= hi_l, f"{k} ended at {v:.3f} (~0.3-0.8)", f"{k} ended at {v:.3f}, outside ~0.3-0.8")
+    gap = float(end["D_real"]) - float(end["D_fake"])
+    d_confused = gap < D_CONFUSED_GAP
+    if d_confused:
+        ok = False
+        msgs.append(
+            f"WARNING discriminator confused: D_real - D_fake is {gap:.3f} at the end, so D gives G no signal "
+            "(G's updates outpace D's; see --d-every, --g-steps, --d-lr-mult)"
         )
-    if end["D_loss"] < 0.05:
+    floor = smoothing_floor(real_label, fake_label)
+    d_collapse = not float(end["D_loss"]) >= floor + D_COLLAPSE_MARGIN
+    if d_collapse:
         ok = False
-        msgs.append(f"WARNING discriminator collapse: D_loss {end['D_loss']:.3f} -> 0")
-    if diversity_ratio < 0.3:
+        msgs.append(
+            f"WARNING discriminator collapse: D_loss {end['D_loss']:.3f} is at its minimum "
+            f"({floor:.3f} with targets {real_label}/{fake_label}): D separates real from generated outright"
+        )
+    m_collapse = not diversity_ratio >= MODE_COLLAPSE_RATIO
+    if m_collapse:
         ok = False
-        msgs.append(f"WARNING mode collapse: generated diversity is {diversity_ratio:.2f} of the real windows'")
+        msgs.append(f"WARNING mode collapse: generated windows have {diversity_ratio:.2f} x the real diversity")
     else:
-        msgs.append(f"diversity of generated windows {diversity_ratio:.2f} x real")
-    return {"ok": ok, "messages": msgs, "d_real_last_third": d_real, "diversity_ratio": diversity_ratio}
+        msgs.append(f"generated windows have {diversity_ratio:.2f} x the real diversity")
+    return {
+        "ok": bool(ok),
+        "messages": msgs,
+        "diversity_ratio": float(diversity_ratio),
+        "discriminator_collapse": bool(d_collapse),
+        "discriminator_confused": bool(d_confused),
+        "mode_collapse": bool(m_collapse),
+        "d_real_last_third": [min(d_real), max(d_real)],
+        "final": {k: float(end[k]) for k in ("D_loss", "G_loss", "D_real", "D_fake")},
+        "d_loss_floor": floor,
+    }
 
 
-# ----------------------------------------------------------------------------- training
-@dataclass
-class GanResult:
-    history: list[dict[str, Any]]
-    health: dict[str, Any]
-    diversity_ratio: float
-    generator_path: Path
+# ----------------------------------------------------------------------------- sampling
+class GanSampler:
+    """Generated windows for given labels, matching ``edgeemo.train.teacher.GanSampler``.
+
+    ``sampler(labels (k, 2), seed) -> (k, 1, n_mels, n_frames)`` float32; the same labels
+    and seed give the same windows (the latent of row ``i`` depends only on ``seed`` and ``i``).
+    """
+
+    def __init__(self, generator: Generator, device: str = "cpu", batch_size: int = 256) -> None:
+        self.g = generator.to(device).eval()
+        self.latent_dim = generator.latent_dim
+        self.shape = generator.shape
+        self.device = device
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path: Path, device: str = "cpu") -> GanSampler:
+        """Rebuild the generator saved in ``gen.pt``."""
+        ck = load_checkpoint(path)
+        if ck.get("stage") != "gan" or "spec" not in ck:
+            raise TrainingError(f"{path} is not a GAN generator file")
+        return cls(_generator_from(ck["spec"], ck["state_dict"]), device)
+
+    @torch.no_grad()
+    def __call__(self, labels: np.ndarray, seed: int) -> np.ndarray:
+        labels = np.asarray(labels, dtype=np.float32).reshape(-1, 2)
+        gen = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(len(labels), self.latent_dim, generator=gen)
+        out = [
+            self.g(
+                z[s : s + self.batch_size].to(self.device),
+                torch.from_numpy(labels[s : s + self.batch_size]).to(self.device),
+            )
+            .float()
+            .cpu()
+            for s in range(0, len(labels), self.batch_size)
+        ]
+        if not out:
+            return np.zeros((0, 1, *self.shape), np.float32)
+        return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
-def _recipe(cfg: TrainConfig) -> dict[str, Any]:
-    keys = [k for k in cfg.to_dict() if k.startswith("gan_") and k != "gan_ratio"]
-    return {k: cfg.to_dict()[k] for k in keys} | {"features": cfg.features.to_dict(), "seed": cfg.seed}
+def _spec(g: Generator) -> dict[str, Any]:
+    return {"shape": list(g.shape), "latent_dim": g.latent_dim, "width": g.width}
 
 
-def build_gan(cfg: TrainConfig) -> tuple[Generator, Discriminator, torch.optim.Optimizer, torch.optim.Optimizer]:
-    """Networks and optimisers; D's LR is ``gan_d_lr_mult`` x G's."""
-    g = Generator(cfg.features.shape, cfg.gan_latent_dim)
-    d = Discriminator()
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.gan_lr * cfg.gan_d_lr_mult, betas=(0.5, 0.999))
-    return g, d, opt_g, opt_d
+def _generator_from(spec: dict[str, Any], state: dict[str, Any]) -> Generator:
+    g = Generator(tuple(spec["shape"]), spec["latent_dim"], spec.get("width", G_WIDTH))
+    g.load_state_dict(state)
+    return g.eval()
 
 
-def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+# ----------------------------------------------------------------------------- plots
+def _figure_bytes(fig: Any, dpi: int) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_gan_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """D_loss/G_loss and D_real/D_fake per epoch (healthy ranges shaded) as a PNG, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for k in ("D_loss", "G_loss"):
         axes[0].plot(ep, [h[k] for h in history], marker=".", label=k)
+    axes[0].axhspan(*HEALTHY_LOSS_END, color="grey", alpha=0.08)
     for k in ("D_real", "D_fake"):
         axes[1].plot(ep, [h[k] for h in history], marker=".", label=k)
-    axes[1].axhspan(0.7, 0.9, color="tab:blue", alpha=0.08)
+    axes[1].plot(ep, [h["noise_std"] for h in history], color="grey", ls=":", label="noise std")
+    axes[1].axhspan(*HEALTHY_D_REAL, color="tab:blue", alpha=0.08)
     axes[1].axhspan(0.4, 0.5, color="tab:orange", alpha=0.08)
-    for ax, title in zip(axes, ("losses", "mean D outputs (shaded: healthy ranges)")):
+    for ax, title in zip(axes, ("losses", "mean D outputs (shaded: healthy ranges)"), strict=True):
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.legend(fontsize=8)
+    fig.suptitle("conditional GAN")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, _figure_bytes(fig, 90))
 
 
-CONDITIONS = ((0.7, 0.7), (-0.7, 0.7), (-0.7, -0.7), (0.7, -0.7), (0.0, 0.0))
+SAMPLE_CONDITIONS = ((0.7, 0.7), (-0.7, 0.7), (-0.7, -0.7), (0.7, -0.7), (0.0, 0.0))  # quadrants, centre
 
 
-def _plot_samples(sampler: GanSampler, train: WindowSet, path: Path) -> None:
+def plot_samples(sampler: GanSampler, train: WindowSet, path: Path, per_condition: int = 2, seed: int = 0) -> None:
+    """A grid per (valence, arousal) condition: the real window with the nearest label above generated ones."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = np.array(CONDITIONS, dtype=np.float32)
-    fake = sampler(np.repeat(labels, 2, axis=0), seed=0)
-    fig, axes = plt.subplots(3, len(CONDITIONS), figsize=(3 * len(CONDITIONS), 6.5))
-    for j, (v, a) in enumerate(CONDITIONS):
-        nearest = int(np.argmin(((train.targets - [v, a]) ** 2).sum(1)))
-        panels = [(train.window(nearest), f"real v{train.targets[nearest][0]:+.1f} a{train.targets[nearest][1]:+.1f}")]
-        panels += [(fake[2 * j + r, 0], f"generated v{v:+.1f} a{a:+.1f}") for r in range(2)]
+    labels = np.array(SAMPLE_CONDITIONS, dtype=np.float32)
+    fake = sampler(np.repeat(labels, per_condition, axis=0), seed=seed)
+    nearest = [int(np.argmin(((train.targets - c) ** 2).sum(1))) for c in labels]
+    real = train.batch(nearest)[:, 0]
+    vmin, vmax = (float(v) for v in np.percentile(real, [1, 99]))
+    rows = 1 + per_condition
+    fig, axes = plt.subplots(rows, len(labels), figsize=(3 * len(labels), 2.1 * rows), squeeze=False)
+    for j, (v, a) in enumerate(SAMPLE_CONDITIONS):
+        tv, ta = train.targets[nearest[j]]
+        panels = [(real[j], f"real v{tv:+.2f} a{ta:+.2f}")]
+        panels += [(fake[per_condition * j + r, 0], f"generated v{v:+.1f} a{a:+.1f}") for r in range(per_condition)]
         for i, (img, title) in enumerate(panels):
-            axes[i, j].imshow(img, origin="lower", aspect="auto", cmap="magma", vmin=-2.5, vmax=3)
+            axes[i, j].imshow(img, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax)
             axes[i, j].set_title(title, fontsize=8)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
+    fig.suptitle("top: real window with the nearest label; below: generated (mel bin up, frame right)", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, _figure_bytes(fig, 80))
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class GanResult:
+    """What :func:`train_gan` returns: per-epoch history, health report, diversity ratio, ``gen.pt``."""
+
+    history: list[dict[str, Any]]
+    health: dict[str, Any]
+    diversity_ratio: float
+    generator_path: Path
+
+
+def _echo(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def gan_recipe(cfg: TrainConfig) -> dict[str, Any]:
+    """The config subset a trained GAN depends on (compared on resume and reuse)."""
+    d = cfg.to_dict()
+    keep = {k: d[k] for k in d if k.startswith("gan_") and k != "gan_ratio"}
+    return keep | {"features": d["features"], "seed": cfg.seed, "train_windows_per_song": cfg.train_windows_per_song}
+
+
+def _recipe_mismatch(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    saved = saved or {}
+    diff = [
+        f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
+    ]
+    return ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
+
+
+def _recipe_line(cfg: TrainConfig, g: Generator, d: Discriminator) -> str:
+    return (
+        f"[gan] G {count_parameters(g) / 1e3:.0f}k params, D {count_parameters(d) / 1e3:.0f}k | "
+        f"lr G {cfg.gan_lr:g}, D {cfg.gan_lr * cfg.gan_d_lr_mult:g} (x{cfg.gan_d_lr_mult:g}) | "
+        f"D targets real {cfg.gan_real_label:g} fake {cfg.gan_fake_label:g} | "
+        f"instance noise {cfg.gan_noise_std:g} -> {cfg.gan_noise_min:g} | "
+        f"D step every {cfg.gan_d_every} iteration(s), {cfg.gan_g_steps} G step(s) per iteration | "
+        f"grad clip {CLIP_NORM:g}"
+    )
+
+
+def _batches(n_iter: int, progress: bool, desc: str) -> Iterator[int]:
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            return iter(tqdm(range(n_iter), desc=desc, leave=False, file=sys.stderr, disable=None))
+        except ImportError:
+            pass
+    return iter(range(n_iter))
+
+
+def _bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean BCE-with-logits; per-window ``targets`` are broadcast over any per-patch logits."""
+    t = targets.view(-1, *([1] * (logits.dim() - 1))).expand_as(logits)
+    return nn.functional.binary_cross_entropy_with_logits(logits, t)
+
+
+def _finite(value: torch.Tensor, what: str, epoch: int, iteration: int, last_path: Path) -> None:
+    if not torch.isfinite(value):
+        raise TrainingError(
+            f"GAN: {what} became {value.item()} at epoch {epoch}, iteration {iteration}; stopped, "
+            f"the last good checkpoint is {last_path if last_path.exists() else 'none yet'}"
+        )
 
 
 def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool = True) -> GanResult:
-    """Train (or resume, or reuse) the conditional GAN on the training windows."""
+    """Train the conditional GAN on ``train``'s windows with the stabilised recipe; resume or reuse when possible.
+
+    Each epoch draws ``epoch_window_indices(train, cfg.train_windows_per_song, cfg.seed, epoch)``
+    (0-based epoch), shuffles it and iterates in batches of ``gan_batch_size`` with the
+    windows' targets as conditions. Writes ``last.pt`` (every epoch), ``metrics.jsonl``,
+    ``curves.png``, ``health.json``, ``samples.png`` and finally ``gen.pt`` to ``out_dir``.
+    An existing ``gen.pt`` trained with the same settings is returned without training;
+    one (or a ``last.pt``) from other settings raises :class:`TrainingError`. A NaN or
+    infinite loss raises :class:`TrainingError` naming the epoch; ``last.pt`` then still
+    holds the last good epoch.
+    """
+    check_gan_config(cfg)
+    if len(train) == 0:
+        raise TrainingError("GAN: the training set has no windows")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen_path, last_path = out_dir / "gen.pt", out_dir / "last.pt"
-    recipe = _recipe(cfg)
+    recipe = gan_recipe(cfg)
     if gen_path.is_file():
         ck = load_checkpoint(gen_path)
-        if ck.get("recipe") == recipe:
-            health = ck["health"]
-            return GanResult(ck["history"], health, health["diversity_ratio"], gen_path)
+        if ck.get("recipe") != recipe:
+            raise TrainingError(
+                f"{gen_path} was trained with other GAN settings ({_recipe_mismatch(ck.get('recipe'), recipe)}); "
+                "use --restart or a new run name"
+            )
+        _echo(f"[gan] {gen_path} was trained with these settings; reusing it")
+        return GanResult(ck["history"], ck["health"], float(ck["diversity_ratio"]), gen_path)
+
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     g, d, opt_g, opt_d = build_gan(cfg)
+    with torch.no_grad():  # start G at the data's mean level, so D cannot win on the offset alone
+        probe = np.random.default_rng(cfg.seed).choice(len(train), min(256, len(train)), replace=False)
+        g.out.bias.fill_(float(train.batch(probe).mean()))
     g.to(device)
     d.to(device)
     history: list[dict[str, Any]] = []
     start = 0
     if last_path.is_file():
         ck = load_checkpoint(last_path)
-        if ck.get("recipe") != recipe:
-            raise TrainingError(f"{last_path} was trained with other GAN settings; use --restart")
+        if ck.get("stage") != "gan" or ck.get("recipe") != recipe:
+            raise TrainingError(
+                f"{last_path} was trained with other GAN settings ({_recipe_mismatch(ck.get('recipe'), recipe)}); "
+                "use --restart or a new run name"
+            )
         g.load_state_dict(ck["state_dict"])
         d.load_state_dict(ck["discriminator"])
         opt_g.load_state_dict(ck["optimizer"])
         opt_d.load_state_dict(ck["optimizer_d"])
-        history, start = ck["history"], ck["epoch"]
-        print(f"[gan] resuming from {last_path} at epoch {start + 1}/{cfg.gan_epochs}", file=sys.stderr)
-    bce = nn.BCEWithLogitsLoss()
-    for epoch in range(start, cfg.gan_epochs):
+        history, start = list(ck["history"]), int(ck["epoch"])
+        if start < cfg.gan_epochs:
+            _echo(f"[gan] resuming from {last_path} at epoch {start + 1}/{cfg.gan_epochs}")
+    else:
+        _echo(_recipe_line(cfg, g, d))
+    bs, epochs = cfg.gan_batch_size, cfg.gan_epochs
+    for epoch in range(start, epochs):  # 0-based here; recorded 1-based like the other stages
         t0 = time.perf_counter()
-        seed_everything(cfg.seed * 100_003 + 50_000 + epoch)
-        sigma = noise_std(epoch, cfg.gan_epochs, cfg.gan_noise_std, cfg.gan_noise_min)
-        idx = epoch_window_indices(train, cfg.train_windows_per_song, cfg.seed, 10_000 + epoch)
-        idx = idx[torch.randperm(len(idx)).numpy()]
-        sums = {"D_loss": 0.0, "G_loss": 0.0, "D_real": 0.0, "D_fake": 0.0}
-        d_steps = g_steps = 0
+        seed_everything(cfg.seed * 100_003 + 70_001 + epoch)
+        sigma = noise_std(epoch, epochs, cfg.gan_noise_std, cfg.gan_noise_min)
+        idx = epoch_window_indices(train, cfg.train_windows_per_song, cfg.seed, epoch)
+        idx = idx[np.random.default_rng([cfg.seed, epoch, 7]).permutation(len(idx))]
+        n_iter = math.ceil(len(idx) / bs)
+        sums = dict.fromkeys(("D_loss", "G_loss", "D_real", "D_fake", "D_grad_norm", "G_grad_norm"), 0.0)
+        d_steps = g_steps = d_clipped = g_clipped = 0
         g.train()
         d.train()
-        n_iter = math.ceil(len(idx) / cfg.gan_batch_size)
-        for it in range(n_iter):
-            b = idx[it * cfg.gan_batch_size : (it + 1) * cfg.gan_batch_size]
+        for it in _batches(n_iter, progress, f"gan {epoch + 1}/{epochs}"):
+            b = idx[it * bs : (it + 1) * bs]
             real = torch.from_numpy(train.batch(b)).to(device)
-            y = torch.from_numpy(train.targets[b]).to(device)
+            y = torch.from_numpy(np.ascontiguousarray(train.targets[b], dtype=np.float32)).to(device)
             n = real.shape[0]
             if d_step_due(it, cfg.gan_d_every):
                 with torch.no_grad():
                     fake = g(torch.randn(n, cfg.gan_latent_dim, device=device), y)
-                out_real = d(real + sigma * torch.randn_like(real), y)
-                out_fake = d(fake + sigma * torch.randn_like(fake), y)
-                loss_d = bce(out_real, smoothed_targets(n, True, cfg).to(device)) + bce(
-                    out_fake, smoothed_targets(n, False, cfg).to(device)
+                both = torch.cat([real, fake])
+                out = d(both + sigma * torch.randn_like(both), torch.cat([y, y]))  # instance noise on real and fake
+                out_real, out_fake = out[:n], out[n:]
+                loss_d = 0.5 * (
+                    _bce(out_real, smoothed_targets(n, True, cfg).to(device))
+                    + _bce(out_fake, smoothed_targets(n, False, cfg).to(device))
                 )
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                clip_gradients(d)
-                opt_d.step()
+                _finite(loss_d, "D_loss", epoch + 1, it + 1, last_path)
+                norm = optimizer_step(loss_d, d, opt_d)
                 d_steps += 1
+                d_clipped += norm > CLIP_NORM
+                sums["D_grad_norm"] += norm
                 sums["D_loss"] += loss_d.item()
                 sums["D_real"] += torch.sigmoid(out_real).mean().item()
                 sums["D_fake"] += torch.sigmoid(out_fake).mean().item()
-            for _ in range(cfg.gan_g_steps):
-                fake = g(torch.randn(n, cfg.gan_latent_dim, device=device), y)
-                out = d(fake + sigma * torch.randn_like(fake), y)
-                loss_g = bce(out, torch.ones(n, device=device))
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                clip_gradients(g)
-                opt_g.step()
-                g_steps += 1
-                sums["G_loss"] += loss_g.item()
-            if not (math.isfinite(sums["D_loss"]) and math.isfinite(sums["G_loss"])):
-                raise TrainingError(
-                    f"GAN loss became NaN at epoch {epoch + 1}; the last good checkpoint is "
-                    f"{last_path if last_path.exists() else 'none yet'}"
-                )
-        rec = {
+            d.requires_grad_(False)  # G steps need gradients through D, not of D's weights
+            try:
+                for _ in range(cfg.gan_g_steps):
+                    fake = g(torch.randn(n, cfg.gan_latent_dim, device=device), y)
+                    out = d(fake + sigma * torch.randn_like(fake), y)
+                    loss_g = _bce(out, torch.ones(n, device=device))  # non-saturating G loss
+                    _finite(loss_g, "G_loss", epoch + 1, it + 1, last_path)
+                    norm = optimizer_step(loss_g, g, opt_g)
+                    g_steps += 1
+                    g_clipped += norm > CLIP_NORM
+                    sums["G_grad_norm"] += norm
+                    sums["G_loss"] += loss_g.item()
+            finally:
+                d.requires_grad_(True)
+        rec: dict[str, Any] = {
             "epoch": epoch + 1,
             "D_loss": sums["D_loss"] / max(d_steps, 1),
             "G_loss": sums["G_loss"] / max(g_steps, 1),
             "D_real": sums["D_real"] / max(d_steps, 1),
             "D_fake": sums["D_fake"] / max(d_steps, 1),
             "noise_std": sigma,
+            "windows": len(idx),
             "iterations": n_iter,
             "d_steps": d_steps,
             "g_steps": g_steps,
+            "d_lr": opt_d.param_groups[0]["lr"],
+            "g_lr": opt_g.param_groups[0]["lr"],
+            "D_grad_norm": sums["D_grad_norm"] / max(d_steps, 1),
+            "G_grad_norm": sums["G_grad_norm"] / max(g_steps, 1),
+            "D_clipped_frac": d_clipped / max(d_steps, 1),
+            "G_clipped_frac": g_clipped / max(g_steps, 1),
             "seconds": round(time.perf_counter() - t0, 2),
         }
         history.append(rec)
@@ -325,6 +619,8 @@ def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool 
             last_path,
             {
                 "stage": "gan",
+                "edgeemo_version": __version__,
+                "spec": _spec(g),
                 "state_dict": g.state_dict(),
                 "discriminator": d.state_dict(),
                 "optimizer": opt_g.state_dict(),
@@ -335,69 +631,38 @@ def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool 
             },
         )
         write_metrics_jsonl(out_dir / "metrics.jsonl", history)
-        _plot_curves(history, out_dir / "curves.png")
-        print(
-            f"[gan] epoch {epoch + 1}/{cfg.gan_epochs} D_loss {rec['D_loss']:.3f} G_loss {rec['G_loss']:.3f} "
-            f"D_real {rec['D_real']:.3f} D_fake {rec['D_fake']:.3f} noise {sigma:.3f} "
-            f"(D steps {d_steps}, G steps {g_steps}) | {rec['seconds']:.1f} s",
-            file=sys.stderr,
-            flush=True,
+        plot_gan_curves(history, out_dir / "curves.png")
+        _echo(
+            f"[gan] epoch {epoch + 1}/{epochs} D_loss {rec['D_loss']:.3f} G_loss {rec['G_loss']:.3f} | "
+            f"D_real {rec['D_real']:.3f} D_fake {rec['D_fake']:.3f} | noise {sigma:.3f} | "
+            f"D steps {d_steps} G steps {g_steps} | "
+            f"clipped D {rec['D_clipped_frac']:.0%} G {rec['G_clipped_frac']:.0%} | "
+            f"{rec['seconds']:.1f} s"
         )
-    if not history:
-        raise TrainingError("GAN: no epochs were run (gan_epochs=0)")
-    spec = {"shape": list(cfg.features.shape), "latent_dim": cfg.gan_latent_dim}
-    sampler = GanSampler(_load_generator(spec, g.state_dict()), cfg.gan_latent_dim)
-    probe = train.targets[np.random.default_rng(cfg.seed).choice(len(train), min(128, len(train)), replace=False)]
-    real_div = diversity(
-        train.batch(np.random.default_rng(cfg.seed).choice(len(train), min(128, len(train)), replace=False))
-    )
-    ratio = diversity(sampler(probe, seed=cfg.seed)) / max(real_div, 1e-9)
-    health = health_check(history, ratio)
+
+    # ---- after training: diversity, health, samples, gen.pt
+    sampler = GanSampler(_generator_from(_spec(g), {k: v.cpu() for k, v in g.state_dict().items()}))
+    pick = np.random.default_rng([cfg.seed, 99]).choice(len(train), min(128, len(train)), replace=False)
+    real_div = diversity(train.batch(pick))
+    ratio = diversity(sampler(train.targets[pick], seed=cfg.seed)) / real_div if real_div > 0 else float("nan")
+    health = health_check(history, ratio, cfg.gan_real_label, cfg.gan_fake_label)
+    health["real_diversity"] = real_div
     for msg in health["messages"]:
-        print(f"GAN health: {msg}", file=sys.stderr)
-    print(f"GAN health: {'OK' if health['ok'] else 'check the warnings above'}", file=sys.stderr)
+        _echo(f"GAN health: {msg}")
+    _echo(f"GAN health: {'OK' if health['ok'] else 'WARNING: outside the healthy ranges (training continues)'}")
     atomic_write_json(out_dir / "health.json", health)
-    _plot_samples(sampler, train, out_dir / "samples.png")
+    plot_samples(sampler, train, out_dir / "samples.png", seed=cfg.seed)
     save_checkpoint(
         gen_path,
         {
             "stage": "gan",
-            "spec": spec,
-            "state_dict": g.state_dict(),
+            "edgeemo_version": __version__,
+            "spec": _spec(g),
+            "state_dict": sampler.g.state_dict(),
             "history": history,
             "health": health,
+            "diversity_ratio": ratio,
             "recipe": recipe,
         },
     )
     return GanResult(history, health, ratio, gen_path)
-
-
-def _load_generator(spec: dict[str, Any], state: dict[str, Any]) -> Generator:
-    g = Generator(tuple(spec["shape"]), spec["latent_dim"])
-    g.load_state_dict(state)
-    return g.eval()
-
-
-class GanSampler:
-    """Generated windows for given labels: ``sampler(labels (k, 2), seed) -> (k, 1, n_mels, n_frames)``."""
-
-    def __init__(self, generator: Generator, latent_dim: int, device: str = "cpu") -> None:
-        self.g = generator.to(device).eval()
-        self.latent_dim = latent_dim
-        self.device = device
-
-    @classmethod
-    def load(cls, path: Path, device: str = "cpu") -> GanSampler:
-        ck = load_checkpoint(path)
-        return cls(_load_generator(ck["spec"], ck["state_dict"]), ck["spec"]["latent_dim"], device)
-
-    @torch.no_grad()
-    def __call__(self, labels: np.ndarray, seed: int) -> np.ndarray:
-        labels = np.asarray(labels, dtype=np.float32).reshape(-1, 2)
-        gen = torch.Generator().manual_seed(int(seed))
-        z = torch.randn(len(labels), self.latent_dim, generator=gen)
-        out = [
-            self.g(z[s : s + 256].to(self.device), torch.from_numpy(labels[s : s + 256]).to(self.device)).cpu()
-            for s in range(0, len(labels), 256)
-        ]
-        return torch.cat(out).numpy() if out else np.zeros((0, 1, *self.g.shape), np.float32)

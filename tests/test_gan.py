@@ -1,0 +1,415 @@
+"""The conditional GAN and its stabilised recipe, checked on what training actually does.
+
+A tiny structured WindowSet (32 mels x 64 frames) keeps every training run to a few
+seconds: the optimiser steps, clipping calls and D inputs are spied on during real runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeemo.data.types import Song  # noqa: E402
+from edgeemo.data.windows import WindowSet  # noqa: E402
+from edgeemo.errors import TrainingError  # noqa: E402
+from edgeemo.features import FeatureConfig  # noqa: E402
+from edgeemo.presets import make_config  # noqa: E402
+from edgeemo.train import gan as gan_mod  # noqa: E402
+from edgeemo.train.gan import (  # noqa: E402
+    Discriminator,
+    GanSampler,
+    Generator,
+    build_gan,
+    count_parameters,
+    d_step_due,
+    diversity,
+    health_check,
+    noise_std,
+    optimizer_step,
+    smoothed_targets,
+    train_gan,
+)
+
+FEATURES = FeatureConfig(n_mels=32, n_frames=64, hop_length=500)  # windows every 16 frames
+N_SONGS, PER_SONG, BATCH = 5, 2, 4  # 10 windows an epoch -> 3 iterations of <= 4
+EPOCHS = 3
+
+
+def make_windows(n_songs: int = N_SONGS, seed: int = 0, constant: float | None = None) -> WindowSet:
+    """Songs whose frames encode their labels (low bands ~ valence, high bands ~ arousal), 4 windows each."""
+    rng = np.random.default_rng(seed)
+    n_total = FEATURES.n_frames + 3 * FEATURES.window_hop_frames
+    songs, frames, index, targets = [], [], [], []
+    for s in range(n_songs):
+        v, a = rng.uniform(-0.9, 0.9, 2)
+        if constant is None:
+            f = rng.normal(1.0, 0.3, (FEATURES.n_mels, n_total)).astype(np.float32)
+            f[: FEATURES.n_mels // 2] += v
+            f[FEATURES.n_mels // 2 :] += a * np.sin(np.arange(n_total) / 4.0)
+        else:
+            f = np.full((FEATURES.n_mels, n_total), constant, np.float32)
+        songs.append(Song(id=f"s{s}", path=Path(f"/nonexistent/s{s}.wav"), valence=float(v), arousal=float(a)))
+        frames.append(f)
+        n = FEATURES.n_windows(n_total)
+        index.append(np.stack([np.full(n, s), np.arange(n)], 1))
+        targets.append(np.tile([v, a], (n, 1)))
+    return WindowSet(
+        cfg=FEATURES,
+        songs=songs,
+        frames=frames,
+        index=np.concatenate(index).astype(np.int64),
+        targets=np.concatenate(targets).astype(np.float32),
+        failed=[],
+    )
+
+
+def gan_config(**kw):
+    base = dict(
+        features=FEATURES,
+        gan_epochs=EPOCHS,
+        gan_batch_size=BATCH,
+        gan_latent_dim=8,
+        train_windows_per_song=PER_SONG,
+        device="cpu",
+    )
+    base.update(kw)
+    return make_config("tiny", **base)
+
+
+class Spy:
+    """Counts optimiser steps (per optimiser) and gradient clipping calls during a training run."""
+
+    def __init__(self, mp: pytest.MonkeyPatch) -> None:
+        self.steps = {"g": 0, "d": 0}
+        self.clip_norms: list[float] = []
+        self.lrs: dict[str, float] = {}
+        real_build, real_clip = gan_mod.build_gan, gan_mod.clip_gradients
+
+        def build(cfg):
+            g, d, opt_g, opt_d = real_build(cfg)
+            for name, opt in (("g", opt_g), ("d", opt_d)):
+                self.lrs[name] = opt.param_groups[0]["lr"]
+                step = opt.step
+
+                def counted(*a, _name=name, _step=step, **k):
+                    self.steps[_name] += 1
+                    return _step(*a, **k)
+
+                opt.step = counted
+            return g, d, opt_g, opt_d
+
+        def clip(module, max_norm=gan_mod.CLIP_NORM):
+            self.clip_norms.append(max_norm)
+            return real_clip(module, max_norm)
+
+        mp.setattr(gan_mod, "build_gan", build)
+        mp.setattr(gan_mod, "clip_gradients", clip)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These nets are tiny: one intra-op thread is faster, and far faster on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def train():
+    return make_windows()
+
+
+@pytest.fixture(scope="module")
+def straight(train, tmp_path_factory):
+    """An uninterrupted 3-epoch run, with its optimiser steps counted and its stderr kept."""
+    out = tmp_path_factory.mktemp("gan") / "straight"
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
+        spy = Spy(mp)
+        result = train_gan(train, gan_config(), out, progress=False)
+    return result, out, spy, err.getvalue()
+
+
+# ----------------------------------------------------------------------------- recipe rules
+def test_noise_schedule_decays_linearly_and_clamps_at_the_floor():
+    assert noise_std(0, 10, 0.1, 0.01) == pytest.approx(0.1)  # first epoch: full std
+    assert noise_std(5, 10, 0.1, 0.01) == pytest.approx(0.05)  # halfway
+    assert noise_std(9, 10, 0.1, 0.01) == pytest.approx(0.01)  # 0.1 * 0.1 = 0.01
+    assert noise_std(10, 10, 0.1, 0.01) == pytest.approx(0.01)
+    assert noise_std(14, 15, 0.1, 0.02) == pytest.approx(0.02)  # clamped
+    stds = [noise_std(e, 15, 0.1, 0.01) for e in range(15)]
+    assert all(a >= b for a, b in itertools.pairwise(stds))
+
+
+def test_discriminator_step_pattern():
+    assert [d_step_due(i, 2) for i in range(6)] == [True, False, True, False, True, False]
+    assert [d_step_due(i, 3) for i in range(7)] == [True, False, False, True, False, False, True]
+    assert all(d_step_due(i, 1) for i in range(4))
+
+
+def test_label_smoothing_targets():
+    cfg = gan_config()
+    assert torch.equal(smoothed_targets(3, True, cfg), torch.full((3,), 0.9))
+    assert torch.equal(smoothed_targets(3, False, cfg), torch.full((3,), 0.1))
+    other = gan_config(gan_real_label=0.8, gan_fake_label=0.0)
+    assert smoothed_targets(2, True, other).tolist() == pytest.approx([0.8, 0.8])
+    assert smoothed_targets(2, False, other).tolist() == [0.0, 0.0]
+
+
+def test_discriminator_lr_is_half_the_generator_lr_with_dcgan_betas():
+    _, _, opt_g, opt_d = build_gan(gan_config(gan_lr=4e-4))
+    assert opt_g.param_groups[0]["lr"] == pytest.approx(4e-4)
+    assert opt_d.param_groups[0]["lr"] == pytest.approx(2e-4)
+    assert opt_g.param_groups[0]["betas"] == opt_d.param_groups[0]["betas"] == (0.5, 0.999)
+    _, _, opt_g, opt_d = build_gan(gan_config(gan_lr=1e-3, gan_d_lr_mult=0.25))
+    assert opt_d.param_groups[0]["lr"] == pytest.approx(0.25 * opt_g.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("which", ["generator", "discriminator"])
+def test_optimizer_step_clips_the_gradient_norm_before_stepping(which):
+    torch.manual_seed(0)
+    g, d, _, _ = build_gan(gan_config())
+    net = g if which == "generator" else d
+    z, y = torch.randn(4, 8), torch.rand(4, 2) * 2 - 1
+    x = g(z, y).detach()
+    loss = (g(z, y) ** 2).sum() * 1e6 if net is g else d(x, y).sum() * 1e6
+    before = [p.detach().clone() for p in net.parameters()]
+    sgd = torch.optim.SGD(net.parameters(), lr=1.0)  # so the update equals the (clipped) gradient
+    norm = optimizer_step(loss, net, sgd)
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    after = math.sqrt(sum(float(gr.norm() ** 2) for gr in grads))
+    moved = math.sqrt(sum(float((p.detach() - b).norm() ** 2) for p, b in zip(net.parameters(), before, strict=True)))
+    assert norm > 1e3
+    assert after <= 1.0 + 1e-4 and moved <= 1.0 + 1e-4
+    assert after == pytest.approx(1.0, rel=1e-3)
+
+
+def test_nets_fit_both_window_sizes_and_stay_small():
+    for shape in ((32, 64), (64, 128), (128, 256)):
+        g, d = Generator(shape, 16).eval(), Discriminator(shape)
+        with torch.no_grad():
+            x = g(torch.randn(2, 16), torch.zeros(2, 2))
+            assert x.shape == (2, 1, *shape)
+            assert d(x, torch.zeros(2, 2)).shape == (2,)
+    g, d, _, _ = build_gan(make_config("tiny"))  # 64 x 128, latent 64
+    assert count_parameters(g) <= 1_000_000 and count_parameters(d) <= 1_000_000
+    with pytest.raises(TrainingError, match="divisible by 16"):
+        Generator((40, 64))
+
+
+def test_generator_is_conditioned_on_the_labels():
+    torch.manual_seed(0)
+    g = Generator((32, 64), 8).eval()
+    z = torch.randn(1, 8).repeat(2, 1)
+    with torch.no_grad():
+        x = g(z, torch.tensor([[0.8, 0.8], [-0.8, -0.8]]))
+        same = g(z, torch.tensor([[0.8, 0.8], [0.8, 0.8]]))
+    assert torch.equal(same[0], same[1])
+    assert not torch.allclose(x[0], x[1])
+
+
+def test_bad_settings_are_one_line_errors(train, tmp_path):
+    with pytest.raises(TrainingError, match="gan_d_every"):
+        train_gan(train, gan_config(gan_d_every=0), tmp_path, progress=False)
+    with pytest.raises(TrainingError, match="gan_fake_label < gan_real_label"):
+        train_gan(train, gan_config(gan_real_label=0.1, gan_fake_label=0.9), tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- a real run
+def test_run_takes_the_recipe_steps(straight):
+    result, _, spy, _ = straight
+    iterations = math.ceil(N_SONGS * PER_SONG / BATCH)
+    assert len(result.history) == EPOCHS
+    for rec in result.history:
+        assert rec["iterations"] == iterations
+        assert rec["d_steps"] == math.ceil(iterations / 2)
+        assert rec["g_steps"] == 2 * iterations
+    assert spy.steps == {"d": EPOCHS * math.ceil(iterations / 2), "g": EPOCHS * 2 * iterations}
+    # every optimiser step went through clipping at 1.0
+    assert len(spy.clip_norms) == spy.steps["d"] + spy.steps["g"]
+    assert set(spy.clip_norms) == {1.0}
+    assert spy.lrs["d"] == pytest.approx(0.5 * spy.lrs["g"])
+
+
+def test_run_records_and_logs_every_epoch(straight):
+    result, out, _, err = straight
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    keys = {"epoch", "D_loss", "G_loss", "D_real", "D_fake", "noise_std", "d_steps", "g_steps", "seconds"}
+    assert all(keys <= set(r) for r in lines)
+    assert [r["noise_std"] for r in lines] == pytest.approx([noise_std(e, EPOCHS, 0.1, 0.01) for e in range(EPOCHS)])
+    for r in lines:
+        assert 0 < r["D_real"] < 1 and 0 < r["D_fake"] < 1 and r["D_loss"] > 0 and r["G_loss"] > 0
+    for name in ("last.pt", "gen.pt", "curves.png", "samples.png", "health.json"):
+        assert (out / name).is_file(), name
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert err.count("[gan] epoch ") == EPOCHS
+    assert "D_real" in err and "D_fake" in err
+    assert "lr G 0.0002, D 0.0001 (x0.5)" in err and "grad clip 1" in err  # the recipe line
+    health = json.loads((out / "health.json").read_text())
+    assert health == result.health and isinstance(health["ok"], bool)
+    assert [ln for ln in err.splitlines() if ln.startswith("GAN health:")]
+    assert result.diversity_ratio == pytest.approx(health["diversity_ratio"])
+
+
+def test_instance_noise_reaches_real_and_fake_inputs(tmp_path, monkeypatch):
+    """All-zero real windows: D's real inputs are pure noise; its fake inputs are G's output plus noise."""
+    zeros = make_windows(constant=0.0)
+    cfg = gan_config(gan_epochs=1, gan_batch_size=2, gan_d_every=3, gan_g_steps=1, gan_noise_std=0.5)
+    calls: list[tuple[str, torch.Tensor]] = []
+    real_build = gan_mod.build_gan
+
+    def build(c):
+        g, d, opt_g, opt_d = real_build(c)
+        g.register_forward_hook(lambda m, i, o: calls.append(("G", o.detach().clone())))
+        d.register_forward_pre_hook(lambda m, i: calls.append(("D", i[0].detach().clone())))
+        return g, d, opt_g, opt_d
+
+    monkeypatch.setattr(gan_mod, "build_gan", build)
+    result = train_gan(zeros, cfg, tmp_path, progress=False)
+    iterations = math.ceil(N_SONGS * PER_SONG / 2)  # 5
+    assert result.history[0]["d_steps"] == 2  # iterations 0 and 3 with d_every 3
+    assert result.history[0]["g_steps"] == iterations
+    training = calls[: 2 * 2 + 2 * iterations]  # D step: G then D; G step: G then D
+    assert len(calls) == len(training)  # nothing else ran the hooked nets
+    real_noise, fake_noise = [], []
+    for (kind_g, fake), (kind_d, x) in zip(training[0::2], training[1::2], strict=True):
+        assert (kind_g, kind_d) == ("G", "D")
+        n = fake.shape[0]
+        if x.shape[0] == 2 * n:  # a D step: [real; fake]
+            real_noise.append(x[:n])
+            fake_noise.append(x[n:] - fake)
+        else:
+            fake_noise.append(x - fake)
+    assert len(real_noise) == 2
+    for noise in (torch.cat(real_noise), torch.cat(fake_noise)):
+        assert noise.std().item() == pytest.approx(0.5, rel=0.1)
+        assert abs(noise.mean().item()) < 0.05
+
+
+def test_sampler_is_deterministic_conditioned_and_batched(straight):
+    _, out, _, _ = straight
+    sampler = GanSampler.load(out / "gen.pt")
+    labels = np.array([[0.8, 0.8], [-0.8, -0.8], [0.0, 0.5]], np.float32)
+    a, b = sampler(labels, seed=5), sampler(labels, seed=5)
+    assert a.shape == (3, 1, 32, 64) and a.dtype == np.float32 and np.isfinite(a).all()
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, sampler(labels, seed=6))
+    same_z_other_labels = sampler(np.array([[0.8, 0.8], [0.8, 0.8], [0.0, 0.5]], np.float32), seed=5)
+    assert np.array_equal(same_z_other_labels[0], a[0]) and np.array_equal(same_z_other_labels[2], a[2])
+    assert not np.allclose(same_z_other_labels[1], a[1])
+    sampler.batch_size = 2  # internal batching does not change the windows
+    np.testing.assert_allclose(sampler(labels, seed=5), a, rtol=1e-5, atol=1e-5)
+    assert sampler(np.zeros((0, 2), np.float32), seed=0).shape == (0, 1, 32, 64)
+
+
+def test_finished_gan_is_reused_and_other_settings_refused(straight, train):
+    result, out, _, _ = straight
+    before = (out / "gen.pt").stat().st_mtime_ns
+    again = train_gan(train, gan_config(), out, progress=False)
+    assert (out / "gen.pt").stat().st_mtime_ns == before
+    assert again.history == result.history and again.generator_path == out / "gen.pt"
+    with pytest.raises(TrainingError, match="gan_lr"):
+        train_gan(train, gan_config(gan_lr=1e-3), out, progress=False)
+
+
+def test_nan_stops_with_the_last_good_checkpoint_and_resume_equals_uninterrupted(straight, train, tmp_path):
+    """Epoch 3's data turns to NaN: a TrainingError names epoch 3 and last.pt holds epoch 2;
+    training again (clean data) resumes at epoch 3 and ends with the uninterrupted run's weights."""
+    result, out, _, _ = straight
+    poisoned = make_windows()
+    real_batch = poisoned.batch
+    epochs_done = []
+    real_plot = gan_mod.plot_gan_curves
+
+    def plot(history, path):
+        epochs_done.append(len(history))
+        real_plot(history, path)
+
+    def batch(idx):
+        x = real_batch(idx)
+        return np.full_like(x, np.nan) if epochs_done and epochs_done[-1] >= 2 else x
+
+    poisoned.batch = batch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gan_mod, "plot_gan_curves", plot)
+        with pytest.raises(TrainingError, match="epoch 3") as err:
+            train_gan(poisoned, gan_config(), tmp_path, progress=False)
+    assert "\n" not in str(err.value) and "last.pt" in str(err.value)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 2
+    assert not (tmp_path / "gen.pt").exists()
+
+    resumed = train_gan(train, gan_config(), tmp_path, progress=False)
+    a = torch.load(out / "gen.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "gen.pt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+    assert len(resumed.history) == len(result.history)
+    for r, s in zip(resumed.history, result.history, strict=True):
+        assert r.keys() == s.keys()
+        assert {k: v for k, v in r.items() if k != "seconds"} == pytest.approx(
+            {k: v for k, v in s.items() if k != "seconds"}, rel=1e-5, abs=1e-6
+        )
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == EPOCHS
+
+
+# ----------------------------------------------------------------------------- health and diversity
+HEALTHY = [
+    {"D_real": 0.85, "D_fake": 0.2, "D_loss": 0.55, "G_loss": 1.2},
+    {"D_real": 0.8, "D_fake": 0.35, "D_loss": 0.6, "G_loss": 0.9},
+    {"D_real": 0.78, "D_fake": 0.42, "D_loss": 0.62, "G_loss": 0.8},
+    {"D_real": 0.75, "D_fake": 0.45, "D_loss": 0.65, "G_loss": 0.75},
+    {"D_real": 0.76, "D_fake": 0.46, "D_loss": 0.66, "G_loss": 0.74},
+    {"D_real": 0.75, "D_fake": 0.47, "D_loss": 0.67, "G_loss": 0.73},
+]
+
+
+def test_health_check_passes_a_healthy_run():
+    report = health_check(HEALTHY, 0.9)
+    assert report["ok"], report["messages"]
+    assert not report["discriminator_collapse"] and not report["mode_collapse"]
+    assert not any(m.startswith("WARNING") for m in report["messages"])
+
+
+def test_health_check_flags_discriminator_collapse():
+    collapsed = [*HEALTHY[:4], *[{"D_real": 0.99, "D_fake": 0.01, "D_loss": 0.01, "G_loss": 5.0}] * 2]
+    report = health_check(collapsed, 0.9)
+    assert not report["ok"] and report["discriminator_collapse"]
+    assert any("discriminator collapse" in m for m in report["messages"])
+    assert any("D_real" in m and m.startswith("WARNING") for m in report["messages"])
+    # with label smoothing D_loss cannot go below ~0.325: sitting at that floor is collapse too
+    floor = [*HEALTHY[:5], {"D_real": 0.9, "D_fake": 0.1, "D_loss": 0.34, "G_loss": 2.0}]
+    assert health_check(floor, 0.9)["discriminator_collapse"]
+    assert not health_check(floor, 0.9, real_label=1.0, fake_label=0.0)["discriminator_collapse"]
+
+
+def test_health_check_flags_mode_collapse_and_out_of_range_outputs():
+    report = health_check(HEALTHY, 0.1)
+    assert not report["ok"] and report["mode_collapse"]
+    assert any("mode collapse" in m for m in report["messages"])
+    weak_d = [*HEALTHY[:5], {"D_real": 0.52, "D_fake": 0.5, "D_loss": 0.69, "G_loss": 0.7}]
+    report = health_check(weak_d, 0.9)
+    assert not report["ok"] and report["discriminator_confused"]
+    assert any("discriminator confused" in m for m in report["messages"])
+    assert not health_check([*HEALTHY[:5], {**HEALTHY[-1], "D_fake": 0.1}], 0.9)["ok"]
+
+
+def test_diversity():
+    assert diversity(np.ones((5, 1, 4, 4))) == 0.0
+    assert diversity(np.stack([np.zeros((1, 4, 4)), np.ones((1, 4, 4))])) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (300, 1, 8, 8))
+    assert diversity(x) == pytest.approx(math.sqrt(2), rel=0.05)  # iid N(0, 1): E|a-b|^2 = 2 per element
+    assert diversity(x[:1]) == 0.0
