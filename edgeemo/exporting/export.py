@@ -87,8 +87,8 @@ def export_run(
 ) -> dict[str, Any]:
     """Export a finished run's student (and the teacher, for the figures); returns the card."""
     import torch
-    from edgeemo.bundle import write_bundle
 
+    from edgeemo.bundle import write_bundle
     from edgeemo.train.distill import load_model
     from edgeemo.train.models import count_params
     from edgeemo.train.pipeline import open_run

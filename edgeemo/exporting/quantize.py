@@ -108,11 +108,8 @@ def quantize_int8(
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
-        QuantFormat,
         QuantType,
-        quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if len(calibration) == 0:
         raise ExportError("int8 calibration needs at least one real window")
@@ -130,7 +127,19 @@ def quantize_int8(
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    root = logging.getLogger()  # the quantiser logs hundreds of harmless shape warnings on the root logger
+    old_level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return _quantize(fp32_path, out_path, _Reader(), recipe, types, methods)
+    finally:
+        root.setLevel(old_level)
+
+
+def _quantize(fp32_path: Path, out_path: Path, reader, recipe: QuantRecipe, types: dict, methods: dict) -> Path:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
@@ -144,7 +153,7 @@ def quantize_int8(
         quantize_static(
             str(pre),
             str(out_path),
-            _Reader(),
+            reader,
             quant_format=QuantFormat.QDQ if recipe.fmt == "qdq" else QuantFormat.QOperator,
             activation_type=types[recipe.activation],
             weight_type=types[recipe.weight],
