@@ -24,7 +24,8 @@ ARGS = [
 
 
 def _cli(run_root: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "edgeemo", "train-all", "--runs-dir", str(run_root), *ARGS, "--cache-dir", str(cache), *extra]
+    base = [sys.executable, "-m", "edgeemo", "train-all", "--runs-dir", str(run_root), *ARGS]
+    return [*base, "--cache-dir", str(cache), *extra]
 
 
 def _env() -> dict[str, str]:
