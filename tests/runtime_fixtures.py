@@ -125,7 +125,11 @@ def sample_card(cfg: FeatureConfig, int8: bool = False, name: str = "test") -> d
 
 
 def _quantize_static(src: Path, dst: Path, cfg: FeatureConfig) -> None:
-    """Static QDQ int8 (fixed scales, so results do not depend on how windows are batched)."""
+    """Static QDQ int8 (fixed scales, so results do not depend on how windows are batched).
+
+    7-bit weights (``reduce_range``) as ``edgeemo export`` does: with 8-bit weights, x86
+    CPUs without VNNI saturate u8 x s8 dot products (errors up to 0.46 measured here).
+    """
     import logging
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -150,6 +154,7 @@ def _quantize_static(src: Path, dst: Path, cfg: FeatureConfig) -> None:
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
+        reduce_range=True,
     )
 
 

@@ -16,8 +16,9 @@ from edgeemo.data.manifest import write_manifest
 from edgeemo.data.quadrants import write_miniature_quadrants
 from edgeemo.errors import DataError
 from edgeemo.runtime.audio import write_wav
+from tests.realdata import SHARED_DATA
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = SHARED_DATA
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ from edgeemo.data.deam import (
 )
 from edgeemo.errors import DataError
 from edgeemo.runtime.audio import audio_info, load_audio, write_wav
+from tests.realdata import SHARED_DATA
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = SHARED_DATA
 REAL_DEAM = REAL / "deam-annotations"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from edgeemo.features import (
     mel_to_hz,
     pad_to_window,
 )
+from tests.realdata import SHARED_DATA
 
 try:
     import librosa
@@ -32,7 +32,7 @@ except ImportError:  # librosa is in the [train] extra only
 
 needs_librosa = pytest.mark.skipif(librosa is None, reason="librosa (the [train] extra) is not installed")
 
-REAL_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "4q-dev" / "audio"
+REAL_AUDIO = SHARED_DATA / "4q-dev" / "audio"
 
 DEFAULT = FeatureConfig()
 BASE_128 = FeatureConfig(n_mels=128, hop_length=250, n_frames=256)

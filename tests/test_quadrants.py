@@ -11,8 +11,9 @@ import pytest
 from edgeemo.data.quadrants import load_quadrants, write_miniature_quadrants
 from edgeemo.errors import DataError
 from edgeemo.runtime.audio import load_audio, write_wav
+from tests.realdata import SHARED_DATA
 
-REAL_4Q = Path(__file__).resolve().parents[2] / "shared" / "data" / "4q-dev"
+REAL_4Q = SHARED_DATA / "4q-dev"
 HEADER = ["song", "quadrant", "pquad", "artist", "title", "moods", "genres", "file"]
 
 

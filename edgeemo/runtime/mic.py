@@ -133,8 +133,18 @@ class _QueueSource:
         except queue.Full:
             self.dropped += 1
 
-    def _end(self) -> None:
-        # END must get through even when the queue is full: make room by dropping the oldest block
+    def _end(self, wait: threading.Event | None = None) -> None:
+        """Queue the END sentinel.
+
+        With ``wait`` (a lossless source's stop event) it waits for room until that event
+        is set; otherwise, or once stopped, it makes room by dropping the oldest block.
+        """
+        while wait is not None and not wait.is_set():
+            try:
+                self.queue.put(END, timeout=0.1)
+                return
+            except queue.Full:
+                continue
         while True:
             try:
                 self.queue.put_nowait(END)
@@ -270,7 +280,7 @@ class _ThreadSource(_QueueSource):
         except BaseException as exc:  # reported to the consumer through .error
             self.error = exc
         finally:
-            self._end()
+            self._end(wait=None if self.realtime else self._stop)
 
     def start(self) -> None:
         if self._thread is not None:
