@@ -191,13 +191,42 @@ def distill_cmd(**kw: Any) -> None:
     "--data", "data_path", type=click.Path(path_type=Path), help="A dataset (DEAM, manifest, 4Q) to score on."
 )
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
+@click.option(
+    "--predictions",
+    "predictions_csv",
+    type=click.Path(path_type=Path),
+    help="Write per-song predictions (labels, mean prediction, quadrants, window count) as CSV.",
+)
+@click.option(
+    "--confusion",
+    "confusion_png",
+    type=click.Path(path_type=Path),
+    help="Write the song-level quadrant confusion matrix as a PNG (needs Q1..Q4 labels, e.g. 4Q).",
+)
 def evaluate_cmd(
-    model_path: Path, run_dir: Path | None, split: str, data_path: Path | None, json_out: Path | None
+    model_path: Path,
+    run_dir: Path | None,
+    split: str,
+    data_path: Path | None,
+    json_out: Path | None,
+    predictions_csv: Path | None,
+    confusion_png: Path | None,
 ) -> None:
-    """Metrics table for a checkpoint (.pt) or an exported bundle on a run split or any dataset."""
+    """Metrics table for a checkpoint (.pt) or an exported bundle on a run split or any dataset.
+
+    Songs with quadrant labels (4Q) also get song-level quadrant accuracy, macro-F1,
+    valence/arousal AUC, per-class F1 and the confusion matrix.
+    """
     from edgeemo.evaluate_cli import evaluate_model
 
-    report = evaluate_model(model_path, run_dir=run_dir, split=split, data_path=data_path)
+    report = evaluate_model(
+        model_path,
+        run_dir=run_dir,
+        split=split,
+        data_path=data_path,
+        predictions_csv=predictions_csv,
+        confusion_png=confusion_png,
+    )
     click.echo(report["table"])
     if json_out:
         json_out.write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))

@@ -2,18 +2,33 @@
 
 Owns resolving what to score (a ``.pt`` checkpoint via torch, or a bundle folder via
 the torch-free runtime) and on what (a run's saved split, or every song of a
-dataset), then prints the same metrics table for either.
+dataset), then prints the same metrics table for either. When the songs carry
+quadrant labels (4Q), the report and table gain song-level quadrant metrics and the
+confusion matrix; per-song predictions go to a CSV (``--predictions``) and the
+confusion matrix to a PNG (``--confusion``) on request.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeemo.data.windows import build_windows, default_cache_dir
 from edgeemo.errors import EdgeemoError
-from edgeemo.evaluation import Predictor, predict_windowset, window_and_song_report
+from edgeemo.evaluation import (
+    SONG_PREDICTION_FIELDS,
+    Predictor,
+    QuadrantEvaluation,
+    predict_windowset,
+    song_predictions,
+    song_quadrant_report,
+    window_and_song_report,
+)
 from edgeemo.features import FeatureConfig
+from edgeemo.runtime.stream import QUADRANTS
 
 
 def load_predictor(model_path: Path) -> tuple[Predictor, FeatureConfig, str]:
@@ -76,15 +91,126 @@ def metrics_table(report: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
+def quadrant_table(q: QuadrantEvaluation) -> str:
+    """Song-level quadrant metrics, per-class F1 and the confusion matrix as text."""
+    m = q.metrics
+    skipped = f", {q.n_unlabelled} without a quadrant left out" if q.n_unlabelled else ""
+    rows = [
+        f"quadrants (song level, {m['n_songs']} songs{skipped})",
+        f"{'accuracy':<10}{m['quadrant_accuracy']:>8.3f}   {'macro-F1':<10}{m['quadrant_macro_f1']:>8.3f}",
+        f"{'V-AUC':<10}{m['valence_auc']:>8.3f}   {'A-AUC':<10}{m['arousal_auc']:>8.3f}",
+        "F1   " + "  ".join(f"{lab} {QUADRANTS.get(lab, '')} {m[f'f1_{lab}']:.3f}" for lab in q.labels),
+        "confusion (rows true, columns predicted)",
+        f"{'':<10}" + "".join(f"{lab:>7}" for lab in q.labels),
+    ]
+    for lab, counts in zip(q.labels, q.confusion, strict=True):
+        rows.append(f"{lab + ' ' + QUADRANTS.get(lab, ''):<10}" + "".join(f"{int(c):>7}" for c in counts))
+    return "\n".join(rows)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Fail before any work when an output's folder is missing (``option`` names the flag)."""
+    if path.is_dir():
+        raise EdgeemoError(f"{option} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise EdgeemoError(f"{option} {path}: folder {path.parent} does not exist")
+
+
+def write_song_predictions(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Per-song predictions as CSV with columns :data:`SONG_PREDICTION_FIELDS`."""
+    path = Path(path)
+    try:
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=SONG_PREDICTION_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: f"{v:.9g}" if isinstance(v, float) else v for k, v in r.items()})
+    except OSError as exc:
+        raise EdgeemoError(f"cannot write {path} ({exc.strerror or exc})") from None
+    return path
+
+
+def plot_confusion(q: QuadrantEvaluation, path: Path, *, title: str = "") -> Path:
+    """The confusion matrix (counts, rows true, columns predicted) as a PNG; matplotlib is imported here."""
+    from edgeemo.runtime.plot import _matplotlib
+
+    figure_cls, canvas_cls = _matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
+    path = Path(path)
+    names = [f"{lab}\n{QUADRANTS.get(lab, '')}" for lab in q.labels]
+    cm = np.asarray(q.confusion)
+    fig = figure_cls(figsize=(5.2, 4.6), dpi=100)
+    canvas_cls(fig)
+    ax = fig.subplots()
+    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, int(cm.max())))
+    colorbar = fig.colorbar(image, ax=ax, label="songs")
+    colorbar.locator = MaxNLocator(integer=True)
+    colorbar.update_ticks()
+    ticks = np.arange(len(names))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="true")
+    threshold = cm.max() / 2 if cm.size else 0
+    for (i, j), c in np.ndenumerate(cm):
+        ax.text(j, i, str(int(c)), ha="center", va="center", color="white" if c > threshold else "black")
+    m = q.metrics
+    heading = f"accuracy {m['quadrant_accuracy']:.3f}, macro-F1 {m['quadrant_macro_f1']:.3f} ({m['n_songs']} songs)"
+    ax.set_title(f"{title}\n{heading}" if title else heading, fontsize=9)
+    fig.tight_layout()
+    try:
+        fig.savefig(str(path), format="png")
+    except OSError as exc:
+        raise EdgeemoError(f"cannot write {path} ({exc.strerror or exc})") from None
+    return path
+
+
 def evaluate_model(
-    model_path: Path, *, run_dir: Path | None = None, split: str = "test", data_path: Path | None = None
+    model_path: Path,
+    *,
+    run_dir: Path | None = None,
+    split: str = "test",
+    data_path: Path | None = None,
+    predictions_csv: Path | None = None,
+    confusion_png: Path | None = None,
 ) -> dict[str, Any]:
+    """Score ``model_path``: a dict with ``model``, ``data``, ``metrics`` (CCC etc.) and ``table``.
+
+    When the songs carry quadrant labels it also holds ``quadrants``
+    (:meth:`QuadrantEvaluation.to_dict`: song-level metrics plus the confusion matrix).
+
+    ``predictions_csv`` receives one row per song (any dataset); ``confusion_png`` the
+    quadrant confusion matrix, which needs quadrant-labelled songs (:class:`EdgeemoError`
+    otherwise, raised before any audio is decoded).
+    """
+    for out, option in ((predictions_csv, "--predictions"), (confusion_png, "--confusion")):
+        if out is not None:
+            _check_writable(Path(out), option)
+    if confusion_png is not None:
+        from edgeemo.runtime.plot import _matplotlib
+
+        _matplotlib()  # fail before scoring anything when matplotlib is missing
     predict, cfg, label = load_predictor(Path(model_path))
     songs, what = _songs(Path(model_path), run_dir, split, data_path)
+    if confusion_png is not None and not any(s.quadrant for s in songs):
+        raise EdgeemoError(f"--confusion needs quadrant labels (Q1..Q4); none of the {len(songs)} songs has one")
     windows = build_windows(songs, cfg, default_cache_dir(), progress=True)
     preds = predict_windowset(predict, windows)
     report = window_and_song_report(windows, preds)
+    quadrants = song_quadrant_report(windows, preds)
     header = f"{label}\non {what}: {len(windows)} windows" + (
         f" ({len(windows.failed)} songs failed to decode)" if windows.failed else ""
     )
-    return {"model": label, "data": what, "metrics": report, "table": header + "\n" + metrics_table(report)}
+    table = header + "\n" + metrics_table(report)
+    if quadrants is not None:
+        table += "\n\n" + quadrant_table(quadrants)
+    if predictions_csv is not None:
+        write_song_predictions(song_predictions(windows, preds), Path(predictions_csv))
+    if confusion_png is not None:
+        if quadrants is None:
+            raise EdgeemoError("--confusion: none of the songs with a quadrant label could be decoded")
+        plot_confusion(quadrants, Path(confusion_png), title=label)
+    out: dict[str, Any] = {"model": label, "data": what, "metrics": report}
+    if quadrants is not None:
+        out["quadrants"] = quadrants.to_dict()
+    if predictions_csv is not None:
+        out["predictions"] = str(predictions_csv)
+    return {**out, "table": table}
