@@ -50,7 +50,10 @@ def load_source(source: DataSource, cfg: TrainConfig, cache_dir: Path | None = N
         raise DataError(f"data source {source.kind} needs a path")
     from edgeemo.data.check import load_dataset
 
-    return load_dataset(Path(source.path), kind=source.kind)
+    opts: dict[str, Any] = {}
+    if source.kind == "quadrants":
+        opts = {"magnitude": cfg.quadrant_magnitude, "use_confidence": cfg.quadrant_confidence}
+    return load_dataset(Path(source.path), kind=source.kind, **opts)
 
 
 def load_sources(sources: list[DataSource], cfg: TrainConfig, cache_dir: Path | None = None) -> SongSet:
