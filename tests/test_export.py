@@ -30,7 +30,10 @@ def run(tmp_path_factory):
     cfg = tiny_config(
         corpus_n=24, corpus_duration=6.0, gan_ratio=0.0, teacher_epochs=3, student_epochs=2, teacher_depth=2
     )
-    r = open_run(root / "runs" / "mini", cfg, [DataSource("builtin")])
+    from edgeemo.data.quadrants import write_miniature_quadrants
+
+    quads = write_miniature_quadrants(root / "mini4q", n_per_quadrant=3, n_artists=8, seconds=4.0)
+    r = open_run(root / "runs" / "mini", cfg, [DataSource("builtin"), DataSource("quadrants", str(quads))])
     train_all(r, progress=False, cache_dir=root / "cache")
     return r, root / "cache"
 
@@ -84,6 +87,12 @@ def test_export_writes_a_verified_bundle(run, tmp_path, monkeypatch):
         saved["compression"]["teacher_fp32_onnx_bytes"] / saved["compression"]["student_int8_onnx_bytes"]
     )
     assert (r.dir / "export" / "teacher.onnx").is_file()
+    # mixed data (built-in + a 4Q-style set): the card names both, the licence caveat and quadrant figures
+    assert [s["kind"] for s in saved["training_data"]["sources"]] == ["builtin", "quadrants"]
+    assert "research use only" in saved["training_data"]["licence"]
+    quads = saved["metrics"]["quadrants"]
+    assert set(quads) == {"teacher_torch", "student_torch", "student_fp32", "student_int8"}
+    assert 0.0 <= quads["student_int8"]["quadrant_accuracy"] <= 1.0 and quads["student_int8"]["n_songs"] >= 1
 
     from edgeemo.runtime import EmotionModel
 
@@ -115,3 +124,14 @@ def test_export_refuses_an_unfinished_run(tmp_path):
     r = open_run(tmp_path / "runs" / "x", tiny_config(), [DataSource("builtin")])
     with pytest.raises(EdgeemoError, match="no finished teacher"):
         export_run(r.dir, tmp_path / "b")
+
+
+def test_card_licence_note_and_quadrant_table():
+    from edgeemo.exporting.export import data_licence_note, quadrant_table
+
+    assert "no third-party audio" in data_licence_note([DataSource("builtin")])
+    note = data_licence_note([DataSource("builtin"), DataSource("quadrants", "x")])
+    assert "quadrants" in note and "research use only" in note
+    q = {"quadrant_accuracy": 0.5, "quadrant_macro_f1": 0.25, "valence_auc": 0.75, "arousal_auc": 1.0, "n_songs": 8}
+    lines = quadrant_table({"student_int8": q}).splitlines()
+    assert lines[1].split() == ["student_int8", "0.500", "0.250", "0.750", "1.000"]
