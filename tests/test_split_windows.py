@@ -56,6 +56,20 @@ def test_no_group_in_two_splits_and_every_song_once(seed: int):
     assert all(counts[f"A{g}"] == sizes[g] for g in range(len(sizes)) if owner[f"A{g}"] == "train")
 
 
+def test_adding_a_dataset_never_moves_another_datasets_songs():
+    import dataclasses
+
+    a = _songset([1, 2, 1, 3, 1, 1, 2, 1, 1, 1, 2, 1], name="a")
+    b = SongSet("b", [dataclasses.replace(s, id=f"b{s.id}", group=f"B{s.group}", source="b") for s in a.songs])
+    tiny = SongSet("t", [dataclasses.replace(s, id=f"t{s.id}", source="t") for s in a.songs[:3]])  # 2 groups
+    alone = _ids(split_songs(a, seed=3))
+    mixed = _ids(split_songs(a + b + tiny, seed=3))
+    for k in SPLITS:
+        assert [i for i in mixed[k] if not i.startswith(("b", "t"))] == alone[k]
+        assert [i[1:] for i in mixed[k] if i.startswith("b")] == alone[k]  # same fractions and seed per dataset
+    assert {i for i in mixed["train"] if i.startswith("t")} == {s.id for s in tiny.songs}  # < 3 groups: train
+
+
 def test_split_respects_fractions_roughly():
     songs = _songset([1] * 100)
     split = split_songs(songs, fractions=(0.7, 0.15, 0.15), seed=1)

@@ -1,7 +1,10 @@
 """Seeded train/val/test split of songs by group (artist or song), never by window.
 
 Numpy only. All songs of one group land in the same split, so no artist (or song)
-leaks windows across splits.
+leaks windows across splits. A mix of datasets (``Song.source``) is split one dataset
+at a time with the same fractions and seed, so adding a dataset to a run never moves
+another dataset's songs between splits (its test figures stay comparable); a dataset
+with fewer than 3 groups goes to train whole.
 """
 
 from __future__ import annotations
@@ -17,7 +20,27 @@ SPLITS = ("train", "val", "test")
 def split_songs(
     songset: SongSet, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
 ) -> dict[str, list[Song]]:
-    """Split songs into ``train``/``val``/``test`` by group with the given song fractions."""
+    """Split songs into ``train``/``val``/``test`` by group with the given song fractions, per source dataset."""
+    sources: dict[str, list[Song]] = {}
+    for song in songset.songs:
+        sources.setdefault(song.source, []).append(song)
+    if len(sources) <= 1:
+        return _split_one(songset, fractions, seed)
+    out: dict[str, list[Song]] = {k: [] for k in SPLITS}
+    for name, songs in sources.items():
+        part = SongSet(name=f"{songset.name}[{name or 'unnamed'}]", songs=songs)
+        if len({s.group for s in songs}) < 3:
+            out["train"].extend(songs)
+            continue
+        for k, v in _split_one(part, fractions, seed).items():
+            out[k].extend(v)
+    for k in ("val", "test"):
+        if not out[k]:
+            raise DataError(f"dataset {songset.name!r}: no source has enough groups (3+) to fill the {k} split")
+    return out
+
+
+def _split_one(songset: SongSet, fractions: tuple[float, float, float], seed: int) -> dict[str, list[Song]]:
     if len(fractions) != 3 or any(f <= 0 for f in fractions):
         raise DataError(f"split fractions must be three positive numbers, got {fractions}")
     total = float(sum(fractions))
