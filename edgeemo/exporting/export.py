@@ -33,6 +33,14 @@ def _log(msg: str) -> None:
 QUADRANT_KEYS = ("quadrant_accuracy", "quadrant_macro_f1", "valence_auc", "arousal_auc", "n_songs")
 
 
+def data_flags(sources: list) -> str:
+    """The ``train-all`` data flags that name ``sources`` again (empty for the built-in corpus alone)."""
+    if all(s.kind == "builtin" for s in sources):
+        return ""
+    flags = [" --builtin" if s.kind == "builtin" else f" --{s.kind} {s.path}" for s in sources]
+    return "".join(flags)
+
+
 def data_licence_note(sources: list) -> str:
     """What the card says about the training data's licence (it travels with the weights)."""
     kinds = {s.kind for s in sources} or {"builtin"}
@@ -247,7 +255,7 @@ def export_run(
             "quantization": quant,
             "training_wall_seconds": summary.get("seconds"),
             "reproduce": reproduce
-            or f"edgeemo train-all --name {run.dir.name} --preset {run.cfg.preset} && "
+            or f"edgeemo train-all --name {run.dir.name} --preset {run.cfg.preset}{data_flags(run.sources)} && "
             f"edgeemo export {run.dir} {'--int8 ' if int8 else ''}--out {out_dir}",
             "default_model": "model.int8.onnx" if int8 else "model.onnx",
         }
