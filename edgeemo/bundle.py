@@ -387,14 +387,29 @@ def card_summary(bundle: Bundle) -> str:
         f"  input {card['input'].get('name')} {card['input'].get('shape')} -> output "
         f"{card['output'].get('name')} {card['output'].get('shape')} {card['output'].get('labels', '')}",
     ]
+    data = card.get("training_data")
+    if isinstance(data, dict):
+        lines.append(f"  trained on: {data.get('description') or data.get('dataset', '?')}")
+        if data.get("licence"):
+            lines.append(f"  data licence: {data['licence']}")
+    elif data:
+        lines.append(f"  trained on: {data}")
     metrics = card.get("metrics") or {}
+
+    def numbers(d: dict) -> str:
+        return ", ".join(f"{k} {v:.4g}" for k, v in d.items())
+
     for key, value in metrics.items():
         if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
-            lines.append(f"  {key}: " + ", ".join(f"{k} {v:.4g}" for k, v in value.items()))
+            lines.append(f"  {key}: {numbers(value)}")
+        elif isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):  # e.g. quadrants
+            lines.extend(f"  {key} {name}: {numbers(sub)}" for name, sub in value.items())
         elif isinstance(value, float):
             lines.append(f"  {key}: {value:.4g}")
         elif not isinstance(value, (dict, list)):
             lines.append(f"  {key}: {value}")
+    if card.get("reproduce"):
+        lines.append(f"  reproduce: {card['reproduce']}")
     comp = card.get("compression") or {}
     if isinstance(comp, dict) and comp:
         lines.append(

@@ -188,6 +188,8 @@ def test_cli_bundle_check(bundle, copy):
     res = runner.invoke(main, ["bundle", "check", str(bundle)])
     assert res.exit_code == 0, res.output
     assert "hashes ok" in res.output and "model.int8.onnx" in res.output and "32 mels" in res.output
+    assert "trained on: none: a fixed linear function" in res.output  # what the card says the model learned from
+    assert "reproduce: tests/runtime_fixtures.py make_test_bundle" in res.output
     (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes() + b"x")
     res = runner.invoke(main, ["bundle", "check", str(copy)])
     assert res.exit_code == 2
