@@ -110,19 +110,22 @@ def _plot_paths(png: Path, files: list[Path]) -> list[Path]:
     ]
 
 
-@main.command("predict")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), help="Bundle folder [reference bundle].")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--out", "out_path", type=click.Path(path_type=Path), help="Write the output here instead of stdout.")
-@click.option("--plot", "plot_png", type=click.Path(path_type=Path), help="Save a trajectory PNG (one per file).")
-@click.option(
+SMOOTHING_OPTION = click.option(
     "--smoothing",
     type=click.FloatRange(0.0, 1.0, max_open=True),
     default=0.0,
     show_default=True,
     help="EMA coefficient over the window series (0 = none).",
 )
+
+
+@main.command("predict")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), help="Bundle folder [reference bundle].")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--out", "out_path", type=click.Path(path_type=Path), help="Write the output here instead of stdout.")
+@click.option("--plot", "plot_png", type=click.Path(path_type=Path), help="Save a trajectory PNG (one per file).")
+@SMOOTHING_OPTION
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads.")
 def predict(
     files: tuple[Path, ...],
@@ -179,13 +182,7 @@ def predict(
 )
 @click.option("--record", type=click.Path(path_type=Path), help="Log time,valence,arousal,quadrant to this CSV.")
 @click.option("--duration", type=click.FloatRange(min=0.0, min_open=True), help="Stop after this many seconds.")
-@click.option(
-    "--smoothing",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="EMA coefficient over the window series (0 = none).",
-)
+@SMOOTHING_OPTION
 def live(
     device: str | None,
     list_devices: bool,

@@ -198,6 +198,31 @@ def log_scale(mel_power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return ((db - np.float32(cfg.db_offset)) / np.float32(cfg.db_scale)).astype(np.float32, copy=False)
 
 
+def librosa_log_mel(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """The same log-mel computed by librosa (needs the ``[train]`` extra): the parity reference.
+
+    ``librosa.feature.melspectrogram`` with this config's STFT and Slaney mel parameters
+    (uncentred, power 2), then :func:`log_scale`. Used by the parity tests and the
+    feature benchmark; the runtime never calls it.
+    """
+    import librosa
+
+    mel = librosa.feature.melspectrogram(
+        y=signal,
+        sr=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        hop_length=cfg.hop_length,
+        center=False,
+        n_mels=cfg.n_mels,
+        fmin=cfg.fmin,
+        fmax=cfg.fmax,
+        power=2.0,
+        htk=False,
+        norm="slaney",
+    )
+    return log_scale(mel, cfg)
+
+
 def mel_power(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """Mel power spectrogram (uncentred STFT, power 2), shape ``(n_mels, n_frames)``."""
     x = np.ascontiguousarray(signal, dtype=np.float32)
