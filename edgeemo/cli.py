@@ -46,6 +46,7 @@ def main() -> None:
 def _register_command_modules() -> None:
     """Training/export commands live in their own modules; importing them registers them on ``main``."""
     import edgeemo.cli_train  # noqa: F401
+    from edgeemo import cli_pretrained  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- data

@@ -30,6 +30,18 @@ _FIELD_FLAGS: list[tuple[str, str, Any, str]] = [
         click.IntRange(min=1),
         "Training windows drawn per song per epoch.",
     ),
+    (
+        "--pretrain-epochs",
+        "pretrain_epochs",
+        click.IntRange(min=1),
+        "Epochs of teacher pretraining on --unlabeled audio.",
+    ),
+    (
+        "--musicnn-weights",
+        "musicnn_weights",
+        str,
+        "Converted MSD-musicnn weights (default: what `edgeemo pretrained import-musicnn` wrote).",
+    ),
     ("--gan-epochs", "gan_epochs", click.IntRange(min=0), "GAN epochs (0 skips the GAN)."),
     (
         "--gan-ratio",
@@ -91,6 +103,13 @@ def run_options(fn: Callable) -> Callable:
             "--quadrants", "quadrants", type=click.Path(path_type=Path), multiple=True, help="A 4Q-style folder."
         ),
         click.option(
+            "--unlabeled",
+            "unlabeled",
+            type=click.Path(path_type=Path),
+            multiple=True,
+            help="A folder of unlabeled music: pretrain the teacher on it (musicnn embedding distillation).",
+        ),
+        click.option(
             "--builtin/--no-builtin",
             "builtin",
             default=None,
@@ -121,6 +140,8 @@ def _open(kw: dict[str, Any], restart_ok: bool = True):
         sources.insert(0, DataSource("builtin"))
     overrides = {f: kw.pop(f) for _, f, _, _ in _FIELD_FLAGS}
     overrides["teacher_pretrained"] = kw.pop("teacher_pretrained")
+    unlabeled = kw.pop("unlabeled")
+    overrides["unlabeled"] = tuple(str(p) for p in unlabeled) if unlabeled else None
     overrides.update(_parse_set(kw.pop("set_values")))
     preset = kw.pop("preset")
     restart = kw.pop("restart") and restart_ok
@@ -144,12 +165,27 @@ def _run_stages(kw: dict[str, Any], stages: tuple[str, ...]) -> tuple[dict[str, 
 @main.command("train-all")
 @run_options
 def train_all_cmd(**kw: Any) -> None:
-    """Data -> GAN -> teacher -> student into runs/<name>/, resuming interrupted stages."""
+    """Data -> [pretrain] -> GAN -> teacher -> student into runs/<name>/, resuming interrupted stages."""
     from edgeemo.train.pipeline import format_table
 
-    summary, run = _run_stages(kw, ("gan", "teacher", "student"))
+    summary, run = _run_stages(kw, ("pretrain", "gan", "teacher", "student"))
     click.echo(format_table(summary))
     click.echo(f"summary: {run.dir / 'summary.json'}  plot: {run.dir / 'summary.png'}")
+
+
+@main.command("pretrain")
+@run_options
+def pretrain_cmd(**kw: Any) -> None:
+    """Pretrain the run's teacher on --unlabeled audio: it learns to predict MSD-musicnn's embeddings and tags."""
+    _, run = _run_stages(kw, ("pretrain",))
+    done = run.done("pretrain")
+    if not done:
+        raise EdgeemoError("nothing to pretrain: name folders of unlabeled music with --unlabeled DIR")
+    v = done["val"]
+    click.echo(
+        f"pretrain best epoch {done['best_epoch']}: held-out embedding R² {v['emb_r2']:.3f}, cosine "
+        f"{v['emb_cos']:.3f}, tag BCE {v['tag_bce']:.4f} -> {done['backbone']}"
+    )
 
 
 @main.command("train-gan")
@@ -164,7 +200,7 @@ def train_gan_cmd(**kw: Any) -> None:
 @run_options
 def train_teacher_cmd(**kw: Any) -> None:
     """Train the ViT teacher of a run (uses the run's GAN when --gan-ratio > 0)."""
-    _, run = _run_stages(kw, ("gan", "teacher"))
+    _, run = _run_stages(kw, ("pretrain", "gan", "teacher"))
     done = run.done("teacher")
     v = done["val"]
     click.echo(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgeemo.errors import EdgeemoError
@@ -30,6 +31,16 @@ class TrainConfig:
     quadrant_magnitude: float = 0.5  # quadrant-labelled songs (4Q) become targets (+-m, +-m)
     quadrant_confidence: bool = False  # scale m by the song's pquad confidence
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    # pretraining on unlabeled audio by distilling MSD-musicnn embeddings (runs when ``unlabeled`` names folders)
+    unlabeled: tuple[str, ...] = ()
+    pretrain_epochs: int = 8
+    pretrain_lr: float = 5e-4
+    pretrain_batch_size: int = 32
+    pretrain_hop_s: float = 3.0  # spacing of the windows taken from each unlabeled file
+    pretrain_max_windows: int = 60  # per file (about 3 minutes at the default hop)
+    pretrain_tag_weight: float = 0.5  # weight of the tag (BCE) term beside the embedding (MSE) term
+    pretrain_val_fraction: float = 0.1  # unlabeled files held out to measure how well the embeddings are learnt
+    musicnn_weights: str | None = None  # converted MSD-musicnn weights (default: edgeemo pretrained import-musicnn's)
     # GAN augmentation
     gan_epochs: int = 15
     gan_lr: float = 2e-4
@@ -71,6 +82,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["features"] = self.features.to_dict()
         d["split_fractions"] = list(self.split_fractions)
+        d["unlabeled"] = list(self.unlabeled)
         return d
 
     @classmethod
@@ -84,6 +96,10 @@ class TrainConfig:
             data["features"] = FeatureConfig.from_dict(data["features"])
         if "split_fractions" in data:
             data["split_fractions"] = tuple(data["split_fractions"])
+        if isinstance(data.get("unlabeled"), (str, Path)):
+            data["unlabeled"] = (str(data["unlabeled"]),)
+        if "unlabeled" in data:
+            data["unlabeled"] = tuple(str(d) for d in data["unlabeled"])
         return cls(**data)
 
 

@@ -53,6 +53,20 @@ def data_licence_note(sources: list) -> str:
     )
 
 
+def pretraining_note(done: dict[str, Any]) -> dict[str, Any]:
+    """What the card says about teacher pretraining: the unlabeled audio and the teacher signal it distilled."""
+    return {
+        "unlabeled_folders": done.get("folders"),
+        "files": done.get("files"),
+        "hours": done.get("hours"),
+        "windows": done.get("windows"),
+        "teacher_signal": {k: v for k, v in (done.get("teacher_signal") or {}).items() if k != "id"},
+        "held_out": done.get("val"),
+        "note": "the teacher was first trained to predict MSD-musicnn embeddings and tags on this unlabeled audio "
+        "(labelled validation/test songs excluded), then fine-tuned on the labelled data",
+    }
+
+
 def quadrant_table(quadrants: dict[str, dict[str, float]]) -> str:
     """Song-level quadrant figures per model (test split), printed after the gate."""
     rows = [f"{'quadrants':<16}{'acc':>8}{'macroF1':>9}{'V-AUC':>8}{'A-AUC':>8}"]
@@ -228,6 +242,7 @@ def export_run(
                 "sources": [s.to_dict() for s in run.sources],
                 "preset": run.cfg.preset,
                 "licence": data_licence_note(run.sources),
+                **({"pretraining": pretraining_note(summary.get("pretrain"))} if summary.get("pretrain") else {}),
             },
             "models": {
                 "teacher": {"arch": run.cfg.teacher_arch, "params": params["teacher"]},
@@ -255,7 +270,8 @@ def export_run(
             "quantization": quant,
             "training_wall_seconds": summary.get("seconds"),
             "reproduce": reproduce
-            or f"edgeemo train-all --name {run.dir.name} --preset {run.cfg.preset}{data_flags(run.sources)} && "
+            or f"edgeemo train-all --name {run.dir.name} --preset {run.cfg.preset}{data_flags(run.sources)}"
+            f"{''.join(f' --unlabeled {d}' for d in run.cfg.unlabeled)} && "
             f"edgeemo export {run.dir} {'--int8 ' if int8 else ''}--out {out_dir}",
             "default_model": "model.int8.onnx" if int8 else "model.onnx",
         }

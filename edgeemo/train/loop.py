@@ -64,6 +64,21 @@ class Stage(Protocol):
     def checkpoint_meta(self) -> dict[str, Any]: ...
 
 
+def _validate(stage: Stage, val: WindowSet | None, device: torch.device, batch_size: int) -> tuple[dict, str]:
+    """Validation figures and the key of the selection score.
+
+    A stage may define ``validate(device) -> metrics`` and ``score_key`` (higher is better)
+    for targets other than (valence, arousal), e.g. pretraining on embeddings; the default is
+    window/song CCC on ``val`` with ``ccc_mean`` as the score.
+    """
+    custom = getattr(stage, "validate", None)
+    if custom is not None:
+        return custom(device), stage.score_key  # type: ignore[attr-defined]
+    assert val is not None
+    preds = predict_windows(stage.predict, val, device, batch_size)
+    return window_and_song_report(val, preds), "ccc_mean"
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -126,7 +141,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     axes[0].set_xlabel("epoch")
     axes[0].set_title("training loss")
     axes[0].legend(fontsize=8)
-    for k in ("val_ccc_valence", "val_ccc_arousal", "val_ccc_mean", "val_retention"):
+    val_keys = [k for k in ("val_ccc_valence", "val_ccc_arousal", "val_ccc_mean", "val_retention") if k in history[0]]
+    if not val_keys:  # a stage with its own validation figures (e.g. pretraining)
+        val_keys = [k for k in history[0] if k.startswith("val_")]
+    for k in val_keys:
         if k in history[0]:
             axes[1].plot(ep, [h[k] for h in history], marker=".", label=k.removeprefix("val_"))
     axes[1].set_xlabel("epoch")
@@ -146,7 +164,7 @@ def fit(
     stage: Stage,
     optimizer: torch.optim.Optimizer,
     train_data: Callable[[int], Dataset],
-    val: WindowSet,
+    val: WindowSet | None,
     out_dir: Path,
     cfg: FitConfig,
     extra_state: dict[str, Any] | None = None,
@@ -154,7 +172,8 @@ def fit(
     """Train ``stage`` with the shared recipe, resuming from ``out_dir/last.pt`` if present.
 
     ``train_data(epoch)`` returns that epoch's training Dataset (it may mix in generated
-    windows). Selection metric: validation ``ccc_mean`` (window level).
+    windows). Selection metric: validation ``ccc_mean`` (window level), or the stage's own
+    ``score_key`` when it defines ``validate`` (see :func:`_validate`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,10 +252,9 @@ def fit(
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * bs
         model.eval()
-        preds = predict_windows(stage.predict, val, device, cfg.eval_batch_size)
-        val_metrics = window_and_song_report(val, preds)
+        val_metrics, score_key = _validate(stage, val, device, cfg.eval_batch_size)
         extras = stage.epoch_extras(val_metrics)
-        score = val_metrics["ccc_mean"]
+        score = val_metrics[score_key]
         improved = score > best_score
         record: dict[str, Any] = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 2)}
         record.update({f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()})
@@ -273,9 +291,14 @@ def fit(
         plot_curves(history, out_dir / "curves.png", f"{stage.name}")
         extra_txt = "".join(f" | {k}: {v:.3f}" for k, v in extras.items())
         loss_txt = " ".join(f"{k} {v / max(n_seen, 1):.4f}" for k, v in sums.items())
+        if score_key == "ccc_mean":
+            val_txt = (
+                f"CCC_V: {val_metrics['ccc_valence']:.3f} | CCC_A: {val_metrics['ccc_arousal']:.3f} | Avg: {score:.3f}"
+            )
+        else:
+            val_txt = " | ".join(f"{k}: {v:.3f}" for k, v in val_metrics.items())
         _echo(
-            f"[{stage.name}] epoch {epoch}/{cfg.epochs} {loss_txt} | CCC_V: {val_metrics['ccc_valence']:.3f} | "
-            f"CCC_A: {val_metrics['ccc_arousal']:.3f} | Avg: {score:.3f}{extra_txt} | "
+            f"[{stage.name}] epoch {epoch}/{cfg.epochs} {loss_txt} | {val_txt}{extra_txt} | "
             f"best {best_score:.3f} @{best_epoch} | {record['seconds']:.1f} s"
             + (" | early stop" if stopped_early else "")
         )

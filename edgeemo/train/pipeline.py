@@ -1,4 +1,4 @@
-"""``train-all``: data -> GAN -> teacher -> student in one resumable run directory.
+"""``train-all``: data -> [pretrain] -> GAN -> teacher -> student in one resumable run directory.
 
 Owns the run directory contract (``runs/<name>/config.json``, ``split.json``, one
 folder per stage with ``done.json`` when finished, ``summary.json`` and
@@ -9,6 +9,7 @@ parameters, wall time per stage).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -27,7 +28,7 @@ from edgeemo.presets import TrainConfig
 from edgeemo.train.checkpoint import atomic_write_json, read_json
 from edgeemo.train.rundata import DataSource, RunData, prepare_run_data
 
-STAGES = ("gan", "teacher", "student")
+STAGES = ("pretrain", "gan", "teacher", "student")
 
 
 @dataclass
@@ -115,14 +116,46 @@ def _gan_sampler(run: Run, device: str) -> Any:
     return GanSampler.load(path, device="cpu" if device == "auto" else device)
 
 
+def run_pretrain(
+    run: Run, data: RunData, progress: bool = True, cache_dir: Path | None = None
+) -> dict[str, Any] | None:
+    """Pretrain the teacher on ``cfg.unlabeled`` (nothing to do when no folder is named)."""
+    if not run.cfg.unlabeled:
+        return None
+    done = run.done("pretrain")
+    if done:
+        _log(f"[pretrain] done earlier ({run.stage_dir('pretrain')}), skipping")
+        return done
+    from edgeemo.train.pretrain import pretrain_from_folders
+
+    # the labelled validation/test songs of this run never reach training, not even without labels
+    exclude = [s.path for split in ("val", "test") for s in data.splits[split]]
+    done = pretrain_from_folders(
+        run.cfg, run.stage_dir("pretrain"), exclude=exclude, cache_dir=cache_dir or data.cache_dir, progress=progress
+    )
+    atomic_write_json(run.stage_dir("pretrain") / "done.json", done)
+    return done
+
+
+def teacher_config(run: Run) -> TrainConfig:
+    """The run's config for the teacher stage: it starts from the pretrained backbone when there is one."""
+    backbone = run.stage_dir("pretrain") / "backbone.pt"
+    if run.cfg.unlabeled and run.done("pretrain") and backbone.is_file():
+        return dataclasses.replace(run.cfg, teacher_weights=str(backbone))
+    return run.cfg
+
+
 def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
     done = run.done("teacher")
     if done:
         _log(f"[teacher] done earlier ({run.stage_dir('teacher')}), skipping")
         return done
+    if run.cfg.unlabeled and not run.done("pretrain"):
+        raise TrainingError(f"the teacher starts from the pretrain stage, which has not finished ({run.dir}); run it")
     from edgeemo.train.teacher import train_teacher
 
-    result = train_teacher(data, run.cfg, run.stage_dir("teacher"), _gan_sampler(run, run.cfg.device), progress)
+    cfg = teacher_config(run)
+    result = train_teacher(data, cfg, run.stage_dir("teacher"), _gan_sampler(run, run.cfg.device), progress)
     done = {"seconds": _history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
     atomic_write_json(run.stage_dir("teacher") / "done.json", done)
     return done
@@ -252,6 +285,10 @@ def train_all(
     for split in ("train", "val", "test"):
         data.windows(split, progress=progress)
     seconds: dict[str, float] = {"features": time.perf_counter() - t0}
+    if "pretrain" in stages:
+        done = run_pretrain(run, data, progress, cache_dir)
+        if done:
+            seconds["pretrain"] = done["seconds"]
     for stage, fn in (("gan", run_gan), ("teacher", run_teacher), ("student", run_student)):
         if stage in stages:
             done = fn(run, data, progress)
@@ -268,6 +305,7 @@ def train_all(
         "seconds": seconds,
         "test": {k: v for k, v in test.items() if not k.startswith("_")},
         "gan": run.done("gan"),
+        "pretrain": run.done("pretrain"),
     }
     atomic_write_json(run.dir / "summary.json", summary)
     plot_summary(run, test, run.dir / "summary.png")

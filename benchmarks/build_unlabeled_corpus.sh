@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Build an offline corpus of unlabeled real music for a pretraining stage, from free-music Debian packages.
+#
+# Usage:  sudo benchmarks/build_unlabeled_corpus.sh [OUT_DIR]
+#         (OUT_DIR defaults to $HOME/.cache/edgeemo/unlabeled/debian; run as root or with sudo for apt-get)
+#
+# What it does (safe to re-run; every step is idempotent):
+#   1. apt-get install -y --no-install-recommends the packages in PACKAGES below (the wesnoth music
+#      package is found with `apt-cache search wesnoth | grep music`); a package the archive does not
+#      have, or that fails to install, is reported and skipped. SKIP_APT=1 skips this step (use what is
+#      installed already).
+#   2. For each installed package, lists its audio files (`dpkg -L`: .ogg .mp3 .flac .wav .opus),
+#      de-duplicates them by real path (drascula's per-language folders are symlinks to one set),
+#      reads each duration with soundfile and keeps only music: files of at least MIN_SECONDS
+#      (default 20 s) -- short sound effects and voice lines are left out -- whose path does not
+#      match EXCLUDE (default: spoken campaign briefings, e.g. boswars' tutorial narration).
+#   3. Makes OUT_DIR/<package>/ holding SYMLINKS to the kept files (name = the file's path below
+#      /usr/share with "/" replaced by "__"; stale links from an earlier run are removed first).
+#      Nothing is copied: the corpus costs no disk beyond the packages.
+#   4. Writes OUT_DIR/SOURCES.md: per package the number of files, total hours, the licence of the
+#      music files (summarised from /usr/share/doc/<pkg>/copyright; the licence names the copyright
+#      file declares are listed beside it to cross-check) and prints the same table.
+#
+# Not linked: tracker modules (.xm/.mod, e.g. fb-music-high) and audio packed inside game archives,
+# which soundfile cannot decode. The 4Q dev clips (../shared/data/4q-dev) are read by the pretraining
+# stage directly and are not linked here.
+#
+# Environment: PYTHON (interpreter with soundfile; default: the repo's .venv/bin/python, else python3),
+#              MIN_SECONDS (default 20), SKIP_APT (default 0), EXCLUDE (a Python regex on the path).
+set -euo pipefail
+
+OUT_DIR="${1:-$HOME/.cache/edgeemo/unlabeled/debian}"
+MIN_SECONDS="${MIN_SECONDS:-20}"
+SKIP_APT="${SKIP_APT:-0}"
+EXCLUDE="${EXCLUDE:-/campaigns/|/voice}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PYTHON="$REPO_ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+# The wesnoth music package carries the branch in its name (wesnoth-1.16-music on bookworm).
+WESNOTH_MUSIC="$(apt-cache search wesnoth 2>/dev/null | awk '/music/ {print $1}' | grep -E '^wesnoth-[0-9.]+-music$' \
+    | sort -V | tail -n 1 || true)"
+PACKAGES=(${WESNOTH_MUSIC:-wesnoth-1.16-music} drascula-music asc-music fb-music-high boswars-data
+          freedroidrpg-data openclonk-data)
+
+if [[ "$SKIP_APT" != "1" ]]; then
+    SUDO=""
+    if [[ "$(id -u)" != "0" ]]; then SUDO="sudo"; fi
+    for pkg in "${PACKAGES[@]}"; do
+        if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+            echo "[apt] $pkg: already installed"
+        elif ! apt-cache show "$pkg" >/dev/null 2>&1; then
+            echo "[apt] $pkg: not in the archive, skipped"
+        elif DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "$pkg" >/dev/null; then
+            echo "[apt] $pkg: installed"
+        else
+            echo "[apt] $pkg: install failed, skipped"
+        fi
+    done
+fi
+
+mkdir -p "$OUT_DIR"
+"$PYTHON" - "$OUT_DIR" "$MIN_SECONDS" "$EXCLUDE" "${PACKAGES[@]}" <<'PY'
+"""Link the music files of installed packages into OUT_DIR/<pkg>/ and write SOURCES.md."""
+import datetime
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+out_dir, min_seconds, exclude, packages = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+AUDIO = (".ogg", ".mp3", ".flac", ".wav", ".opus")
+
+# Licence of the MUSIC files, summarised by hand from each package's /usr/share/doc/<pkg>/copyright
+# (Debian bookworm versions). Packages not listed fall back to the License: names the file declares.
+MUSIC_LICENCE = {
+    "wesnoth-1.16-music": "GPL-2+ (whole of Wesnoth, music included; copyright file has one licence)",
+    "drascula-music": "Drascula-License (BSD-like freeware licence of Alcachofa Soft; DFSG-free, in Debian main)",
+    "asc-music": "GPL-2+ (3 tracks by Michael Kievernagel)",
+    "fb-music-high": "GPL-2+",
+    "boswars-data": "GPL-2+ (Files: *, which covers the sounds)",
+    "freedroidrpg-data": "GPL-2+ (Files: *, which covers sound/music)",
+    "openclonk-data": "CC-BY-3.0 (game content incl. music by K-Pone, per Music.ocg/authors.txt; "
+    "some content CC0; engine ISC)",
+}
+
+
+def declared_licences(pkg: str) -> str:
+    """Licence names declared in the package's copyright file (DEP-5 `License:` lines or free text)."""
+    path = Path(f"/usr/share/doc/{pkg}/copyright")
+    if not path.is_file():
+        return "no copyright file"
+    text = path.read_text(errors="replace")
+    names = [m.strip() for m in re.findall(r"^License:[ \t]*(\S.*)$", text, flags=re.M)]
+    if not names:  # free-form copyright file: spot the usual licences
+        probes = {
+            "GPL-2+": r"General Public License[^.]*version 2[^.]*later|version 2 or later|version 2 or \(at your",
+            "LGPL-2+": r"Library General Public\s+License",
+            "ISC": r"ISC license",
+            "Expat/MIT": r"MIT license|Permission is hereby granted, free of charge",
+            "CC-BY-3.0": r"creativecommons.org/licenses/by/3\.0|Attribution 3\.0",
+            "CC0": r"publicdomain/zero",
+        }
+        names = [k for k, pat in probes.items() if re.search(pat, text, flags=re.I | re.S)]
+    return ", ".join(dict.fromkeys(names)) or "unrecognised (read the file)"
+
+
+def package_audio(pkg: str) -> list[Path]:
+    try:
+        listing = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True, check=True).stdout
+    except subprocess.CalledProcessError:
+        return []
+    seen: dict[str, Path] = {}
+    for line in listing.splitlines():
+        p = Path(line)
+        if p.suffix.lower() in AUDIO and p.is_file() and not (exclude and re.search(exclude, line)):
+            seen.setdefault(os.path.realpath(p), Path(os.path.realpath(p)))
+    return sorted(seen.values())
+
+
+def duration(path: Path) -> float | None:
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate if info.frames > 0 else None
+    except Exception:  # noqa: BLE001 - undecodable file: not part of the corpus
+        return None
+
+
+rows = []
+for pkg in packages:
+    installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
+    target = out_dir / pkg
+    if "install ok installed" not in installed.stdout:
+        rows.append((pkg, 0, 0.0, 0, 0, "not installed", ""))
+        continue
+    files = package_audio(pkg)
+    kept, short, bad, seconds = [], 0, 0, 0.0
+    for f in files:
+        d = duration(f)
+        if d is None:
+            bad += 1
+        elif d < min_seconds:
+            short += 1
+        else:
+            kept.append(f)
+            seconds += d
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.iterdir():
+        if old.is_symlink():
+            old.unlink()
+    for f in kept:
+        rel = f.relative_to("/usr/share") if f.is_relative_to("/usr/share") else f.relative_to("/")
+        (target / str(rel).replace("/", "__")).symlink_to(f)
+    if not kept and not any(target.iterdir()):
+        target.rmdir()  # nothing to link: no empty folder
+    licence = MUSIC_LICENCE.get(pkg, declared_licences(pkg))
+    rows.append((pkg, len(kept), seconds / 3600.0, short, bad, licence, declared_licences(pkg)))
+
+total_files = sum(r[1] for r in rows)
+total_hours = sum(r[2] for r in rows)
+lines = [
+    "# Unlabeled music corpus (Debian free-music packages)",
+    "",
+    f"Built {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+    "`benchmarks/build_unlabeled_corpus.sh`. Every file here is a symlink into the installed package;",
+    f"only files of at least {min_seconds:g} s are linked (shorter ones are sound effects; paths matching "
+    f"`{exclude}` are left out as speech). Licences are summarised",
+    "from `/usr/share/doc/<package>/copyright`; read that file before redistributing anything.",
+    "",
+    "| package | files | hours | short (<{:g} s) skipped | undecodable | licence (music files) | "
+    "licences declared in copyright |".format(min_seconds),
+    "|---|---:|---:|---:|---:|---|---|",
+]
+for pkg, n, hours, short, bad, licence, declared in rows:
+    lines.append(f"| {pkg} | {n} | {hours:.2f} | {short} | {bad} | {licence} | {declared} |")
+lines.append(f"| **total** | **{total_files}** | **{total_hours:.2f}** | | | | |")
+lines += [
+    "",
+    "Notes: drascula's per-language folders link to one set of tracks (de-duplicated by real path);",
+    "fb-music-high ships tracker modules (.xm), which soundfile cannot decode, so it contributes no files;",
+    "boswars-data ships no music tracks in Debian (only effects and spoken tutorial lines), so it contributes none;",
+    "openclonk-data's music lives in the unpacked `Music.ocg` folder.",
+]
+(out_dir / "SOURCES.md").write_text("\n".join(lines) + "\n")
+
+print()
+print(f"{'package':<22}{'files':>6}{'hours':>8}{'short':>7}{'bad':>5}  licence (music files)")
+for pkg, n, hours, short, bad, licence, _ in rows:
+    print(f"{pkg:<22}{n:>6}{hours:>8.2f}{short:>7}{bad:>5}  {licence}")
+print(f"{'total':<22}{total_files:>6}{total_hours:>8.2f}")
+print(f"\ncorpus: {out_dir} (SOURCES.md written)")
+PY

@@ -1,0 +1,611 @@
+"""Same-split peer comparison: classic music-emotion systems vs edgeemo on the 4Q test songs of a run.
+
+Trains two peer systems on the artist-disjoint split of 4q-dev that an edgeemo run was
+trained and evaluated on (``runs/<run>/split.json``) and prints one table of song-level
+quadrant metrics and per-clip CPU cost:
+
+* **librosa + SVM** -- the classic baseline (as in the 4Q paper): handcrafted clip
+  statistics (MFCC, delta-MFCC, chroma, spectral shape, ZCR, RMS, tempo, onset strength,
+  tonnetz) -> StandardScaler -> RBF SVC.
+* **musicnn + LR** -- MSD-musicnn embeddings (:mod:`edgeemo.pretrained.musicnn`), averaged
+  over a clip's 3 s patches -> StandardScaler -> logistic regression.
+* **edgeemo** -- the run's teacher checkpoint and the exported bundle's fp32 and int8
+  student, scored by the same code as ``edgeemo evaluate`` (:func:`load_predictor`,
+  :func:`predict_windowset`, :func:`song_quadrant_report`).
+
+Peers train on the 4Q songs of train + val (edgeemo used val only for model selection) and
+are tested on the 4Q songs of test; built-in synthetic songs are ignored. Every
+hyperparameter is chosen by GroupKFold over artists on the training part only: the
+4-class model by macro-F1, the two binary models that give the valence score (Q1/Q4
+positive) and the arousal score (Q1/Q2 positive) by ROC AUC. A peer's quadrant is its
+4-class prediction; its V-AUC/A-AUC are those of the binary models' scores. All metrics
+come from :mod:`edgeemo.metrics`, so peers and edgeemo are scored alike.
+
+Inference cost is measured on one core (BLAS, torch and onnxruntime limited to one thread)
+for a 30 s clip, from decoded audio (at the system's own sample rate) to the quadrant: the
+median over a few test clips of the process CPU time (robust when other jobs share the
+machine; the JSON also holds the wall time).
+
+Per-clip features and embeddings are cached in ``~/.cache/edgeemo/peers/`` (``$EDGEEMO_CACHE``
+moves it), so a re-run only refits the classifiers.
+
+    .venv/bin/python benchmarks/peers.py [--run runs/4q-mix] [--bundle export/reference]
+        [--peers librosa,musicnn] [--json benchmarks/results_peers.json] [--quick]
+
+Run it from the repository root (run configs name their data relative to it). The musicnn
+peer needs the converted weights (``edgeemo pretrained import-musicnn``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeemo import metrics
+from edgeemo.data.types import Song
+from edgeemo.data.windows import default_cache_dir
+
+LIBROSA_SR = 22050
+MUSICNN_SR = 16000
+PEERS = ("librosa", "musicnn")
+LIBROSA_FEATURE = "librosa-v1"
+MUSICNN_FEATURE = "msd-musicnn-v1"
+MUSICNN_VARIANTS = ("penultimate", "mean_pool+max_pool")
+SVC_GRID: dict[str, list[Any]] = {"C": [0.3, 1, 3, 10, 30], "gamma": ["scale", 0.003, 0.01, 0.03]}
+LR_GRID: dict[str, list[Any]] = {"C": [0.01, 0.03, 0.1, 0.3, 1, 3]}
+POSITIVE = {"valence": ("Q1", "Q4"), "arousal": ("Q1", "Q2")}
+TABLE_COLUMNS = ("system", "quadrant acc", "macro-F1", "V-AUC", "A-AUC", "CPU ms / 30 s clip (1 core)")
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+def param_grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of ``grid`` values, in a fixed order (first key varies slowest)."""
+    out: list[dict[str, Any]] = [{}]
+    for key, values in grid.items():
+        out = [{**p, key: v} for p in out for v in values]
+    return out
+
+
+def grouped_folds(groups: Sequence[str], n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """GroupKFold ``(train, validation)`` index pairs: a group (artist) never falls on both sides."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise ValueError(f"{n_splits}-fold grouped CV needs at least {n_splits} groups, got {n_groups}")
+    dummy = np.zeros((len(groups), 1))
+    return [(tr, va) for tr, va in GroupKFold(n_splits=n_splits).split(dummy, groups=groups)]
+
+
+def macro_f1(truth: Sequence[str], pred: Sequence[str]) -> float:
+    """Macro-F1 over Q1..Q4 (:func:`edgeemo.metrics.classification_report`)."""
+    return metrics.classification_report(np.asarray(truth), np.asarray(pred))["macro_f1"]
+
+
+def _nan_mean(values: Iterable[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+@dataclass
+class SearchResult:
+    """Outcome of :func:`grouped_search`: the chosen parameters, their CV score and every candidate's."""
+
+    params: dict[str, Any]
+    score: float
+    scores: list[tuple[dict[str, Any], float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": self.params, "cv_score": self.score}
+
+
+def grouped_search(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence[str],
+    make_model: Callable[[dict[str, Any]], Any],
+    grid: dict[str, Sequence[Any]],
+    score: Callable[[Any, np.ndarray, np.ndarray], float],
+    n_splits: int = 5,
+) -> SearchResult:
+    """Choose the ``grid`` point with the best mean ``score(model, x_val, y_val)`` over grouped folds.
+
+    ``make_model(params)`` returns an unfitted estimator (scaling included). Ties go to the
+    earlier grid point; a fold whose score is NaN (e.g. one class only) is left out of the mean.
+    """
+    folds = grouped_folds(groups, n_splits)
+    scores: list[tuple[dict[str, Any], float]] = []
+    for params in param_grid(grid):
+        fold_scores = []
+        for tr, va in folds:
+            model = make_model(params).fit(x[tr], y[tr])
+            fold_scores.append(score(model, x[va], y[va]))
+        scores.append((params, _nan_mean(fold_scores)))
+    best = max(range(len(scores)), key=lambda i: (-math.inf if math.isnan(scores[i][1]) else scores[i][1], -i))
+    return SearchResult(scores[best][0], scores[best][1], scores)
+
+
+def score_macro_f1(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    return macro_f1(y, model.predict(x))
+
+
+def binary_scores(model: Any, x: np.ndarray) -> np.ndarray:
+    """A continuous score for the positive class: ``decision_function`` if any, else P(positive)."""
+    if hasattr(model, "decision_function"):
+        return np.asarray(model.decision_function(x), dtype=np.float64)
+    return np.asarray(model.predict_proba(x)[:, 1], dtype=np.float64)
+
+
+def score_auc(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    return metrics.roc_auc(np.asarray(y, dtype=bool), binary_scores(model, x))
+
+
+def peer_metrics(
+    truth: Sequence[str], pred: Sequence[str], valence: np.ndarray, arousal: np.ndarray
+) -> dict[str, float]:
+    """Song-level metrics with the keys of :func:`edgeemo.metrics.quadrant_report`.
+
+    Accuracy and F1 of the 4-class prediction ``pred``, AUCs of the binary scores.
+    """
+    t = np.asarray(truth)
+    cls = metrics.classification_report(t, np.asarray(pred))
+    return {
+        "quadrant_accuracy": cls["accuracy"],
+        "quadrant_macro_f1": cls["macro_f1"],
+        "valence_auc": metrics.roc_auc(np.isin(t, POSITIVE["valence"]), valence),
+        "arousal_auc": metrics.roc_auc(np.isin(t, POSITIVE["arousal"]), arousal),
+        **{f"f1_{q}": cls[f"f1_{q}"] for q in metrics.QUADRANT_LABELS},
+        "n_songs": int(t.size),
+    }
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of result rows (keys ``system``, ``metrics`` (quadrant_report keys), ``ms_per_clip``)."""
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|---|" + "---:|" * (len(TABLE_COLUMNS) - 1)]
+    for r in rows:
+        m = r.get("metrics", {})
+        cells = [
+            str(r["system"]),
+            _fmt(m.get("quadrant_accuracy")),
+            _fmt(m.get("quadrant_macro_f1")),
+            _fmt(m.get("valence_auc")),
+            _fmt(m.get("arousal_auc")),
+            _fmt(r.get("ms_per_clip"), 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# --- features ----------------------------------------------------------------------------------
+def librosa_features(y: np.ndarray, sr: int = LIBROSA_SR) -> np.ndarray:
+    """The handcrafted clip vector (118 values) of a mono signal.
+
+    MFCC-20 mean+std, delta-MFCC std, chroma_stft mean+std, spectral centroid / bandwidth /
+    rolloff / flatness mean+std, spectral contrast (7 bands) mean+std, zero-crossing rate and
+    RMS mean+std, tempo, onset-strength mean, tonnetz mean.
+    """
+    import librosa
+
+    y = np.asarray(y, dtype=np.float32)
+    mag = np.abs(librosa.stft(y, n_fft=2048, hop_length=512))
+    power = mag**2
+    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr)), n_mfcc=20)
+    chroma = librosa.feature.chroma_stft(S=power, sr=sr)
+    spectral = [
+        librosa.feature.spectral_centroid(S=mag, sr=sr),
+        librosa.feature.spectral_bandwidth(S=mag, sr=sr),
+        librosa.feature.spectral_rolloff(S=mag, sr=sr),
+        librosa.feature.spectral_flatness(S=mag),
+        librosa.feature.spectral_contrast(S=mag, sr=sr),
+    ]
+    onset = librosa.onset.onset_strength(y=y, sr=sr)
+    tempo = librosa.feature.tempo(onset_envelope=onset, sr=sr)
+    parts = [
+        mfcc.mean(1),
+        mfcc.std(1),
+        librosa.feature.delta(mfcc).std(1),
+        chroma.mean(1),
+        chroma.std(1),
+        *(f for s in spectral for f in (s.mean(1), s.std(1))),
+        *(
+            f
+            for s in (librosa.feature.zero_crossing_rate(y), librosa.feature.rms(S=mag))
+            for f in (s.mean(1), s.std(1))
+        ),
+        np.atleast_1d(tempo).astype(np.float64)[:1],
+        np.array([onset.mean()]),
+        librosa.feature.tonnetz(y=y, sr=sr).mean(1),
+    ]
+    return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
+
+
+def musicnn_clip_embeddings(patches: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Clip vectors of each :data:`MUSICNN_VARIANTS` from per-patch embeddings (mean over patches)."""
+    return {
+        "penultimate": patches["penultimate"].mean(0),
+        "mean_pool+max_pool": np.concatenate([patches["mean_pool"].mean(0), patches["max_pool"].mean(0)]),
+    }
+
+
+class FeatureCache:
+    """Per-clip feature arrays in ``<dir>/<file stem>.<feature>.npz``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def get(self, path: Path, feature: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        file = self.root / f"{Path(path).name}.{feature}.npz"
+        if file.is_file():
+            try:
+                with np.load(file) as z:
+                    return {k: z[k] for k in z.files}
+            except (OSError, ValueError):
+                pass  # damaged entry: recompute
+        out = compute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(file.name + ".tmp.npz")
+        np.savez(tmp, **out)
+        tmp.replace(file)
+        return out
+
+
+def _progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
+    try:
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, unit="clip", file=sys.stderr, leave=False)
+    except ImportError:
+        return items
+
+
+def librosa_matrix(songs: Sequence[Song], cache: FeatureCache) -> np.ndarray:
+    from edgeemo.runtime.audio import load_audio
+
+    rows = [
+        cache.get(s.path, LIBROSA_FEATURE, lambda s=s: {"x": librosa_features(load_audio(s.path, LIBROSA_SR))})["x"]
+        for s in _progress(songs, "librosa features")
+    ]
+    return np.stack(rows)
+
+
+def musicnn_matrices(songs: Sequence[Song], cache: FeatureCache, embedder: Any) -> dict[str, np.ndarray]:
+    from edgeemo.runtime.audio import load_audio
+
+    def compute(song: Song) -> dict[str, np.ndarray]:
+        return musicnn_clip_embeddings(embedder.embed(load_audio(song.path, MUSICNN_SR)))
+
+    rows = [cache.get(s.path, MUSICNN_FEATURE, lambda s=s: compute(s)) for s in _progress(songs, "musicnn embed")]
+    return {v: np.stack([r[v] for r in rows]) for v in MUSICNN_VARIANTS}
+
+
+# --- peers -------------------------------------------------------------------------------------
+def make_svc(params: dict[str, Any]) -> Any:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    return make_pipeline(StandardScaler(), SVC(kernel="rbf", **params))
+
+
+def make_lr(params: dict[str, Any]) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, **params))
+
+
+@dataclass
+class PeerModel:
+    """A fitted peer: the 4-class model plus the two binary models that give valence and arousal scores."""
+
+    quadrant: Any
+    valence: Any
+    arousal: Any
+    search: dict[str, SearchResult]
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.quadrant.predict(x), binary_scores(self.valence, x), binary_scores(self.arousal, x)
+
+
+def fit_peer(
+    x: np.ndarray,
+    quadrants: Sequence[str],
+    groups: Sequence[str],
+    make_model: Callable[[dict[str, Any]], Any],
+    grid: dict[str, Sequence[Any]],
+    n_splits: int,
+    quadrant_search: SearchResult | None = None,
+) -> PeerModel:
+    """Grouped search then refit on all of ``x``: 4-class by macro-F1, valence/arousal sign by AUC."""
+    q = np.asarray(quadrants)
+    search = {"quadrant": quadrant_search or grouped_search(x, q, groups, make_model, grid, score_macro_f1, n_splits)}
+    fitted = {"quadrant": make_model(search["quadrant"].params).fit(x, q)}
+    for dim, pos in POSITIVE.items():
+        yb = np.isin(q, pos).astype(int)
+        search[dim] = grouped_search(x, yb, groups, make_model, grid, score_auc, n_splits)
+        fitted[dim] = make_model(search[dim].params).fit(x, yb)
+    return PeerModel(fitted["quadrant"], fitted["valence"], fitted["arousal"], search)
+
+
+def evaluate_peer(model: PeerModel, x: np.ndarray, quadrants: Sequence[str]) -> dict[str, float]:
+    pred, val, aro = model.predict(x)
+    return peer_metrics(quadrants, pred, val, aro)
+
+
+# --- timing ------------------------------------------------------------------------------------
+def median_ms(fn: Callable[[np.ndarray], Any], signals: Sequence[np.ndarray], repeats: int = 1) -> dict[str, float]:
+    """Median CPU and wall time of ``fn(signal)`` in ms over ``signals`` (each run ``repeats`` times, after a warm-up).
+
+    With every library held to one thread, CPU time is the cost on one core even when other
+    jobs share the machine; wall time is kept beside it (``wall``).
+    """
+    fn(signals[0])
+    cpu, wall = [], []
+    for sig in signals:
+        for _ in range(repeats):
+            c, t = time.process_time(), time.perf_counter()
+            fn(sig)
+            cpu.append((time.process_time() - c) * 1000.0)
+            wall.append((time.perf_counter() - t) * 1000.0)
+    return {"cpu": float(np.median(cpu)), "wall": float(np.median(wall))}
+
+
+def timing_fields(ms: dict[str, float]) -> dict[str, float]:
+    """Row fields of a :func:`median_ms` result: ``ms_per_clip`` (CPU, the table's figure) and ``wall_ms_per_clip``."""
+    return {"ms_per_clip": ms["cpu"], "wall_ms_per_clip": ms["wall"]}
+
+
+def limit_threads() -> None:
+    """One thread for BLAS/OpenMP (threadpoolctl) and torch, if present."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+# --- edgeemo -----------------------------------------------------------------------------------
+def edgeemo_predictors(run_dir: Path, bundle: Path) -> list[tuple[str, Callable[[np.ndarray], np.ndarray], Any, str]]:
+    """``(system, predict_windows, FeatureConfig, label)`` for the teacher, student fp32 and student int8.
+
+    The teacher and the bundle's default (int8) model come from ``edgeemo evaluate``'s
+    :func:`~edgeemo.evaluate_cli.load_predictor`; fp32 is the same bundle opened with
+    ``prefer_int8=False``. ONNX sessions run on one thread.
+    """
+    from edgeemo.evaluate_cli import load_predictor
+    from edgeemo.runtime import EmotionModel
+
+    out = []
+    ckpt = run_dir / "teacher" / "best.pt"
+    if ckpt.is_file():
+        predict, cfg, label = load_predictor(ckpt)
+        out.append(("edgeemo teacher (torch fp32)", predict, cfg, label))
+    else:
+        print(f"no teacher checkpoint at {ckpt}: teacher row left out", file=sys.stderr)
+    fp32 = EmotionModel.load(bundle, threads=1, prefer_int8=False)
+    label = f"bundle {bundle} {fp32.model_file}"
+    out.append(("edgeemo student fp32 (ONNX)", fp32.predict_windows, fp32.feature_config, label))
+    predict, cfg, label = load_predictor(bundle)  # the bundle's default model (int8), 1 thread, as `edgeemo evaluate`
+    default = EmotionModel.load(bundle).model_file
+    kind = "int8" if "int8" in default else default
+    out.append((f"edgeemo student {kind} (ONNX)", predict, cfg, f"{label} {default}"))
+    return out
+
+
+def edgeemo_clip_fn(predict: Callable[[np.ndarray], np.ndarray], cfg: Any) -> Callable[[np.ndarray], str]:
+    """Decoded signal at ``cfg.sample_rate`` -> quadrant: log-mel, every window, mean, sign rule."""
+    from edgeemo.features import frame_windows, log_mel, pad_to_window
+
+    def run(signal: np.ndarray) -> str:
+        sig, _ = pad_to_window(signal, cfg)
+        windows = np.ascontiguousarray(frame_windows(log_mel(sig, cfg), cfg)[:, None], dtype=np.float32)
+        va = np.asarray(predict(windows)).mean(0)
+        return str(metrics.quadrant_of(va[:1], va[1:])[0])
+
+    return run
+
+
+def edgeemo_rows(songs: list[Song], run_dir: Path, bundle: Path, timing: list[Path]) -> list[dict[str, Any]]:
+    from edgeemo.data.windows import build_windows
+    from edgeemo.evaluation import predict_windowset, song_quadrant_report
+    from edgeemo.runtime.audio import load_audio
+
+    rows = []
+    windows_by_cfg: dict[str, Any] = {}
+    for system, predict, cfg, label in edgeemo_predictors(run_dir, bundle):
+        key = cfg.digest()
+        if key not in windows_by_cfg:
+            windows_by_cfg[key] = build_windows(songs, cfg, default_cache_dir(), progress=True)
+        windows = windows_by_cfg[key]
+        quadrants = song_quadrant_report(windows, predict_windowset(predict, windows))
+        signals = [load_audio(p, cfg.sample_rate) for p in timing]
+        ms = median_ms(edgeemo_clip_fn(predict, cfg), signals)
+        metrics_ = quadrants.metrics if quadrants else {}
+        rows.append({"system": system, "model": label, "metrics": metrics_, **timing_fields(ms)})
+        print(f"{system}: done", file=sys.stderr, flush=True)
+    return rows
+
+
+# --- data --------------------------------------------------------------------------------------
+def split_songs(run_dir: Path) -> tuple[list[Song], list[Song]]:
+    """4Q songs (those with a quadrant) of the run's train + val and of its test split."""
+    from edgeemo.train.pipeline import open_run
+    from edgeemo.train.rundata import prepare_run_data, split_file
+
+    if not split_file(run_dir).is_file():
+        raise SystemExit(f"{split_file(run_dir)} not found: peers reuse a trained run's split")
+    run = open_run(run_dir, None, None)
+    data = prepare_run_data(run.dir, run.cfg, run.sources)
+    train = [s for k in ("train", "val") for s in data.splits[k] if s.quadrant]
+    test = [s for s in data.splits["test"] if s.quadrant]
+    if not train or not test:
+        raise SystemExit(f"run {run_dir} has no quadrant-labelled (4Q) songs in its split")
+    return train, test
+
+
+def subsample(songs: list[Song], n: int, seed: int = 0) -> list[Song]:
+    if len(songs) <= n:
+        return songs
+    keep = np.sort(np.random.default_rng(seed).choice(len(songs), n, replace=False))
+    return [songs[i] for i in keep]
+
+
+# --- main --------------------------------------------------------------------------------------
+def run_librosa(
+    train: list[Song], test: list[Song], cache: FeatureCache, folds: int, timing: list[Path]
+) -> dict[str, Any]:
+    from edgeemo.runtime.audio import load_audio
+
+    x_tr, x_te = librosa_matrix(train, cache), librosa_matrix(test, cache)
+    model = fit_peer(x_tr, [s.quadrant for s in train], [s.group for s in train], make_svc, SVC_GRID, folds)
+    signals = [load_audio(p, LIBROSA_SR) for p in timing]
+    ms = median_ms(lambda y: model.quadrant.predict(librosa_features(y)[None]), signals)
+    return {
+        "system": "librosa features + SVM (RBF)",
+        "metrics": evaluate_peer(model, x_te, [s.quadrant for s in test]),
+        **timing_fields(ms),
+        "features": f"{x_tr.shape[1]} handcrafted statistics",
+        "hyperparameters": {k: v.to_dict() for k, v in model.search.items()},
+    }
+
+
+def run_musicnn(
+    train: list[Song], test: list[Song], cache: FeatureCache, folds: int, timing: list[Path]
+) -> dict[str, Any]:
+    from edgeemo.pretrained.musicnn import MusicnnEmbedder, load_musicnn
+    from edgeemo.runtime.audio import load_audio
+
+    embedder = MusicnnEmbedder(load_musicnn())
+    m_tr, m_te = musicnn_matrices(train, cache, embedder), musicnn_matrices(test, cache, embedder)
+    q_tr, g_tr = [s.quadrant for s in train], [s.group for s in train]
+    variant_search = {
+        v: grouped_search(m_tr[v], np.asarray(q_tr), g_tr, make_lr, LR_GRID, score_macro_f1, folds)
+        for v in MUSICNN_VARIANTS
+    }
+    best = max(MUSICNN_VARIANTS, key=lambda v: variant_search[v].score)  # ties: the first (penultimate)
+    model = fit_peer(m_tr[best], q_tr, g_tr, make_lr, LR_GRID, folds, quadrant_search=variant_search[best])
+    signals = [load_audio(p, MUSICNN_SR) for p in timing]
+
+    def clip(sig: np.ndarray) -> Any:
+        return model.quadrant.predict(musicnn_clip_embeddings(embedder.embed(sig))[best][None])
+
+    return {
+        "system": f"MSD-musicnn ({best}) + LogReg",
+        "metrics": evaluate_peer(model, m_te[best], [s.quadrant for s in test]),
+        **timing_fields(median_ms(clip, signals)),
+        "features": f"{best}: {m_tr[best].shape[1]} dims, mean over 3 s patches",
+        "embedding_cv_macro_f1": {v: r.score for v, r in variant_search.items()},
+        "hyperparameters": {k: v.to_dict() for k, v in model.search.items()},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--run", type=Path, default=Path("runs/4q-mix"), help="run whose split.json and teacher to use")
+    ap.add_argument(
+        "--bundle", type=Path, default=Path("export/reference"), help="bundle with model.onnx/model.int8.onnx"
+    )
+    ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)} (or 'none')")
+    ap.add_argument("--no-edgeemo", action="store_true", help="leave out the edgeemo rows")
+    ap.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results_peers.json"), help="where to write the results"
+    )
+    ap.add_argument("--folds", type=int, default=5, help="grouped CV folds for the hyperparameter search")
+    ap.add_argument("--timing-clips", type=int, default=5, help="test clips timed (median)")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 60 training songs, 30 test songs, 2 folds, 2 clips"
+    )
+    args = ap.parse_args(argv)
+    peers = [p for p in args.peers.split(",") if p and p != "none"]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        ap.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+
+    started = time.perf_counter()
+    limit_threads()
+    train, test = split_songs(args.run)
+    folds, n_timing = args.folds, args.timing_clips
+    if args.quick:
+        train, test, folds, n_timing = subsample(train, 60), subsample(test, 30), 2, 2
+    timing = [s.path for s in test[:n_timing]]
+    print(
+        f"{len(train)} training songs ({len(set(s.group for s in train))} artists), {len(test)} test songs",
+        file=sys.stderr,
+    )
+    cache = FeatureCache(default_cache_dir() / "peers")
+
+    rows: list[dict[str, Any]] = []
+    for peer in peers:
+        t = time.perf_counter()
+        rows.append((run_librosa if peer == "librosa" else run_musicnn)(train, test, cache, folds, timing))
+        rows[-1]["seconds"] = time.perf_counter() - t
+        print(f"{rows[-1]['system']}: done in {rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    if not args.no_edgeemo:
+        rows += edgeemo_rows(test, args.run, args.bundle, timing)
+
+    table = format_table(rows)
+    print(table)
+    for r in rows:
+        if "hyperparameters" in r:
+            chosen = "; ".join(f"{k}: {v['params']} (CV {v['cv_score']:.3f})" for k, v in r["hyperparameters"].items())
+            print(f"\n{r['system']}: {chosen}")
+    result = {
+        "run": str(args.run),
+        "bundle": str(args.bundle),
+        "quick": args.quick,
+        "n_train_songs": len(train),
+        "n_train_artists": len({s.group for s in train}),
+        "n_test_songs": len(test),
+        "cv_folds": folds,
+        "timing": f"median over {len(timing)} test clips of decoded audio -> quadrant, 1 thread; "
+        "ms_per_clip is process CPU time, wall_ms_per_clip wall time (the machine may be shared)",
+        "rows": rows,
+        "table": table,
+        "seconds": time.perf_counter() - started,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+    print(f"\n{time.perf_counter() - started:.0f} s; results in {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

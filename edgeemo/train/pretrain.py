@@ -1,0 +1,384 @@
+"""The ``pretrain`` stage: the ViT teacher learns MSD-musicnn's view of music from unlabeled audio.
+
+Owns building the pretraining examples (for each unlabeled file: our log-mel windows,
+and for each window the musicnn embedding of a 3 s patch centred on it: the 200-d
+penultimate layer and the 50 tag probabilities, cached on disk), the pretraining
+model (the teacher's backbone plus a projection head), its loss (MSE on the
+standardised embedding + ``pretrain_tag_weight`` x BCE on the tags), its validation
+on held-out files (embedding R², cosine, tag BCE; selection on R²) and the
+``backbone.pt`` file the teacher stage then starts from (partial fine-tuning, as with
+any pretrained weights). Training itself is the shared loop
+(:func:`edgeemo.train.loop.fit`), so it checkpoints, resumes and stops on NaN the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from edgeemo.data.unlabeled import window_indices
+from edgeemo.errors import AudioError, DataError, TrainingError
+from edgeemo.features import FeatureConfig, frame_windows, log_mel
+from edgeemo.presets import TrainConfig
+from edgeemo.runtime.audio import load_audio
+from edgeemo.train.loop import FitConfig, FitResult, fit
+from edgeemo.train.models import Regressor, build_model, rebuild_spec, teacher_spec
+
+TARGET_KEYS = ("penultimate", "tags")  # musicnn outputs the teacher learns to predict, in this order
+EMBEDDER_SAMPLE_RATE = 16000
+EMBED_BATCH = 4  # musicnn on CPU: small batches are faster per patch (its timbral maps are ~9 MB a patch)
+
+
+class Embedder(Protocol):
+    """What pretraining needs from a teacher signal (see :class:`edgeemo.pretrained.musicnn.MusicnnEmbedder`)."""
+
+    def embed_at(
+        self, signal16k: np.ndarray, centers_s: np.ndarray, batch_size: int = ...
+    ) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class PretrainSet:
+    """Windows ``(N, n_mels, n_frames)`` float16 and their targets ``(N, D)`` = penultimate | tags."""
+
+    x: np.ndarray
+    y: np.ndarray
+    n_files: int
+    failed: list[str]
+    dims: tuple[int, int]  # (embedding dims, tag dims)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+class PretrainWindows(Dataset):
+    def __init__(self, data: PretrainSet) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.data.x[i].astype(np.float32))[None], torch.from_numpy(self.data.y[i])
+
+
+def _file_key(path: Path, features: FeatureConfig, cfg: TrainConfig, embedder_id: str) -> str:
+    st = path.stat()
+    ident = (
+        f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{features.digest()}|{cfg.pretrain_hop_s}|"
+        f"{cfg.pretrain_max_windows}|{embedder_id}"
+    )
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def file_examples(path: Path, cfg: TrainConfig, embedder: Embedder) -> tuple[np.ndarray, np.ndarray, int]:
+    """Windows and targets of one file: ``(x (k, n_mels, n_frames) float16, y (k, D) float32, n_embedding_dims)``."""
+    features = cfg.features
+    signal16k = load_audio(path, EMBEDDER_SAMPLE_RATE)
+    signal = signal16k if features.sample_rate == EMBEDDER_SAMPLE_RATE else load_audio(path, features.sample_rate)
+    frames = log_mel(signal, features)
+    idx = window_indices(frames.shape[1], features, cfg.pretrain_hop_s, cfg.pretrain_max_windows)
+    if idx.size == 0:
+        raise AudioError(f"shorter than one window ({features.window_seconds:.2f} s)", path=path)
+    x = frame_windows(frames, features)[idx].astype(np.float16)
+    out = embedder.embed_at(signal16k, features.window_center_s(idx), batch_size=EMBED_BATCH)
+    parts = [np.asarray(out[k], dtype=np.float32).reshape(len(idx), -1) for k in TARGET_KEYS]
+    y = np.concatenate(parts, axis=1)
+    if not np.all(np.isfinite(y)):
+        raise AudioError("the teacher signal (musicnn) gave non-finite outputs", path=path)
+    return x, y, parts[0].shape[1]
+
+
+def build_pretrain_set(
+    files: Sequence[Path],
+    cfg: TrainConfig,
+    embedder: Embedder,
+    embedder_id: str,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    desc: str = "pretrain data",
+) -> PretrainSet:
+    """Examples of every file (cached under ``cache_dir/pretrain``); undecodable files are listed in ``failed``."""
+    xs, ys, failed = [], [], []
+    n_emb = 0
+    it: Any = files
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            it = tqdm(files, desc=desc, unit="file", file=sys.stderr, leave=False)
+        except ImportError:
+            pass
+    for path in it:
+        path = Path(path)
+        cache = None
+        if cache_dir is not None:
+            cache = Path(cache_dir) / "pretrain" / f"{_file_key(path, cfg.features, cfg, embedder_id)}.npz"
+        got = None
+        if cache is not None and cache.is_file():
+            try:
+                with np.load(cache) as z:
+                    got = (z["x"], z["y"], int(z["n_emb"]))
+            except (OSError, ValueError, KeyError):
+                got = None  # damaged cache entry: recompute
+        if got is None:
+            try:
+                got = file_examples(path, cfg, embedder)
+            except AudioError as exc:
+                failed.append(str(exc))
+                continue
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+                np.savez(tmp, x=got[0], y=got[1], n_emb=got[2])
+                tmp.replace(cache)
+        xs.append(got[0])
+        ys.append(got[1])
+        n_emb = got[2]
+    if not xs:
+        raise DataError(f"no usable unlabeled audio out of {len(files)} file(s)" + (f": {failed[0]}" if failed else ""))
+    y = np.concatenate(ys).astype(np.float32)
+    return PretrainSet(np.concatenate(xs), y, len(xs), failed, (n_emb, y.shape[1] - n_emb))
+
+
+class PretrainModel(nn.Module):
+    """The teacher (backbone + its regression head, unused here) plus a projection to the musicnn targets."""
+
+    def __init__(self, teacher: Regressor, out_dims: int) -> None:
+        super().__init__()
+        self.teacher = teacher
+        width = teacher.width
+        self.proj = nn.Sequential(nn.Linear(width, 512), nn.GELU(), nn.Linear(512, out_dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.teacher.forward_features(x))
+
+
+class PretrainStage:
+    """Embedding distillation: standardised penultimate (MSE) + tags (BCE on logits vs probabilities)."""
+
+    name = "pretrain"
+    score_key = "emb_r2"
+
+    def __init__(
+        self,
+        model: PretrainModel,
+        dims: tuple[int, int],
+        stats: tuple[np.ndarray, np.ndarray],
+        cfg: TrainConfig,
+        val: PretrainSet | None,
+    ) -> None:
+        self.model = model
+        self.dims = dims
+        self.mean = torch.as_tensor(stats[0], dtype=torch.float32)
+        self.std = torch.as_tensor(stats[1], dtype=torch.float32)
+        self.cfg = cfg
+        self.val = val
+
+    def _terms(self, pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.dims[0]
+        mean, std = self.mean.to(y.device), self.std.to(y.device)
+        emb = nn.functional.mse_loss(pred[:, :n], (y[:, :n] - mean) / std)
+        tags = nn.functional.binary_cross_entropy_with_logits(pred[:, n:], y[:, n:].clamp(0, 1))
+        return emb, tags
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        emb, tags = self._terms(self.model(x).float(), y)
+        loss = emb + self.cfg.pretrain_tag_weight * tags
+        return loss, {"loss": loss.item(), "emb_mse": emb.item(), "tag_bce": tags.item()}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    @torch.no_grad()
+    def validate(self, device: torch.device) -> dict[str, float]:
+        if self.val is None or len(self.val) == 0:
+            raise TrainingError("pretraining needs held-out unlabeled files to validate on")
+        preds = []
+        for s in range(0, len(self.val), 64):
+            xb = torch.from_numpy(self.val.x[s : s + 64].astype(np.float32))[:, None].to(device)
+            preds.append(self.model(xb).float().cpu())
+        return embedding_report(torch.cat(preds), torch.from_numpy(self.val.y), self.dims, self.mean, self.std)
+
+    def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "model_spec": rebuild_spec(self.model.teacher.spec),
+            "feature_config": self.cfg.features.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "target_keys": list(TARGET_KEYS),
+            "target_dims": list(self.dims),
+            "target_mean": self.mean.numpy(),
+            "target_std": self.std.numpy(),
+        }
+
+
+def embedding_report(
+    pred: torch.Tensor, y: torch.Tensor, dims: tuple[int, int], mean: torch.Tensor, std: torch.Tensor
+) -> dict[str, float]:
+    """How well predictions match the targets: R² and cosine of the standardised embedding, tag BCE and MAE.
+
+    R² is ``1 - SSE/SST`` over all standardised embedding dimensions with SST around the
+    training mean (zero after standardising), so 0 means "no better than always predicting
+    the training set's mean embedding".
+    """
+    n = dims[0]
+    z_true = (y[:, :n] - mean) / std
+    z_pred = pred[:, :n]
+    sse = float(((z_pred - z_true) ** 2).sum())
+    sst = float((z_true**2).sum())
+    cos = nn.functional.cosine_similarity(z_pred * std + mean, y[:, :n], dim=1).mean()
+    tags_true = y[:, n:].clamp(0, 1)
+    bce = nn.functional.binary_cross_entropy_with_logits(pred[:, n:], tags_true)
+    mae = (torch.sigmoid(pred[:, n:]) - tags_true).abs().mean()
+    return {
+        "emb_r2": 1.0 - sse / max(sst, 1e-12),
+        "emb_cos": float(cos),
+        "tag_bce": float(bce),
+        "tag_mae": float(mae),
+    }
+
+
+def target_stats(data: PretrainSet) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std of the embedding part of the targets (std floored: dead ReLU units)."""
+    emb = data.y[:, : data.dims[0]]
+    return emb.mean(0).astype(np.float32), np.maximum(emb.std(0), 1e-3).astype(np.float32)
+
+
+def build_pretrain_model(cfg: TrainConfig, out_dims: int) -> PretrainModel:
+    """The teacher architecture of ``cfg`` from scratch (all blocks train), with the projection head."""
+    spec = teacher_spec(cfg.teacher_arch, cfg.features.shape, depth=cfg.teacher_depth)
+    return PretrainModel(build_model(spec), out_dims)
+
+
+def pretrain_fit_config(cfg: TrainConfig, progress: bool = True) -> FitConfig:
+    return FitConfig(
+        epochs=cfg.pretrain_epochs,
+        batch_size=cfg.pretrain_batch_size,
+        accum_steps=1,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        device=cfg.device,
+        progress=progress,
+    )
+
+
+def train_pretrain(
+    train: PretrainSet, val: PretrainSet, cfg: TrainConfig, out_dir: Path, progress: bool = True
+) -> FitResult:
+    """Pretrain (or resume) into ``out_dir``; writes ``backbone.pt`` (the best epoch's backbone) at the end."""
+    torch.manual_seed(cfg.seed)
+    dims = train.dims
+    model = build_pretrain_model(cfg, sum(dims))
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("teacher.")]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(model.teacher.backbone.parameters()), "lr": cfg.pretrain_lr},
+            {"params": head_params, "lr": cfg.pretrain_lr},
+        ],
+        lr=cfg.pretrain_lr,
+        weight_decay=cfg.weight_decay,
+    )
+    stage = PretrainStage(model, dims, target_stats(train), cfg, val)
+    result = fit(
+        stage, optimizer, lambda epoch: PretrainWindows(train), None, out_dir, pretrain_fit_config(cfg, progress)
+    )
+    write_backbone(Path(out_dir) / "best.pt", Path(out_dir) / "backbone.pt")
+    return result
+
+
+def write_backbone(checkpoint: Path, out: Path) -> Path:
+    """Save a pretraining checkpoint's backbone weights as a plain state dict (what ``--teacher-weights`` reads)."""
+    from edgeemo.train.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    if ck.get("stage") != "pretrain":
+        raise TrainingError(f"{checkpoint} is not a pretraining checkpoint (stage {ck.get('stage')!r})")
+    prefix = "teacher.backbone."
+    state = {k.removeprefix(prefix): v for k, v in ck["state_dict"].items() if k.startswith(prefix)}
+    save_checkpoint(out, state)
+    return out
+
+
+def pretrain_from_folders(
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    exclude: Sequence[Path] = (),
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    embedder: Embedder | None = None,
+    embedder_id: str | None = None,
+) -> dict[str, Any]:
+    """The whole stage: find the files of ``cfg.unlabeled``, hold out some, build examples, train.
+
+    Returns the stage's ``done.json`` record (files, hours, windows, held-out figures,
+    seconds). ``embedder`` defaults to MSD-musicnn loaded from ``cfg.musicnn_weights``
+    (or the cache ``edgeemo pretrained import-musicnn`` wrote).
+    """
+    import time
+
+    from edgeemo.data.unlabeled import find_unlabeled, holdout_split
+
+    found = find_unlabeled(cfg.unlabeled, exclude=exclude)
+    train_files, val_files = holdout_split(found.files, cfg.pretrain_val_fraction, cfg.seed)
+    if not val_files:
+        raise DataError(f"pretraining needs at least 2 unlabeled files (found {len(found.files)})")
+    teacher_signal: dict[str, Any] = {"name": "custom"}
+    if embedder is None:
+        from edgeemo.pretrained.musicnn import MusicnnEmbedder, load_musicnn
+
+        model = load_musicnn(Path(cfg.musicnn_weights) if cfg.musicnn_weights else None)
+        embedder = MusicnnEmbedder(model)
+        teacher_signal = musicnn_signal_info(model)
+        embedder_id = teacher_signal["id"]
+    embedder_id = embedder_id or "custom"
+    print(
+        f"[pretrain] {len(found.files)} unlabeled files ({found.hours():.2f} h): {len(train_files)} train, "
+        f"{len(val_files)} held out; {found.excluded} excluded (labelled val/test songs), "
+        f"{len(found.skipped)} skipped",
+        file=sys.stderr,
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    train = build_pretrain_set(train_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/train")
+    val = build_pretrain_set(val_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/held-out")
+    data_seconds = time.perf_counter() - t0
+    result = train_pretrain(train, val, cfg, out_dir, progress)
+    return {
+        "seconds": round(data_seconds + sum(h.get("seconds", 0.0) for h in result.history), 2),
+        "data_seconds": round(data_seconds, 2),
+        "best_epoch": result.best_epoch,
+        "val": result.best_metrics,
+        "folders": list(cfg.unlabeled),
+        "files": {"train": train.n_files, "held_out": val.n_files},
+        "hours": {"train": round(found.hours(train_files), 3), "held_out": round(found.hours(val_files), 3)},
+        "windows": {"train": len(train), "held_out": len(val)},
+        "excluded": found.excluded,
+        "skipped": len(found.skipped) + len(train.failed) + len(val.failed),
+        "teacher_signal": teacher_signal,
+        "backbone": str(Path(out_dir) / "backbone.pt"),
+    }
+
+
+def musicnn_signal_info(model: Any) -> dict[str, Any]:
+    """What the card says about the teacher signal: model name, targets, licence, weights identity."""
+    meta = dict(getattr(model, "metadata", {}) or {})
+    return {
+        "name": meta.get("model", "MSD_musicnn"),
+        "targets": list(TARGET_KEYS),
+        "licence": "musicnn weights: " + meta.get("licence", "ISC (musicnn, Jordi Pons)"),
+        "id": f"{meta.get('model', 'musicnn')}-{meta.get('source_sha256', '')[:16]}",
+    }
