@@ -39,21 +39,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "musicnn_reference.npz"
 LAYERS = ("timbral", "temporal", "cnn1", "cnn2", "cnn3", "mean_pool", "max_pool", "penultimate", "tags")
-SEED = 1234
 
 
-def synthetic_signal(seed: int = SEED, seconds: float = 3.5, sr: int = 16000) -> np.ndarray:
-    """Seeded harmonic tones + noise bursts (tests/test_musicnn.py holds an identical copy)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    x = np.zeros_like(t)
-    for f0 in rng.uniform(80.0, 600.0, size=4):
-        for h in range(1, 6):
-            x += np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h
-    for start in rng.uniform(0.0, seconds - 0.3, size=6):
-        i = int(start * sr)
-        x[i : i + int(0.2 * sr)] += rng.standard_normal(int(0.2 * sr)) * 2.0
-    return (0.1 * x / np.abs(x).max()).astype(np.float32)
 
 
 class TFMusicnn:
@@ -101,9 +88,9 @@ class TFMusicnn:
 
 
 def cmd_reference(args: argparse.Namespace) -> None:
-    from edgeemo.pretrained.musicnn_frontend import musicnn_input
+    from edgeemo.pretrained.musicnn_frontend import musicnn_input, reference_signal
 
-    mel = musicnn_input(synthetic_signal())
+    mel = musicnn_input(reference_signal())
     net = TFMusicnn("MSD_musicnn")
     data: dict[str, np.ndarray] = {"x_long": mel[None, :187], "x_short": mel[None, 100:164]}
     for name in ("long", "short"):

@@ -11,7 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from edgeemo.errors import EdgeemoError
-from edgeemo.pretrained.musicnn_frontend import musicnn_input, patch_at, patch_start, patches, patches_at
+from edgeemo.pretrained.musicnn_frontend import (
+    musicnn_input,
+    patch_at,
+    patch_start,
+    patches,
+    patches_at,
+    reference_signal,
+)
 from edgeemo.pretrained.tfcheckpoint import TABLE_MAGIC, read_checkpoint
 
 DATA = Path(__file__).parent / "data" / "musicnn_reference.npz"
@@ -126,23 +133,11 @@ def test_checkpoint_reader_rejects_truncated_and_corrupt_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------- numpy front end
-def synthetic_signal(seed: int = 1234, seconds: float = 3.5, sr: int = 16000) -> np.ndarray:
-    """Identical copy of benchmarks/musicnn_parity.py:synthetic_signal (the reference's source)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    x = np.zeros_like(t)
-    for f0 in rng.uniform(80.0, 600.0, size=4):
-        for h in range(1, 6):
-            x += np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h
-    for start in rng.uniform(0.0, seconds - 0.3, size=6):
-        i = int(start * sr)
-        x[i : i + int(0.2 * sr)] += rng.standard_normal(int(0.2 * sr)) * 2.0
-    return (0.1 * x / np.abs(x).max()).astype(np.float32)
 
 
 def test_musicnn_input_reproduces_the_reference_input():
     ref = np.load(DATA)
-    mel = musicnn_input(synthetic_signal())
+    mel = musicnn_input(reference_signal())
     assert mel.dtype == np.float32 and mel.shape == (int((3.5 * 16000 - 512) // 256) + 1, 96)
     np.testing.assert_allclose(mel[None, :187], ref["x_long"], atol=1e-4)
     np.testing.assert_allclose(mel[None, 100:164], ref["x_short"], atol=1e-4)
@@ -260,7 +255,7 @@ def test_embedder_per_patch_and_centred(net):
     from edgeemo.pretrained.musicnn import MusicnnEmbedder
 
     emb = MusicnnEmbedder(net)
-    sig = synthetic_signal(seconds=7.0)
+    sig = reference_signal(seconds=7.0)
     out = emb.embed(sig, batch_size=1)
     assert {k: v.shape for k, v in out.items()} == {
         "mean_pool": (2, 753),
@@ -281,7 +276,7 @@ def test_missing_weights_is_a_one_line_cli_error(tmp_path, torch):
     from edgeemo.cli import main
 
     wav = tmp_path / "a.wav"
-    sf.write(str(wav), synthetic_signal(), 16000)
+    sf.write(str(wav), reference_signal(), 16000)
     missing = tmp_path / "nope.safetensors"
     res = CliRunner().invoke(main, ["pretrained", "tag", str(wav), "--weights", str(missing)])
     assert res.exit_code == 2
@@ -310,7 +305,7 @@ def test_live_parity_with_tensorflow(net, torch):
     )
     parity = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(parity)
-    x = patches(musicnn_input(synthetic_signal(seed=7, seconds=7.0)))
+    x = patches(musicnn_input(reference_signal(seed=7, seconds=7.0)))
     tf_out = parity.TFMusicnn("MSD_musicnn")(x)
     with torch.no_grad():
         out = net(torch.from_numpy(x))

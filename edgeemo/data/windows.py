@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from edgeemo.data.types import Song
 from edgeemo.errors import AudioError, DataError
 from edgeemo.features import FeatureConfig, log_mel, pad_to_window
+from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio
 
 
@@ -148,15 +148,7 @@ def build_windows(
     index: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     failed: list[str] = []
-    it: Any = songs
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            it = tqdm(songs, desc=desc, unit="song", file=sys.stderr, leave=False)
-        except ImportError:
-            pass
-    for song in it:
+    for song in progress_iter(songs, progress, desc, unit="song", tty_only=False):
         try:
             f = song_frames(song, cfg, cache_dir)
         except AudioError as exc:

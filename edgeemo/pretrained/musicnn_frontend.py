@@ -96,3 +96,21 @@ def patches_at(mel: np.ndarray, centers_s: np.ndarray, n_frames: int = N_FRAMES)
         s = patch_start(float(c), mel.shape[0], n_frames)
         out[i] = mel[s : s + n_frames]
     return out
+
+
+def reference_signal(seed: int = 1234, seconds: float = 3.5, sr: int = 16000) -> np.ndarray:
+    """The deterministic test signal (seeded harmonic tones + noise bursts) the parity reference is computed on.
+
+    ``benchmarks/musicnn_parity.py`` feeds it to the original TensorFlow graph to write
+    ``tests/data/musicnn_reference.npz``; the tests feed it to the PyTorch port.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = np.zeros_like(t)
+    for f0 in rng.uniform(80.0, 600.0, size=4):
+        for h in range(1, 6):
+            x += np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h
+    for start in rng.uniform(0.0, seconds - 0.3, size=6):
+        i = int(start * sr)
+        x[i : i + int(0.2 * sr)] += rng.standard_normal(int(0.2 * sr)) * 2.0
+    return (0.1 * x / np.abs(x).max()).astype(np.float32)

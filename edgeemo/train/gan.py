@@ -46,6 +46,7 @@ from edgeemo import __version__
 from edgeemo.data.windows import WindowSet
 from edgeemo.errors import TrainingError
 from edgeemo.presets import TrainConfig
+from edgeemo.progress import progress_iter
 from edgeemo.train.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
@@ -467,14 +468,7 @@ def _recipe_line(cfg: TrainConfig, g: Generator, d: Discriminator) -> str:
 
 
 def _batches(n_iter: int, progress: bool, desc: str) -> Iterator[int]:
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            return iter(tqdm(range(n_iter), desc=desc, leave=False, file=sys.stderr, disable=None))
-        except ImportError:
-            pass
-    return iter(range(n_iter))
+    return iter(progress_iter(range(n_iter), progress, desc))
 
 
 def _bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

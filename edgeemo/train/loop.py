@@ -30,6 +30,7 @@ from edgeemo import __version__
 from edgeemo.data.windows import WindowSet
 from edgeemo.errors import TrainingError
 from edgeemo.evaluation import predict_windowset, window_and_song_report
+from edgeemo.progress import progress_iter
 from edgeemo.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_jsonl
 
 
@@ -221,17 +222,7 @@ def fit(
         sums: dict[str, float] = {}
         n_seen = 0
         optimizer.zero_grad(set_to_none=True)
-        bar = loader
-        if cfg.progress:
-            try:
-                from tqdm import tqdm
-
-                bar = tqdm(
-                    loader, desc=f"{stage.name} {epoch}/{cfg.epochs}", leave=False, file=sys.stderr, disable=None
-                )
-            except ImportError:
-                pass
-        for i, (x, y) in enumerate(bar):
+        for i, (x, y) in enumerate(progress_iter(loader, cfg.progress, f"{stage.name} {epoch}/{cfg.epochs}")):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, terms = stage.loss(x, y)

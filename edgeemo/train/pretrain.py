@@ -30,6 +30,7 @@ from edgeemo.data.unlabeled import window_indices
 from edgeemo.errors import AudioError, DataError, TrainingError
 from edgeemo.features import FeatureConfig, frame_windows, log_mel
 from edgeemo.presets import TrainConfig
+from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio
 from edgeemo.train.loop import FitConfig, FitResult, fit
 from edgeemo.train.models import Regressor, build_model, rebuild_spec, teacher_spec
@@ -111,15 +112,7 @@ def build_pretrain_set(
     """Examples of every file (cached under ``cache_dir/pretrain``); undecodable files are listed in ``failed``."""
     xs, ys, failed = [], [], []
     n_emb = 0
-    it: Any = files
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            it = tqdm(files, desc=desc, unit="file", file=sys.stderr, leave=False)
-        except ImportError:
-            pass
-    for path in it:
+    for path in progress_iter(files, progress, desc, unit="file", tty_only=False):
         path = Path(path)
         cache = None
         if cache_dir is not None:
