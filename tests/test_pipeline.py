@@ -105,7 +105,15 @@ def test_sigint_and_sigkill_mid_teacher_then_resume_gives_the_same_result(straig
     root = ref.parent
     run = root / "b"
     for sig, epoch in ((signal.SIGINT, 2), (signal.SIGKILL, 5)):
-        proc = subprocess.Popen(_cli(root, cache, "--name", "b"), stderr=subprocess.PIPE, text=True, env=_env())
+        proc = subprocess.Popen(
+            _cli(root, cache, "--name", "b"),
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            # a shell that starts the suite in the background ignores SIGINT, and children inherit that:
+            # give the job the default Ctrl-C disposition a user's terminal gives it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         _wait_for_epoch(run, epoch, proc)
         proc.send_signal(sig)
         proc.wait(timeout=60)
