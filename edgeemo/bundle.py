@@ -392,6 +392,15 @@ def card_summary(bundle: Bundle) -> str:
         lines.append(f"  trained on: {data.get('description') or data.get('dataset', '?')}")
         if data.get("licence"):
             lines.append(f"  data licence: {data['licence']}")
+        pre = data.get("pretraining")
+        if isinstance(pre, dict):
+            hours = pre.get("hours") or {}
+            signal = pre.get("teacher_signal") or {}
+            lines.append(
+                f"  teacher pretrained on: {sum(hours.values()):.2f} h of unlabeled audio in "
+                f"{', '.join(pre.get('unlabeled_folders') or [])}; teacher signal {signal.get('name', '?')} "
+                f"({signal.get('licence', 'licence not recorded')})"
+            )
     elif data:
         lines.append(f"  trained on: {data}")
     metrics = card.get("metrics") or {}

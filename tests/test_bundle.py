@@ -216,3 +216,21 @@ def test_write_bundle_refuses_a_model_of_another_shape(tmp_path_factory, tmp_pat
     with pytest.raises(BundleError, match=r"has shape \[None, 1, 64, 128\].*needs \(batch, 1, 32, 64\)"):
         write_bundle(tmp_path / "x", {"model.onnx": other / "model.onnx"}, sample_card(SMALL_CFG))
     assert not (tmp_path / "x").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_bundle_check_names_the_pretraining_data_and_teacher_signal(bundle, tmp_path):
+    card = sample_card(SMALL_CFG)
+    card["training_data"] = {
+        "description": "4Q",
+        "licence": "research use only",
+        "pretraining": {
+            "unlabeled_folders": ["/music/a", "/music/b"],
+            "hours": {"train": 6.93, "held_out": 1.02},
+            "teacher_signal": {"name": "MSD_musicnn", "licence": "musicnn weights: ISC"},
+        },
+    }
+    out = write_bundle(tmp_path / "b", {"model.onnx": bundle / "model.onnx"}, card)
+    res = CliRunner().invoke(main, ["bundle", "check", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "teacher pretrained on: 7.95 h of unlabeled audio in /music/a, /music/b" in res.output
+    assert "teacher signal MSD_musicnn (musicnn weights: ISC)" in res.output

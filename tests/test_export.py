@@ -133,6 +133,22 @@ def test_card_licence_note_and_quadrant_table():
     assert "no third-party audio" in data_licence_note([DataSource("builtin")])
     note = data_licence_note([DataSource("builtin"), DataSource("quadrants", "x")])
     assert "quadrants" in note and "research use only" in note
+    pre = data_licence_note([DataSource("builtin")], ("/music/debian",))
+    assert "no third-party audio" in pre and "/music/debian" in pre and "musicnn" in pre
     q = {"quadrant_accuracy": 0.5, "quadrant_macro_f1": 0.25, "valence_auc": 0.75, "arousal_auc": 1.0, "n_songs": 8}
     lines = quadrant_table({"student_int8": q}).splitlines()
     assert lines[1].split() == ["student_int8", "0.500", "0.250", "0.750", "1.000"]
+
+
+def test_card_reproduce_flags_rebuild_the_same_config():
+    from edgeemo.cli_train import _parse_set
+    from edgeemo.exporting.export import config_flags
+    from edgeemo.presets import make_config
+
+    assert config_flags(make_config("tiny")) == ""
+    cfg = make_config("tiny", unlabeled=("a", "b"), pretrain_hop_s=4.0, quadrant_magnitude=0.7, teacher_epochs=3)
+    flags = config_flags(cfg).split()
+    assert flags[:4] == ["--unlabeled", "a", "--unlabeled", "b"]
+    sets = [flags[i + 1] for i, f in enumerate(flags) if f == "--set"]
+    rebuilt = make_config("tiny", unlabeled=("a", "b"), **_parse_set(tuple(sets)))
+    assert rebuilt.to_dict() == cfg.to_dict()
