@@ -28,7 +28,7 @@ class TrainConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_seed: int = 0
     train_windows_per_song: int | None = 8  # evenly spaced windows per training song each epoch (None: all)
-    quadrant_magnitude: float = 0.5  # quadrant-labelled songs (4Q) become targets (+-m, +-m)
+    quadrant_magnitude: float = 1.0  # quadrant songs (4Q) become targets (+-m, +-m); 1.0 measured best (README)
     quadrant_confidence: bool = False  # scale m by the song's pquad confidence
     features: FeatureConfig = field(default_factory=FeatureConfig)
     # pretraining on unlabeled audio by distilling MSD-musicnn embeddings (runs when ``unlabeled`` names folders)

@@ -37,10 +37,10 @@ def _folder(root: Path, rows: list[dict], audio: bool = True) -> Path:
 def test_quadrant_signs_for_all_four(tmp_path: Path) -> None:
     root = _folder(tmp_path / "q", [{"song": f"s{q}", "quadrant": f"Q{q}"} for q in (1, 2, 3, 4)])
     songs = {s.id: s for s in load_quadrants(root).songs}
-    assert (songs["s1"].valence, songs["s1"].arousal) == (0.5, 0.5)
-    assert (songs["s2"].valence, songs["s2"].arousal) == (-0.5, 0.5)
-    assert (songs["s3"].valence, songs["s3"].arousal) == (-0.5, -0.5)
-    assert (songs["s4"].valence, songs["s4"].arousal) == (0.5, -0.5)
+    assert (songs["s1"].valence, songs["s1"].arousal) == (1.0, 1.0)  # default magnitude 1
+    assert (songs["s2"].valence, songs["s2"].arousal) == (-1.0, 1.0)
+    assert (songs["s3"].valence, songs["s3"].arousal) == (-1.0, -1.0)
+    assert (songs["s4"].valence, songs["s4"].arousal) == (1.0, -1.0)
     assert [songs[f"s{q}"].quadrant for q in (1, 2, 3, 4)] == ["Q1", "Q2", "Q3", "Q4"]
     big = {s.id: s for s in load_quadrants(root, magnitude=0.8).songs}
     assert (big["s2"].valence, big["s2"].arousal) == (-0.8, 0.8)
@@ -55,9 +55,9 @@ def test_confidence_scales_the_magnitude(tmp_path: Path) -> None:
         {"song": "c", "quadrant": "Q1", "pquad": "0.666666666666667"},
     ]
     root = _folder(tmp_path / "q", rows)
-    plain = {s.id: s for s in load_quadrants(root).songs}
+    plain = {s.id: s for s in load_quadrants(root, magnitude=0.5).songs}
     assert plain["a"].valence == -0.5
-    conf = {s.id: s for s in load_quadrants(root, use_confidence=True).songs}
+    conf = {s.id: s for s in load_quadrants(root, magnitude=0.5, use_confidence=True).songs}
     assert (conf["a"].valence, conf["a"].arousal) == (-0.25, 0.25)
     assert (conf["b"].valence, conf["b"].arousal) == (0.5, -0.5)
     assert conf["c"].valence == pytest.approx(1 / 3)
@@ -123,7 +123,7 @@ def test_miniature_quadrant_folder(tmp_path: Path) -> None:
     assert len(songs) == 8 and not songs.skipped
     assert sorted(s.quadrant for s in songs.songs) == ["Q1", "Q1", "Q2", "Q2", "Q3", "Q3", "Q4", "Q4"]
     assert len({s.group for s in songs.songs}) == 3
-    assert all(0 < abs(s.valence) <= 0.5 for s in songs.songs)
+    assert all(0 < abs(s.valence) <= 1.0 for s in songs.songs)
     signal = load_audio(songs.songs[0].path, 16000)
     assert 2.5 < signal.size / 16000 < 3.5
 
@@ -135,9 +135,9 @@ def test_run_config_sets_quadrant_targets(tmp_path: Path) -> None:
     root = write_miniature_quadrants(tmp_path / "mini", n_per_quadrant=1, n_artists=2, seconds=3.0)
     source = DataSource("quadrants", str(root))
     plain = load_source(source, make_config("tiny"))
-    assert sorted({abs(s.valence) for s in plain.songs} | {abs(s.arousal) for s in plain.songs}) == [0.5]
+    assert sorted({abs(s.valence) for s in plain.songs} | {abs(s.arousal) for s in plain.songs}) == [1.0]
     strong = load_source(source, make_config("tiny", quadrant_magnitude=0.8))
-    assert {(s.id, round(s.valence / 0.8, 6)) for s in strong.songs} == {(s.id, s.valence / 0.5) for s in plain.songs}
+    assert {(s.id, round(s.valence / 0.8, 6)) for s in strong.songs} == {(s.id, s.valence) for s in plain.songs}
 
 
 @pytest.mark.realdata
@@ -150,9 +150,9 @@ def test_real_4q_dev_annotations() -> None:
     assert counts == {"Q1": 150, "Q2": 150, "Q3": 150, "Q4": 150}
     assert len({s.group for s in songs.songs}) == 442  # artists (case-folded); split by artist
     first = next(s for s in songs.songs if s.id == "MT0000011357")
-    assert (first.quadrant, first.valence, first.arousal, first.group) == ("Q2", -0.5, 0.5, "dismember")
+    assert (first.quadrant, first.valence, first.arousal, first.group) == ("Q2", -1.0, 1.0, "dismember")
     conf = {s.id: s for s in load_quadrants(REAL_4Q, use_confidence=True).songs}
-    assert conf["MT0000011357"].valence == pytest.approx(-0.5 * 0.666666666666667)
-    assert all(0.25 <= abs(s.valence) <= 0.5 for s in conf.values())
+    assert conf["MT0000011357"].valence == pytest.approx(-0.666666666666667)
+    assert all(0.5 <= abs(s.valence) <= 1.0 for s in conf.values())
     signal = load_audio(first.path, 16000)  # one real file decodes: a ~30 s clip
     assert 25.0 < signal.size / 16000 < 31.0

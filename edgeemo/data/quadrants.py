@@ -79,7 +79,7 @@ def _audio_for(root: Path, song_id: str, file_cell: str) -> Path:
 def load_quadrants(
     root: str | Path,
     *,
-    magnitude: float = 0.5,
+    magnitude: float = 1.0,
     use_confidence: bool = False,
     csv_name: str = "annotations.csv",
 ) -> SongSet:
