@@ -90,7 +90,8 @@ def test_export_writes_a_verified_bundle(run, tmp_path, monkeypatch):
     # mixed data (built-in + a 4Q-style set): the card names both, the licence caveat and quadrant figures
     assert [s["kind"] for s in saved["training_data"]["sources"]] == ["builtin", "quadrants"]
     assert "research use only" in saved["training_data"]["licence"]
-    assert f" --builtin --quadrants {r.sources[1].path} && " in saved["reproduce"]
+    assert f" --builtin --quadrants {r.sources[1].path} --set " in saved["reproduce"]  # data, then the config
+    assert " --set teacher_depth=2 " in saved["reproduce"]  # a field the test config changes from the preset
     quads = saved["metrics"]["quadrants"]
     assert set(quads) == {"teacher_torch", "student_torch", "student_fp32", "student_int8"}
     assert 0.0 <= quads["student_int8"]["quadrant_accuracy"] <= 1.0 and quads["student_int8"]["n_songs"] >= 1
