@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from edgeemo.data.unlabeled import window_indices
+from edgeemo.data.unlabeled import find_unlabeled, holdout_split, window_indices
 from edgeemo.errors import AudioError, DataError, TrainingError
 from edgeemo.features import FeatureConfig, frame_windows, log_mel
 from edgeemo.presets import TrainConfig
@@ -321,10 +322,6 @@ def pretrain_from_folders(
     seconds). ``embedder`` defaults to MSD-musicnn loaded from ``cfg.musicnn_weights``
     (or the cache ``edgeemo pretrained import-musicnn`` wrote).
     """
-    import time
-
-    from edgeemo.data.unlabeled import find_unlabeled, holdout_split
-
     found = find_unlabeled(cfg.unlabeled, exclude=exclude)
     train_files, val_files = holdout_split(found.files, cfg.pretrain_val_fraction, cfg.seed)
     if not val_files:
