@@ -47,16 +47,16 @@ def config_flags(cfg: Any) -> str:
     With :func:`data_flags`, the ``train-all`` command line that rebuilds exactly this config.
     """
     import json
+    import shlex
 
     from edgeemo.presets import make_config
 
     own, preset = cfg.to_dict(), make_config(cfg.preset).to_dict()
-    flags = "".join(f" --unlabeled {d}" for d in cfg.unlabeled)
+    flags = "".join(f" --unlabeled {shlex.quote(d)}" for d in cfg.unlabeled)
     for key in sorted(own):
         if key in ("preset", "unlabeled") or own[key] == preset.get(key):
             continue
-        value = json.dumps(own[key], separators=(",", ":"))
-        flags += f" --set {key}={value}" if " " not in value and "'" not in value else f" --set '{key}={value}'"
+        flags += " --set " + shlex.quote(f"{key}={json.dumps(own[key], separators=(',', ':'))}")
     return flags
 
 

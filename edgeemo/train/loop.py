@@ -146,8 +146,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     if not val_keys:  # a stage with its own validation figures (e.g. pretraining)
         val_keys = [k for k in history[0] if k.startswith("val_")]
     for k in val_keys:
-        if k in history[0]:
-            axes[1].plot(ep, [h[k] for h in history], marker=".", label=k.removeprefix("val_"))
+        axes[1].plot(ep, [h[k] for h in history], marker=".", label=k.removeprefix("val_"))
     axes[1].set_xlabel("epoch")
     axes[1].set_title("validation")
     axes[1].legend(fontsize=8)

@@ -116,9 +116,7 @@ def _gan_sampler(run: Run, device: str) -> Any:
     return GanSampler.load(path, device="cpu" if device == "auto" else device)
 
 
-def run_pretrain(
-    run: Run, data: RunData, progress: bool = True, cache_dir: Path | None = None
-) -> dict[str, Any] | None:
+def run_pretrain(run: Run, data: RunData, progress: bool = True) -> dict[str, Any] | None:
     """Pretrain the teacher on ``cfg.unlabeled`` (nothing to do when no folder is named)."""
     if not run.cfg.unlabeled:
         return None
@@ -131,7 +129,7 @@ def run_pretrain(
     # the labelled validation/test songs of this run never reach training, not even without labels
     exclude = [s.path for split in ("val", "test") for s in data.splits[split]]
     done = pretrain_from_folders(
-        run.cfg, run.stage_dir("pretrain"), exclude=exclude, cache_dir=cache_dir or data.cache_dir, progress=progress
+        run.cfg, run.stage_dir("pretrain"), exclude=exclude, cache_dir=data.cache_dir, progress=progress
     )
     atomic_write_json(run.stage_dir("pretrain") / "done.json", done)
     return done
@@ -139,10 +137,9 @@ def run_pretrain(
 
 def teacher_config(run: Run) -> TrainConfig:
     """The run's config for the teacher stage: it starts from the pretrained backbone when there is one."""
-    backbone = run.stage_dir("pretrain") / "backbone.pt"
-    if run.cfg.unlabeled and run.done("pretrain") and backbone.is_file():
-        return dataclasses.replace(run.cfg, teacher_weights=str(backbone))
-    return run.cfg
+    if not run.cfg.unlabeled:
+        return run.cfg
+    return dataclasses.replace(run.cfg, teacher_weights=str(run.stage_dir("pretrain") / "backbone.pt"))
 
 
 def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
@@ -285,11 +282,7 @@ def train_all(
     for split in ("train", "val", "test"):
         data.windows(split, progress=progress)
     seconds: dict[str, float] = {"features": time.perf_counter() - t0}
-    if "pretrain" in stages:
-        done = run_pretrain(run, data, progress, cache_dir)
-        if done:
-            seconds["pretrain"] = done["seconds"]
-    for stage, fn in (("gan", run_gan), ("teacher", run_teacher), ("student", run_student)):
+    for stage, fn in (("pretrain", run_pretrain), ("gan", run_gan), ("teacher", run_teacher), ("student", run_student)):
         if stage in stages:
             done = fn(run, data, progress)
             if done:
