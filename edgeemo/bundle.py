@@ -400,6 +400,7 @@ def card_summary(bundle: Bundle) -> str:
                 f"  teacher pretrained on: {sum(hours.values()):.2f} h of unlabeled audio in "
                 f"{', '.join(pre.get('unlabeled_folders') or [])}; teacher signal {signal.get('name', '?')} "
                 f"({signal.get('licence', 'licence not recorded')})"
+                + ("; the student was pretrained on it too" if pre.get("student") else "")
             )
     elif data:
         lines.append(f"  trained on: {data}")

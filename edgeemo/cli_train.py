@@ -18,6 +18,24 @@ import click
 from edgeemo.cli import main
 from edgeemo.errors import EdgeemoError
 
+
+class PatchShape(click.ParamType):
+    """``ROWSxCOLS`` (mel bins x frames), e.g. ``8x32``."""
+
+    name = "ROWSxCOLS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            rows, cols = (int(v) for v in str(value).lower().split("x"))
+        except ValueError:
+            self.fail(f"{value!r} is not ROWSxCOLS (e.g. 8x32)", param, ctx)
+        if rows < 1 or cols < 1:
+            self.fail(f"{value!r}: both sides must be at least 1", param, ctx)
+        return rows, cols
+
+
 # flag name -> (TrainConfig field, click type, help)
 _FIELD_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--seed", "seed", int, "Random seed for training."),
@@ -56,6 +74,13 @@ _FIELD_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--noise-std", "gan_noise_std", float, "Initial instance-noise std (decays to --noise-min)."),
     ("--teacher-arch", "teacher_arch", str, "timm ViT name for the teacher."),
     ("--teacher-depth", "teacher_depth", click.IntRange(min=1), "Override the ViT depth (blocks)."),
+    (
+        "--teacher-patch",
+        "teacher_patch",
+        PatchShape(),
+        "ViT patch as mel bins x frames, e.g. 8x32 (default: the architecture's 16x16).",
+    ),
+    ("--teacher-pool", "teacher_pool", click.Choice(["token", "avg"]), "ViT pooling: class token or patch mean."),
     ("--teacher-weights", "teacher_weights", str, "Local pretrained weights file for the teacher (offline)."),
     ("--trainable-blocks", "teacher_trainable_blocks", click.IntRange(min=0), "ViT blocks fine-tuned when pretrained."),
     ("--teacher-epochs", "teacher_epochs", click.IntRange(min=1), "Teacher epochs."),
@@ -71,6 +96,12 @@ _FIELD_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--alpha", "alpha", click.FloatRange(min=0), "Weight of the ground-truth task loss."),
     ("--beta", "beta", click.FloatRange(min=0), "Weight of the teacher-output distillation loss."),
     ("--gamma", "gamma", click.FloatRange(min=0), "Weight of the feature distillation loss."),
+    (
+        "--student-pretrain/--no-student-pretrain",
+        "student_pretrain",
+        bool,
+        "With --unlabeled: the student also learns the musicnn targets before it is distilled.",
+    ),
 ]
 
 
@@ -127,7 +158,7 @@ def run_options(fn: Callable) -> Callable:
 
 
 def _open(kw: dict[str, Any], restart_ok: bool = True):
-    from edgeemo.presets import make_config
+    from edgeemo.presets import make_config, with_values
     from edgeemo.train.pipeline import open_run
     from edgeemo.train.rundata import DataSource
 
@@ -142,14 +173,15 @@ def _open(kw: dict[str, Any], restart_ok: bool = True):
     overrides["teacher_pretrained"] = kw.pop("teacher_pretrained")
     unlabeled = kw.pop("unlabeled")
     overrides["unlabeled"] = tuple(str(p) for p in unlabeled) if unlabeled else None
-    overrides.update(_parse_set(kw.pop("set_values")))
+    set_values = _parse_set(kw.pop("set_values"))
     preset = kw.pop("preset")
     restart = kw.pop("restart") and restart_ok
-    explicit = any(v is not None for v in overrides.values()) or preset is not None
+    explicit = any(v is not None for v in overrides.values()) or preset is not None or bool(set_values)
     cfg_path = run_dir / "config.json"
     if cfg_path.is_file() and not explicit and not restart:
         return open_run(run_dir, None, None), kw  # reopen with the run's own config
     cfg = make_config(preset or "tiny", **overrides)
+    cfg = with_values(cfg, set_values)  # last and as given: --set FIELD=null resets an optional field
     return open_run(run_dir, cfg, sources, restart=restart), kw
 
 

@@ -57,6 +57,8 @@ class TrainConfig:
     # teacher
     teacher_arch: str = "vit_tiny_patch16_224"
     teacher_depth: int | None = None
+    teacher_pool: str = "token"  # token (class token) | avg (mean of the patch tokens)
+    teacher_patch: tuple[int, int] | None = None  # ViT patch (mel bins, frames); None: the architecture's own
     teacher_pretrained: bool = False
     teacher_weights: str | None = None
     teacher_trainable_blocks: int = 4
@@ -74,6 +76,8 @@ class TrainConfig:
     student_lr: float = 2e-3
     student_batch_size: int = 32
     student_accum_steps: int = 1
+    student_pretrain: bool = False  # with ``unlabeled``: the student also learns the musicnn targets before distilling
+    student_weights: str | None = None  # a backbone state dict the student starts from (set by the pipeline)
     alpha: float = 0.5  # ground-truth task loss
     beta: float = 0.5  # teacher-output distillation
     gamma: float = 0.1  # feature distillation
@@ -83,6 +87,7 @@ class TrainConfig:
         d["features"] = self.features.to_dict()
         d["split_fractions"] = list(self.split_fractions)
         d["unlabeled"] = list(self.unlabeled)
+        d["teacher_patch"] = None if self.teacher_patch is None else list(self.teacher_patch)
         return d
 
     @classmethod
@@ -96,6 +101,8 @@ class TrainConfig:
             data["features"] = FeatureConfig.from_dict(data["features"])
         if "split_fractions" in data:
             data["split_fractions"] = tuple(data["split_fractions"])
+        if data.get("teacher_patch") is not None:
+            data["teacher_patch"] = tuple(int(v) for v in data["teacher_patch"])
         if isinstance(data.get("unlabeled"), (str, Path)):
             data["unlabeled"] = (str(data["unlabeled"]),)
         if "unlabeled" in data:
@@ -111,6 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         features=_TINY_FEATURES,
         teacher_arch="vit_tiny_patch16_224",
+        teacher_patch=(8, 32),  # 8 mel bins x 1 s: same 32 tokens and cost as 16 x 16, finer pitch (README)
         teacher_lr=1e-3,
         teacher_backbone_lr_mult=0.1,
         teacher_epochs=12,
@@ -148,3 +156,10 @@ def make_config(preset: str = "tiny", **overrides: Any) -> TrainConfig:
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     values["preset"] = preset
     return TrainConfig.from_dict(values)
+
+
+def with_values(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """``cfg`` with ``values`` applied as given (what ``--set FIELD=VALUE`` does; ``None`` resets an optional field)."""
+    if not values:
+        return cfg
+    return TrainConfig.from_dict({**cfg.to_dict(), **values})

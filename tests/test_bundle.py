@@ -234,3 +234,15 @@ def test_bundle_check_names_the_pretraining_data_and_teacher_signal(bundle, tmp_
     assert res.exit_code == 0, res.output
     assert "teacher pretrained on: 7.95 h of unlabeled audio in /music/a, /music/b" in res.output
     assert "teacher signal MSD_musicnn (musicnn weights: ISC)" in res.output
+    assert "student was pretrained" not in res.output
+
+    from edgeemo.exporting.export import pretraining_note
+
+    note = pretraining_note({"folders": ["/music/a"], "hours": {"train": 1.0}, "student": {"arch": "m", "val": {}}})
+    assert note["student"]["arch"] == "m" and "the student learnt the same targets" in note["note"]
+    card["training_data"]["pretraining"] = {**card["training_data"]["pretraining"], **note}
+    out = write_bundle(tmp_path / "c", {"model.onnx": bundle / "model.onnx"}, card)
+    res = CliRunner().invoke(main, ["bundle", "check", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "1.00 h of unlabeled audio in /music/a" in res.output
+    assert "the student was pretrained on it too" in res.output

@@ -60,6 +60,27 @@ def test_int8_model_is_smaller_and_close(tmp_path):
     assert np.abs(a - b).max() < 0.1
 
 
+def test_recipe_choice_is_the_most_accurate_of_the_fastest_passing_ones():
+    from edgeemo.exporting.export import pick_recipe
+
+    def row(name, drop, ms, size=100):
+        return {"name": name, "drop": drop, "latency_ms": ms, "bytes": size}
+
+    rows = [
+        row("qdq", 0.0014, 2.28, 183),
+        row("qop-minmax", 0.0012, 2.52, 150),
+        row("qop-pct", -0.0004, 2.64, 150),  # 16 % slower than the fastest: not a tie
+        row("s8s8", 0.0005, 6.07),
+        {"name": "broken", "error": "ValueError: no"},
+        row("inaccurate", 0.05, 1.0),  # fastest, but fails the drop limit
+    ]
+    assert pick_recipe(rows, 0.02)["name"] == "qop-minmax"  # within 15 % of 2.28 ms and more accurate than qdq
+    assert pick_recipe([*rows[:1], row("same", 0.0014, 2.3, 150)], 0.02)["name"] == "same"  # equal drop: smaller
+    assert pick_recipe([row("a", 0.05, 1.0), row("b", 0.03, 3.0)], 0.02)["name"] == "b"  # none passes
+    with pytest.raises(ExportError, match="every int8 recipe failed"):
+        pick_recipe([{"error": "ValueError: no"}], 0.02)
+
+
 def test_gate_fails_with_the_failed_check_named():
     ccc = {"teacher_torch": 0.8, "student_torch": 0.75, "student_fp32": 0.75, "student_int8": 0.70}
     sizes = {"teacher_fp32": 20_000_000, "student_fp32": 4_000_000, "student_int8": 1_500_000}
@@ -144,12 +165,14 @@ def test_card_licence_note_and_quadrant_table():
 def test_card_reproduce_flags_rebuild_the_same_config():
     from edgeemo.cli_train import _parse_set
     from edgeemo.exporting.export import config_flags
-    from edgeemo.presets import make_config
+    from edgeemo.presets import make_config, with_values
 
     assert config_flags(make_config("tiny")) == ""
     cfg = make_config("tiny", unlabeled=("a", "b"), pretrain_hop_s=4.0, quadrant_magnitude=0.7, teacher_epochs=3)
+    cfg = with_values(cfg, {"teacher_patch": None})  # a run made before the tiny preset chose 8 x 32 patches
     flags = config_flags(cfg).split()
     assert flags[:4] == ["--unlabeled", "a", "--unlabeled", "b"]
     sets = [flags[i + 1] for i, f in enumerate(flags) if f == "--set"]
-    rebuilt = make_config("tiny", unlabeled=("a", "b"), **_parse_set(tuple(sets)))
+    assert "teacher_patch=null" in sets
+    rebuilt = with_values(make_config("tiny", unlabeled=("a", "b")), _parse_set(tuple(sets)))
     assert rebuilt.to_dict() == cfg.to_dict()

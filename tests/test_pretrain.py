@@ -218,3 +218,36 @@ def test_labelled_validation_and_test_songs_are_excluded_from_pretraining(corpus
     )
     assert done["excluded"] == 2
     assert done["files"]["train"] + done["files"]["held_out"] == N_SONGS - 2
+
+
+@torch_tests
+def test_student_pretraining_learns_the_same_targets_and_the_student_starts_from_it(corpus, tmp_path, torch_mod):
+    torch = torch_mod
+    from edgeemo.train.checkpoint import load_checkpoint
+    from edgeemo.train.distill import load_backbone
+    from edgeemo.train.models import build_model, student_spec
+    from edgeemo.train.pretrain import pretrain_from_folders
+
+    cfg = _cfg(unlabeled=(str(corpus),), pretrain_val_fraction=0.25, pretrain_epochs=2, student_pretrain=True)
+    done = pretrain_from_folders(
+        cfg, tmp_path / "p", cache_dir=tmp_path / "cache", progress=False, embedder=FakeEmbedder(), embedder_id="f"
+    )
+    student = done["student"]
+    assert student["arch"] == cfg.student_arch and student["best_epoch"] in (1, 2)
+    hist = load_checkpoint(tmp_path / "p" / "student" / "last.pt")["history"]
+    assert len(hist) == 2 and student["val"]["emb_r2"] == max(h["val_emb_r2"] for h in hist)
+    best = load_checkpoint(tmp_path / "p" / "student" / "best.pt")
+    assert best["model_spec"]["role"] == "student"
+
+    model = build_model(student_spec(cfg.student_arch, cfg.features.shape))
+    load_backbone(model, Path(student["backbone"]))
+    key = next(k for k in best["state_dict"] if k.startswith("teacher.backbone.") and k.endswith("weight"))
+    loaded = model.backbone.state_dict()[key.removeprefix("teacher.backbone.")]
+    torch.testing.assert_close(loaded, best["state_dict"][key])
+
+    from edgeemo.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="does not fit the mobilevit_xxs student backbone"):
+        load_backbone(model, tmp_path / "p" / "backbone.pt")  # the teacher's ViT backbone
+    with pytest.raises(TrainingError, match="not found"):
+        load_backbone(model, tmp_path / "missing.pt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -46,6 +47,28 @@ def test_pretrained_teacher_is_frozen_but_scratch_teacher_trains_everything(tmp_
     assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, ref.backbone.blocks[0].attn.qkv.weight)
     assert not model.backbone.blocks[0].attn.qkv.weight.requires_grad
     assert model.backbone.blocks[2].attn.qkv.weight.requires_grad
+
+
+def test_teacher_pool_and_patch_shape_reach_the_vit_and_survive_the_config_round_trip():
+    from edgeemo.presets import TrainConfig
+
+    cfg = tiny_config(teacher_pool="avg", teacher_patch=(8, 32))
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.teacher_patch == (8, 32) and again.teacher_pool == "avg"
+    model = build_teacher(again)
+    assert tuple(model.backbone.patch_embed.grid_size) == (32 // 8, 64 // 32)
+    assert model.backbone.global_pool == "avg"
+    x = torch.randn(3, 1, 32, 64)
+    # mean pooling: the pooled feature is the (then normed) mean of the patch tokens, the class token left out
+    tokens = model.backbone.forward_features(x)
+    torch.testing.assert_close(model.forward_features(x), model.backbone.fc_norm(tokens[:, 1:].mean(1)))
+    assert build_teacher(tiny_config()).backbone.patch_embed.grid_size == (4, 2)  # the tiny preset's 8 x 32
+    vit_own = dataclasses.replace(tiny_config(), teacher_patch=None)
+    assert build_teacher(vit_own).backbone.patch_embed.grid_size == (2, 4)  # the ViT's own 16 x 16
+    with pytest.raises(TrainingError, match="must tile"):
+        build_teacher(tiny_config(teacher_patch=(5, 32)))
+    with pytest.raises(TrainingError, match="pool"):
+        build_teacher(tiny_config(teacher_pool="max"))
 
 
 def test_missing_weights_file_is_a_one_line_error(tmp_path):

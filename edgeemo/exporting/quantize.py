@@ -5,7 +5,7 @@ optimisation) first, then ``quantize_static`` with per-channel weights and a
 :class:`CalibrationDataReader` over training-split windows. The format (QDQ or
 QOperator), activation/weight types, calibration method and ops kept in float are
 parameters, so :func:`compare_variants` can measure them on the real model and the
-export ships the fastest that passes the accuracy gate. Dynamic quantisation is
+export ships the most accurate of the fastest that pass the accuracy gate. Dynamic quantisation is
 deliberately absent: on MobileViT it makes ConvInteger nodes 3-5x slower than fp32.
 
 Weights are quantised to 7 bits (``reduce_range``) by default: x86 CPUs without VNNI

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from edgeemo.data.windows import WindowSet
+from edgeemo.errors import TrainingError
 from edgeemo.evaluation import window_and_song_report
 from edgeemo.metrics import retention
 from edgeemo.presets import TrainConfig
@@ -43,6 +44,18 @@ def load_model(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[Re
     model = build_model(ck["model_spec"])
     model.load_state_dict(state)
     return model.to(device).eval(), ck
+
+
+def load_backbone(model: Regressor, path: Path) -> None:
+    """Start ``model``'s backbone from a plain state dict (a pretraining stage's ``backbone.pt``)."""
+    if not path.is_file():
+        raise TrainingError(f"student weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.backbone.load_state_dict(state)
+    except (RuntimeError, OSError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise TrainingError(f"{path} does not fit the {model.spec['arch']} student backbone: {first}") from None
 
 
 @torch.no_grad()
@@ -134,6 +147,8 @@ def train_student(
     )
     torch.manual_seed(cfg.seed)
     student = build_model(student_spec(cfg.student_arch, cfg.features.shape))
+    if cfg.student_weights:
+        load_backbone(student, Path(cfg.student_weights))
     stage = DistillStage(student, teacher.width, cfg, teacher_val["ccc_mean"])
     groups = param_groups(student, cfg.student_lr, 1.0, cfg.weight_decay)
     groups.append({"name": "proj", "params": list(stage.proj.parameters()), "lr": cfg.student_lr, "weight_decay": 0.0})

@@ -110,15 +110,36 @@ def build_model(spec: dict[str, Any]) -> Regressor:
     return Regressor(backbone, head, spec)
 
 
+TEACHER_POOLS = ("token", "avg")
+
+
 def teacher_spec(
     arch: str,
     input_shape: tuple[int, int],
     *,
     depth: int | None = None,
+    pool: str = "token",
+    patch: tuple[int, int] | None = None,
     pretrained: bool = False,
     weights: str | None = None,
 ) -> dict[str, Any]:
-    kwargs = {} if depth is None else {"depth": depth}
+    """A teacher spec.
+
+    ``pool`` is how the ViT pools its tokens: ``token`` (class token) or ``avg`` (patch
+    mean); ``patch`` overrides the architecture's patch size as ``(mel bins, frames)``.
+    """
+    if pool not in TEACHER_POOLS:
+        raise TrainingError(f"teacher pool must be one of {', '.join(TEACHER_POOLS)}, got {pool!r}")
+    kwargs: dict[str, Any] = {} if depth is None else {"depth": depth}
+    if pool != "token":
+        kwargs["global_pool"] = pool
+    if patch is not None:
+        rows, cols = (int(v) for v in patch)
+        if rows < 1 or cols < 1 or input_shape[0] % rows or input_shape[1] % cols:
+            raise TrainingError(
+                f"teacher patch {rows}x{cols} must tile the {input_shape[0]}x{input_shape[1]} log-mel window"
+            )
+        kwargs["patch_size"] = [rows, cols]
     return {
         "role": "teacher",
         "arch": arch,

@@ -142,6 +142,16 @@ def teacher_config(run: Run) -> TrainConfig:
     return dataclasses.replace(run.cfg, teacher_weights=str(run.stage_dir("pretrain") / "backbone.pt"))
 
 
+def student_config(run: Run) -> TrainConfig:
+    """The run's config for the student stage: it starts from its pretrained backbone when pretraining made one."""
+    if not (run.cfg.unlabeled and run.cfg.student_pretrain):
+        return run.cfg
+    path = run.stage_dir("pretrain") / "student" / "backbone.pt"
+    if not path.is_file():
+        raise TrainingError(f"student_pretrain is set but the pretrain stage wrote no {path}; rerun it (--restart)")
+    return dataclasses.replace(run.cfg, student_weights=str(path))
+
+
 def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
     done = run.done("teacher")
     if done:
@@ -168,7 +178,7 @@ def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
         raise TrainingError(f"distillation needs a finished teacher ({teacher_ckpt}); run train-teacher first")
     from edgeemo.train.distill import train_student
 
-    result = train_student(data, run.cfg, teacher_ckpt, run.stage_dir("student"), progress)
+    result = train_student(data, student_config(run), teacher_ckpt, run.stage_dir("student"), progress)
     done = {"seconds": _history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
     atomic_write_json(run.stage_dir("student") / "done.json", done)
     return done

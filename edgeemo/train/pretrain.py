@@ -7,7 +7,9 @@ model (the teacher's backbone plus a projection head), its loss (MSE on the
 standardised embedding + ``pretrain_tag_weight`` x BCE on the tags), its validation
 on held-out files (embedding R², cosine, tag BCE; selection on R²) and the
 ``backbone.pt`` file the teacher stage then starts from (partial fine-tuning, as with
-any pretrained weights). Training itself is the shared loop
+any pretrained weights). With ``student_pretrain`` the MobileViT student learns the same
+targets from the same examples (``pretrain/student/``), and the student stage starts from
+that backbone before it is distilled. Training itself is the shared loop
 (:func:`edgeemo.train.loop.fit`), so it checkpoints, resumes and stops on NaN the same way.
 """
 
@@ -34,7 +36,7 @@ from edgeemo.presets import TrainConfig
 from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio
 from edgeemo.train.loop import FitConfig, FitResult, fit
-from edgeemo.train.models import Regressor, build_model, rebuild_spec, teacher_spec
+from edgeemo.train.models import Regressor, build_model, rebuild_spec, student_spec, teacher_spec
 
 TARGET_KEYS = ("penultimate", "tags")  # musicnn outputs the teacher learns to predict, in this order
 EMBEDDER_SAMPLE_RATE = 16000
@@ -146,7 +148,9 @@ def build_pretrain_set(
 
 
 class PretrainModel(nn.Module):
-    """The teacher (backbone + its regression head, unused here) plus a projection to the musicnn targets."""
+    """The network being pretrained (a teacher or, with ``student_pretrain``, the student; its regression
+    head is unused here) plus a projection to the musicnn targets. The attribute keeps the name
+    ``teacher`` so checkpoints of either role share one layout."""
 
     def __init__(self, teacher: Regressor, out_dims: int) -> None:
         super().__init__()
@@ -251,10 +255,18 @@ def target_stats(data: PretrainSet) -> tuple[np.ndarray, np.ndarray]:
     return emb.mean(0).astype(np.float32), np.maximum(emb.std(0), 1e-3).astype(np.float32)
 
 
-def build_pretrain_model(cfg: TrainConfig, out_dims: int) -> PretrainModel:
-    """The teacher architecture of ``cfg`` from scratch (all blocks train), with the projection head."""
-    spec = teacher_spec(cfg.teacher_arch, cfg.features.shape, depth=cfg.teacher_depth)
-    return PretrainModel(build_model(spec), out_dims)
+def pretrain_spec(cfg: TrainConfig, role: str = "teacher") -> dict[str, Any]:
+    """The spec of the network ``role`` (``teacher`` or ``student``) of ``cfg``, from scratch."""
+    if role == "student":
+        return student_spec(cfg.student_arch, cfg.features.shape)
+    return teacher_spec(
+        cfg.teacher_arch, cfg.features.shape, depth=cfg.teacher_depth, pool=cfg.teacher_pool, patch=cfg.teacher_patch
+    )
+
+
+def build_pretrain_model(cfg: TrainConfig, out_dims: int, role: str = "teacher") -> PretrainModel:
+    """The ``role`` architecture of ``cfg`` from scratch (all blocks train), with the projection head."""
+    return PretrainModel(build_model(pretrain_spec(cfg, role)), out_dims)
 
 
 def pretrain_fit_config(cfg: TrainConfig, progress: bool = True) -> FitConfig:
@@ -270,12 +282,17 @@ def pretrain_fit_config(cfg: TrainConfig, progress: bool = True) -> FitConfig:
 
 
 def train_pretrain(
-    train: PretrainSet, val: PretrainSet, cfg: TrainConfig, out_dir: Path, progress: bool = True
+    train: PretrainSet,
+    val: PretrainSet,
+    cfg: TrainConfig,
+    out_dir: Path,
+    progress: bool = True,
+    role: str = "teacher",
 ) -> FitResult:
-    """Pretrain (or resume) into ``out_dir``; writes ``backbone.pt`` (the best epoch's backbone) at the end."""
+    """Pretrain ``role``'s network (or resume) into ``out_dir``; writes ``backbone.pt`` (the best epoch's backbone)."""
     torch.manual_seed(cfg.seed)
     dims = train.dims
-    model = build_pretrain_model(cfg, sum(dims))
+    model = build_pretrain_model(cfg, sum(dims), role)
     head_params = [p for n, p in model.named_parameters() if not n.startswith("teacher.")]
     optimizer = torch.optim.AdamW(
         [
@@ -347,6 +364,20 @@ def pretrain_from_folders(
     val = build_pretrain_set(val_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/held-out")
     data_seconds = time.perf_counter() - t0
     result = train_pretrain(train, val, cfg, out_dir, progress)
+    student: dict[str, Any] = {}
+    if cfg.student_pretrain:
+        student_dir = Path(out_dir) / "student"
+        print(f"[pretrain] the student ({cfg.student_arch}) learns the same targets", file=sys.stderr, flush=True)
+        got = train_pretrain(train, val, cfg, student_dir, progress, role="student")
+        student = {
+            "student": {
+                "arch": cfg.student_arch,
+                "best_epoch": got.best_epoch,
+                "val": got.best_metrics,
+                "seconds": round(sum(h.get("seconds", 0.0) for h in got.history), 2),
+                "backbone": str(student_dir / "backbone.pt"),
+            }
+        }
     return {
         "seconds": round(data_seconds + sum(h.get("seconds", 0.0) for h in result.history), 2),
         "data_seconds": round(data_seconds, 2),
@@ -360,6 +391,7 @@ def pretrain_from_folders(
         "skipped": len(found.skipped) + len(train.failed) + len(val.failed),
         "teacher_signal": teacher_signal,
         "backbone": str(Path(out_dir) / "backbone.pt"),
+        **student,
     }
 
 

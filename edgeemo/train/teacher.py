@@ -56,6 +56,8 @@ def build_teacher(cfg: TrainConfig) -> Regressor:
         cfg.teacher_arch,
         cfg.features.shape,
         depth=cfg.teacher_depth,
+        pool=cfg.teacher_pool,
+        patch=cfg.teacher_patch,
         pretrained=cfg.teacher_pretrained,
         weights=cfg.teacher_weights,
     )
