@@ -251,3 +251,23 @@ def test_student_pretraining_learns_the_same_targets_and_the_student_starts_from
         load_backbone(model, tmp_path / "p" / "backbone.pt")  # the teacher's ViT backbone
     with pytest.raises(TrainingError, match="not found"):
         load_backbone(model, tmp_path / "missing.pt")
+
+
+@torch_tests
+def test_student_stage_refuses_to_start_from_scratch_when_its_pretraining_is_missing(tmp_path, torch_mod):
+    import dataclasses
+
+    from edgeemo.errors import TrainingError
+    from edgeemo.train.pipeline import open_run, student_config
+    from edgeemo.train.rundata import DataSource
+
+    cfg = _cfg(unlabeled=("music",), student_pretrain=True)
+    run = open_run(tmp_path / "r", cfg, [DataSource("builtin")])
+    with pytest.raises(TrainingError, match="student_pretrain is set but the pretrain stage wrote no"):
+        student_config(run)
+    path = run.stage_dir("pretrain") / "student" / "backbone.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x")
+    assert student_config(run).student_weights == str(path)
+    run.cfg = dataclasses.replace(cfg, student_pretrain=False)
+    assert student_config(run).student_weights is None

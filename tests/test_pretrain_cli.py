@@ -51,7 +51,7 @@ def test_train_all_pretrains_then_fine_tunes_from_the_pretrained_backbone(tmp_pa
         "--cache-dir", str(tmp_path / "cache"), "--name", "p", "--unlabeled", str(audio),
         "--musicnn-weights", str(weights), "--pretrain-epochs", "2", "--teacher-depth", "2",
         "--trainable-blocks", "1", "--teacher-epochs", "2", "--student-epochs", "1", "--gan-epochs", "0",
-        "--gan-ratio", "0", "--corpus-n", "12",
+        "--gan-ratio", "0", "--corpus-n", "12", "--student-pretrain",
     ]  # fmt: skip
     res = _train_all(tmp_path / "runs", *common)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -73,6 +73,14 @@ def test_train_all_pretrains_then_fine_tunes_from_the_pretrained_backbone(tmp_pa
     assert not torch.equal(
         teacher["state_dict"]["backbone.blocks.1.attn.qkv.weight"], backbone["blocks.1.attn.qkv.weight"]
     )
+
+    # --student-pretrain: the student learnt the same targets first and the student stage started from it
+    assert done["student"]["arch"] == "mobilevit_xxs"
+    student_backbone = run / "pretrain" / "student" / "backbone.pt"
+    assert done["student"]["backbone"] == str(student_backbone) and student_backbone.is_file()
+    student = torch.load(run / "student" / "best.pt", weights_only=False)
+    assert student["train_config"]["student_weights"] == str(student_backbone)
+    assert json.loads((run / "config.json").read_text())["train_config"]["student_weights"] is None
 
     # a second call skips the finished stages
     again = _train_all(tmp_path / "runs", *common)
