@@ -36,7 +36,8 @@ from edgeemo.presets import TrainConfig
 from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio
 from edgeemo.train.loop import FitConfig, FitResult, fit
-from edgeemo.train.models import Regressor, build_model, rebuild_spec, student_spec, teacher_spec
+from edgeemo.train.models import Regressor, build_model, rebuild_spec, student_spec
+from edgeemo.train.teacher import config_teacher_spec
 
 TARGET_KEYS = ("penultimate", "tags")  # musicnn outputs the teacher learns to predict, in this order
 EMBEDDER_SAMPLE_RATE = 16000
@@ -259,9 +260,7 @@ def pretrain_spec(cfg: TrainConfig, role: str = "teacher") -> dict[str, Any]:
     """The spec of the network ``role`` (``teacher`` or ``student``) of ``cfg``, from scratch."""
     if role == "student":
         return student_spec(cfg.student_arch, cfg.features.shape)
-    return teacher_spec(
-        cfg.teacher_arch, cfg.features.shape, depth=cfg.teacher_depth, pool=cfg.teacher_pool, patch=cfg.teacher_patch
-    )
+    return config_teacher_spec(cfg, from_scratch=True)
 
 
 def build_pretrain_model(cfg: TrainConfig, out_dims: int, role: str = "teacher") -> PretrainModel:

@@ -50,18 +50,22 @@ def regression_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torc
     raise TrainingError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
 
 
-def build_teacher(cfg: TrainConfig) -> Regressor:
-    """The teacher of ``cfg``, frozen for partial fine-tuning when it starts from pretrained weights."""
-    spec = teacher_spec(
+def config_teacher_spec(cfg: TrainConfig, *, from_scratch: bool = False) -> dict[str, Any]:
+    """The teacher architecture ``cfg`` describes; ``from_scratch`` leaves out its pretrained weights."""
+    return teacher_spec(
         cfg.teacher_arch,
         cfg.features.shape,
         depth=cfg.teacher_depth,
         pool=cfg.teacher_pool,
         patch=cfg.teacher_patch,
-        pretrained=cfg.teacher_pretrained,
-        weights=cfg.teacher_weights,
+        pretrained=cfg.teacher_pretrained and not from_scratch,
+        weights=None if from_scratch else cfg.teacher_weights,
     )
-    model = build_model(spec)
+
+
+def build_teacher(cfg: TrainConfig) -> Regressor:
+    """The teacher of ``cfg``, frozen for partial fine-tuning when it starts from pretrained weights."""
+    model = build_model(config_teacher_spec(cfg))
     if cfg.teacher_pretrained or cfg.teacher_weights:
         freeze_for_finetuning(model, cfg.teacher_trainable_blocks)
     return model
