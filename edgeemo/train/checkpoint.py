@@ -84,6 +84,11 @@ def write_metrics_jsonl(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def history_seconds(history: list[dict[str, Any]]) -> float:
+    """Training seconds of a stage: the sum of its per-epoch ``seconds`` (a resumed stage counts every epoch once)."""
+    return float(sum(h.get("seconds", 0.0) for h in history))
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())

@@ -25,7 +25,7 @@ from edgeemo.errors import EdgeemoError, TrainingError
 from edgeemo.evaluation import window_and_song_report
 from edgeemo.metrics import retention
 from edgeemo.presets import TrainConfig
-from edgeemo.train.checkpoint import atomic_write_json, read_json
+from edgeemo.train.checkpoint import atomic_write_json, history_seconds, read_json
 from edgeemo.train.rundata import DataSource, RunData, prepare_run_data
 
 STAGES = ("pretrain", "gan", "teacher", "student")
@@ -81,10 +81,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _history_seconds(history: list[dict[str, Any]]) -> float:
-    return float(sum(h.get("seconds", 0.0) for h in history))
-
-
 def run_gan(run: Run, data: RunData, progress: bool = True) -> dict[str, Any] | None:
     if run.cfg.gan_ratio <= 0 or run.cfg.gan_epochs <= 0:
         return None
@@ -96,7 +92,7 @@ def run_gan(run: Run, data: RunData, progress: bool = True) -> dict[str, Any] | 
 
     result = train_gan(data.windows("train"), run.cfg, run.stage_dir("gan"), progress=progress)
     done = {
-        "seconds": _history_seconds(result.history),
+        "seconds": history_seconds(result.history),
         "health": result.health,
         "diversity_ratio": result.diversity_ratio,
         "generator": str(result.generator_path),
@@ -163,7 +159,7 @@ def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
 
     cfg = teacher_config(run)
     result = train_teacher(data, cfg, run.stage_dir("teacher"), _gan_sampler(run, run.cfg.device), progress)
-    done = {"seconds": _history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
+    done = {"seconds": history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
     atomic_write_json(run.stage_dir("teacher") / "done.json", done)
     return done
 
@@ -179,7 +175,7 @@ def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
     from edgeemo.train.distill import train_student
 
     result = train_student(data, student_config(run), teacher_ckpt, run.stage_dir("student"), progress)
-    done = {"seconds": _history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
+    done = {"seconds": history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
     atomic_write_json(run.stage_dir("student") / "done.json", done)
     return done
 

@@ -35,6 +35,7 @@ from edgeemo.features import FeatureConfig, frame_windows, log_mel
 from edgeemo.presets import TrainConfig
 from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio
+from edgeemo.train.checkpoint import history_seconds, load_checkpoint, save_checkpoint
 from edgeemo.train.loop import FitConfig, FitResult, fit
 from edgeemo.train.models import Regressor, build_model, rebuild_spec, student_spec
 from edgeemo.train.teacher import config_teacher_spec
@@ -311,8 +312,6 @@ def train_pretrain(
 
 def write_backbone(checkpoint: Path, out: Path) -> Path:
     """Save a pretraining checkpoint's backbone weights as a plain state dict (what ``--teacher-weights`` reads)."""
-    from edgeemo.train.checkpoint import load_checkpoint, save_checkpoint
-
     ck = load_checkpoint(checkpoint)
     if ck.get("stage") != "pretrain":
         raise TrainingError(f"{checkpoint} is not a pretraining checkpoint (stage {ck.get('stage')!r})")
@@ -373,12 +372,12 @@ def pretrain_from_folders(
                 "arch": cfg.student_arch,
                 "best_epoch": got.best_epoch,
                 "val": got.best_metrics,
-                "seconds": round(sum(h.get("seconds", 0.0) for h in got.history), 2),
+                "seconds": round(history_seconds(got.history), 2),
                 "backbone": str(student_dir / "backbone.pt"),
             }
         }
     return {
-        "seconds": round(data_seconds + sum(h.get("seconds", 0.0) for h in result.history), 2),
+        "seconds": round(data_seconds + history_seconds(result.history), 2),
         "data_seconds": round(data_seconds, 2),
         "best_epoch": result.best_epoch,
         "val": result.best_metrics,
