@@ -59,6 +59,7 @@ class TrainConfig:
     teacher_depth: int | None = None
     teacher_pool: str = "token"  # token (class token) | avg (mean of the patch tokens)
     teacher_patch: tuple[int, int] | None = None  # ViT patch (mel bins, frames); None: the architecture's own
+    teacher_stem: str = "patch"  # patch (timm's one convolution) | conv (stride-2 3x3 conv stem, train/stem.py)
     teacher_pretrained: bool = False
     teacher_weights: str | None = None
     teacher_trainable_blocks: int = 4
@@ -66,6 +67,9 @@ class TrainConfig:
     teacher_lr: float = 3e-5
     teacher_backbone_lr_mult: float = 0.1
     teacher_loss: str = "mse"  # mse | ccc | mix
+    augment_shift: int = 0  # teacher batches: max mel-bin shift either way (a cheap transposition)
+    augment_freq_mask: int = 0  # teacher batches: max SpecAugment frequency-mask width (mel bins)
+    augment_time_mask: int = 0  # teacher batches: max SpecAugment time-mask width (frames)
     weight_decay: float = 0.05
     batch_size: int = 12
     accum_steps: int = 4
@@ -119,6 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         features=_TINY_FEATURES,
         teacher_arch="vit_tiny_patch16_224",
         teacher_patch=(8, 32),  # 8 mel bins x 1 s: same 32 tokens and cost as 16 x 16, finer pitch (README)
+        teacher_stem="conv",  # stride-2 3x3 conv stem: learns valence ~2x faster from scratch (README)
         teacher_lr=1e-3,
         teacher_backbone_lr_mult=0.1,
         teacher_epochs=12,

@@ -119,8 +119,10 @@ def test_model_selection_uses_validation_ccc_not_loss(data, tmp_path, monkeypatc
     assert (tmp_path / "t" / "curves.png").stat().st_size > 1000
 
 
-def test_resume_equals_uninterrupted_run(data, tmp_path, monkeypatch):
-    straight = train_teacher(data, tiny_config(teacher_epochs=3), tmp_path / "a", progress=False)
+@pytest.mark.parametrize("augment", [{}, {"augment_shift": 2, "augment_time_mask": 8}], ids=["plain", "augmented"])
+def test_resume_equals_uninterrupted_run(data, tmp_path, monkeypatch, augment):
+    cfg = tiny_config(teacher_epochs=3, **augment)
+    straight = train_teacher(data, cfg, tmp_path / "a", progress=False)
     # interrupt the same run during epoch 3's validation (epochs 1-2 are checkpointed), then resume
     real_report = loop_mod.window_and_song_report
     calls = []
@@ -133,10 +135,10 @@ def test_resume_equals_uninterrupted_run(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop_mod, "window_and_song_report", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
-        train_teacher(data, tiny_config(teacher_epochs=3), tmp_path / "c", progress=False)
+        train_teacher(data, cfg, tmp_path / "c", progress=False)
     assert torch.load(tmp_path / "c" / "last.pt", weights_only=False)["epoch"] == 2
     monkeypatch.setattr(loop_mod, "window_and_song_report", real_report)
-    resumed = train_teacher(data, tiny_config(teacher_epochs=3), tmp_path / "c", progress=False)
+    resumed = train_teacher(data, cfg, tmp_path / "c", progress=False)
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["state_dict"]
     c = torch.load(tmp_path / "c" / "last.pt", weights_only=False)["state_dict"]
     for k in a:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgeemo.errors import TrainingError
+from edgeemo.train.stem import STEMS, ConvStem, install_conv_stem
 
 
 def head_dims(width: int) -> tuple[int, int]:
@@ -84,8 +85,17 @@ def _create_backbone(spec: dict[str, Any]) -> nn.Module:
         if not Path(weights).is_file():
             raise TrainingError(f"teacher weights file not found: {weights}")
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights), "hf_hub_id": None, "url": None}
+    conv_stem = spec.get("stem", "patch") == "conv"
     try:
-        return timm.create_model(spec["arch"], pretrained=pretrained, num_classes=0, in_chans=1, **kwargs)
+        if conv_stem and weights and _has_conv_stem(weights):  # a conv-stem ViT saved by edgeemo: load it as is
+            model = timm.create_model(spec["arch"], pretrained=False, num_classes=0, in_chans=1, **kwargs)
+            install_conv_stem(model, from_weights=True)
+            timm.models.load_checkpoint(model, weights, strict=True)
+            return model
+        model = timm.create_model(spec["arch"], pretrained=pretrained, num_classes=0, in_chans=1, **kwargs)
+        if conv_stem:
+            install_conv_stem(model)  # after hub or plain-ViT weights: the stem starts fresh and trains
+        return model
     except TrainingError:
         raise
     except Exception as exc:  # network, hub or format failures from timm
@@ -97,6 +107,13 @@ def _create_backbone(spec: dict[str, Any]) -> nn.Module:
         if weights:
             raise TrainingError(f"could not load weights {weights} into {spec['arch']}: {exc}") from None
         raise
+
+
+def _has_conv_stem(weights: str) -> bool:
+    """Whether a weights file holds a conv stem (edgeemo's own) rather than a plain patch embedding."""
+    import timm
+
+    return any(k.startswith("patch_embed.proj.net.") for k in timm.models.load_state_dict(weights))
 
 
 def build_model(spec: dict[str, Any]) -> Regressor:
@@ -120,16 +137,21 @@ def teacher_spec(
     depth: int | None = None,
     pool: str = "token",
     patch: tuple[int, int] | None = None,
+    stem: str = "patch",
     pretrained: bool = False,
     weights: str | None = None,
 ) -> dict[str, Any]:
     """A teacher spec.
 
     ``pool`` is how the ViT pools its tokens: ``token`` (class token) or ``avg`` (patch
-    mean); ``patch`` overrides the architecture's patch size as ``(mel bins, frames)``.
+    mean); ``patch`` overrides the architecture's patch size as ``(mel bins, frames)``;
+    ``stem`` embeds the patches with timm's one convolution (``patch``) or with a
+    :class:`~edgeemo.train.stem.ConvStem` (``conv``).
     """
     if pool not in TEACHER_POOLS:
         raise TrainingError(f"teacher pool must be one of {', '.join(TEACHER_POOLS)}, got {pool!r}")
+    if stem not in STEMS:
+        raise TrainingError(f"teacher stem must be one of {', '.join(STEMS)}, got {stem!r}")
     kwargs: dict[str, Any] = {} if depth is None else {"depth": depth}
     if pool != "token":
         kwargs["global_pool"] = pool
@@ -140,7 +162,7 @@ def teacher_spec(
                 f"teacher patch {rows}x{cols} must tile the {input_shape[0]}x{input_shape[1]} log-mel window"
             )
         kwargs["patch_size"] = [rows, cols]
-    return {
+    spec: dict[str, Any] = {
         "role": "teacher",
         "arch": arch,
         "input_shape": list(input_shape),
@@ -148,6 +170,9 @@ def teacher_spec(
         "pretrained": pretrained,
         "weights": weights,
     }
+    if stem != "patch":
+        spec["stem"] = stem
+    return spec
 
 
 def student_spec(arch: str, input_shape: tuple[int, int]) -> dict[str, Any]:
@@ -171,7 +196,11 @@ def freeze_for_finetuning(model: Regressor, trainable_blocks: int) -> None:
     for blk in list(blocks)[len(blocks) - n :]:
         for p in blk.parameters():
             p.requires_grad_(True)
-    for name in ("norm", "fc_norm"):
+    trainable = ["norm", "fc_norm"]
+    stem = getattr(getattr(bb, "patch_embed", None), "proj", None)
+    if isinstance(stem, ConvStem) and not stem.from_weights:
+        trainable.append("patch_embed")  # a conv stem not loaded from weights starts fresh: it must learn
+    for name in trainable:
         mod = getattr(bb, name, None)
         if isinstance(mod, nn.Module):
             for p in mod.parameters():

@@ -16,6 +16,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from edgeemo.errors import TrainingError
 from edgeemo.presets import TrainConfig
+from edgeemo.train.augment import Augment, augment_batch
 from edgeemo.train.datasets import ArrayWindows, TorchWindows
 from edgeemo.train.loop import FitConfig, FitResult, fit
 from edgeemo.train.models import (
@@ -58,9 +59,20 @@ def config_teacher_spec(cfg: TrainConfig, *, from_scratch: bool = False) -> dict
         depth=cfg.teacher_depth,
         pool=cfg.teacher_pool,
         patch=cfg.teacher_patch,
+        stem=cfg.teacher_stem,
         pretrained=cfg.teacher_pretrained and not from_scratch,
         weights=None if from_scratch else cfg.teacher_weights,
     )
+
+
+def config_augment(cfg: TrainConfig) -> Augment:
+    """The teacher's batch augmentation of ``cfg``; a setting the windows cannot take is a TrainingError."""
+    aug = Augment(cfg.augment_shift, cfg.augment_freq_mask, cfg.augment_time_mask)
+    try:
+        aug.check(cfg.features.n_mels, cfg.features.n_frames)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    return aug
 
 
 def build_teacher(cfg: TrainConfig) -> Regressor:
@@ -82,8 +94,10 @@ class TeacherStage:
         self.model = model
         self.loss_kind = loss_kind
         self.cfg = cfg
+        self.augment = config_augment(cfg)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x = augment_batch(x, self.augment)
         loss = regression_loss(self.loss_kind, self.model(x).float(), y)
         return loss, {"loss": loss.item()}
 
