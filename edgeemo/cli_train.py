@@ -82,6 +82,7 @@ _FIELD_FLAGS: list[tuple[str, str, Any, str]] = [
     ),
     ("--teacher-pool", "teacher_pool", click.Choice(["token", "avg"]), "ViT pooling: class token or patch mean."),
     ("--teacher-stem", "teacher_stem", click.Choice(["patch", "conv"]), "ViT patch embedding: one conv or conv stem."),
+    ("--drop-path", "teacher_drop_path", click.FloatRange(0, 1, max_open=True), "Teacher stochastic depth."),
     ("--teacher-weights", "teacher_weights", str, "Local pretrained weights file for the teacher (offline)."),
     ("--trainable-blocks", "teacher_trainable_blocks", click.IntRange(min=0), "ViT blocks fine-tuned when pretrained."),
     ("--teacher-epochs", "teacher_epochs", click.IntRange(min=1), "Teacher epochs."),

@@ -60,6 +60,7 @@ class TrainConfig:
     teacher_pool: str = "token"  # token (class token) | avg (mean of the patch tokens)
     teacher_patch: tuple[int, int] | None = None  # ViT patch (mel bins, frames); None: the architecture's own
     teacher_stem: str = "patch"  # patch (timm's one convolution) | conv (stride-2 3x3 conv stem, train/stem.py)
+    teacher_drop_path: float = 0.0  # stochastic depth of the ViT's last block (linear ramp over the blocks)
     teacher_pretrained: bool = False
     teacher_weights: str | None = None
     teacher_trainable_blocks: int = 4
@@ -124,6 +125,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         teacher_arch="vit_tiny_patch16_224",
         teacher_patch=(8, 32),  # 8 mel bins x 1 s: same 32 tokens and cost as 16 x 16, finer pitch (README)
         teacher_stem="conv",  # stride-2 3x3 conv stem: learns valence ~2x faster from scratch (README)
+        corpus_n=800,  # 800 built-in songs at 4 windows each per epoch: same cost as 400 x 8, more variety (README)
+        train_windows_per_song=4,
         teacher_lr=1e-3,
         teacher_backbone_lr_mult=0.1,
         teacher_epochs=12,

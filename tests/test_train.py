@@ -71,6 +71,18 @@ def test_teacher_pool_and_patch_shape_reach_the_vit_and_survive_the_config_round
         build_teacher(tiny_config(teacher_pool="max"))
 
 
+def test_teacher_drop_path_ramps_over_the_blocks_and_is_off_in_eval():
+    model = build_teacher(tiny_config(teacher_depth=3, teacher_drop_path=0.2))
+    rates = [getattr(blk.drop_path1, "drop_prob", 0.0) for blk in model.backbone.blocks]  # 0: an Identity
+    assert rates == pytest.approx([0.0, 0.1, 0.2])
+    x = torch.randn(2, 1, 32, 64)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))  # no stochastic depth at inference
+    assert not hasattr(build_teacher(tiny_config(teacher_depth=3)).backbone.blocks[2].drop_path1, "drop_prob")
+    with pytest.raises(TrainingError, match="drop-path"):
+        build_teacher(tiny_config(teacher_drop_path=1.0))
+
+
 def test_missing_weights_file_is_a_one_line_error(tmp_path):
     with pytest.raises(TrainingError, match="not found"):
         build_teacher(tiny_config(teacher_weights=str(tmp_path / "nope.pth")))

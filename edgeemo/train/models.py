@@ -138,6 +138,7 @@ def teacher_spec(
     pool: str = "token",
     patch: tuple[int, int] | None = None,
     stem: str = "patch",
+    drop_path: float = 0.0,
     pretrained: bool = False,
     weights: str | None = None,
 ) -> dict[str, Any]:
@@ -146,7 +147,8 @@ def teacher_spec(
     ``pool`` is how the ViT pools its tokens: ``token`` (class token) or ``avg`` (patch
     mean); ``patch`` overrides the architecture's patch size as ``(mel bins, frames)``;
     ``stem`` embeds the patches with timm's one convolution (``patch``) or with a
-    :class:`~edgeemo.train.stem.ConvStem` (``conv``).
+    :class:`~edgeemo.train.stem.ConvStem` (``conv``); ``drop_path`` is the stochastic-depth
+    rate of the last block (timm ramps it up linearly from 0 over the blocks).
     """
     if pool not in TEACHER_POOLS:
         raise TrainingError(f"teacher pool must be one of {', '.join(TEACHER_POOLS)}, got {pool!r}")
@@ -155,6 +157,10 @@ def teacher_spec(
     kwargs: dict[str, Any] = {} if depth is None else {"depth": depth}
     if pool != "token":
         kwargs["global_pool"] = pool
+    if not 0.0 <= drop_path < 1.0:
+        raise TrainingError(f"teacher drop-path rate must lie in [0, 1), got {drop_path}")
+    if drop_path > 0:
+        kwargs["drop_path_rate"] = float(drop_path)
     if patch is not None:
         rows, cols = (int(v) for v in patch)
         if rows < 1 or cols < 1 or input_shape[0] % rows or input_shape[1] % cols:

@@ -60,6 +60,7 @@ def config_teacher_spec(cfg: TrainConfig, *, from_scratch: bool = False) -> dict
         pool=cfg.teacher_pool,
         patch=cfg.teacher_patch,
         stem=cfg.teacher_stem,
+        drop_path=cfg.teacher_drop_path,
         pretrained=cfg.teacher_pretrained and not from_scratch,
         weights=None if from_scratch else cfg.teacher_weights,
     )
