@@ -7,8 +7,9 @@ so a resumed run augments exactly as an uninterrupted one.
 
 * **Shift**: each window moves up or down by up to ``shift`` mel bins (the vacated
   rows repeat the edge row). Above ~500 Hz one of the 64 default mel bins is about one
-  to two semitones, so this is a cheap transposition: key is a nuisance for emotion, and
-  the relations between pitches (mode, consonance) survive it.
+  to two semitones, so this is a cheap transposition for data whose key is a nuisance.
+  It is off by default: on the built-in corpus, where register is a valence cue, it
+  wiped valence out (README).
 * **Masks** (Park et al. 2019): one band of up to ``freq_mask`` mel bins and one span of
   up to ``time_mask`` frames per window are set to the window's mean, so no single cue
   region can carry the prediction.

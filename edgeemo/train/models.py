@@ -87,10 +87,11 @@ def _create_backbone(spec: dict[str, Any]) -> nn.Module:
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights), "hf_hub_id": None, "url": None}
     conv_stem = spec.get("stem", "patch") == "conv"
     try:
-        if conv_stem and weights and _has_conv_stem(weights):  # a conv-stem ViT saved by edgeemo: load it as is
+        state = timm.models.load_state_dict(weights) if conv_stem and weights else {}
+        if any(k.startswith("patch_embed.proj.net.") for k in state):  # a conv-stem ViT saved by edgeemo: as is
             model = timm.create_model(spec["arch"], pretrained=False, num_classes=0, in_chans=1, **kwargs)
             install_conv_stem(model, from_weights=True)
-            timm.models.load_checkpoint(model, weights, strict=True)
+            model.load_state_dict(state, strict=True)
             return model
         model = timm.create_model(spec["arch"], pretrained=pretrained, num_classes=0, in_chans=1, **kwargs)
         if conv_stem:
@@ -107,13 +108,6 @@ def _create_backbone(spec: dict[str, Any]) -> nn.Module:
         if weights:
             raise TrainingError(f"could not load weights {weights} into {spec['arch']}: {exc}") from None
         raise
-
-
-def _has_conv_stem(weights: str) -> bool:
-    """Whether a weights file holds a conv stem (edgeemo's own) rather than a plain patch embedding."""
-    import timm
-
-    return any(k.startswith("patch_embed.proj.net.") for k in timm.models.load_state_dict(weights))
 
 
 def build_model(spec: dict[str, Any]) -> Regressor:

@@ -12,8 +12,6 @@ and everything after the patch embedding are timm's own.
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
 from edgeemo.errors import TrainingError
@@ -24,10 +22,10 @@ _MAX_CHANNELS = 192
 
 
 def _halvings(side: int) -> int:
-    n = int(math.log2(side)) if side >= 1 else -1
-    if side < 1 or 2**n != side:
+    """How many stride-2 steps make ``side`` (a power of two) shrink to 1."""
+    if side < 1 or side & (side - 1):
         raise TrainingError(f"a conv stem needs power-of-two patch sides, got {side}")
-    return n
+    return side.bit_length() - 1
 
 
 class ConvStem(nn.Module):
