@@ -19,7 +19,6 @@ Reading needs only onnxruntime (the embedded card is read through
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from typing import Any
 from edgeemo import __version__
 from edgeemo.errors import BundleError, EdgeemoError
 from edgeemo.features import FeatureConfig
+from edgeemo.filehash import sha256_file
 
 SCHEMA_VERSION = 1
 CARD_NAME = "card.json"
@@ -43,16 +43,6 @@ MODEL_NAMES = (FP32_NAME, INT8_NAME)
 INPUT_NAME = "mel"
 OUTPUT_NAME = "valence_arousal"
 REQUIRED_KEYS = ("schema_version", "feature_config", "input", "output", "default_model")
-
-_HASH_BLOCK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -402,6 +392,12 @@ def card_summary(bundle: Bundle) -> str:
                 f"({signal.get('licence', 'licence not recorded')})"
                 + ("; the student was pretrained on it too" if pre.get("student") else "")
             )
+            probe = pre.get("emotion_probe")
+            if isinstance(probe, dict):
+                lines.append(
+                    f"  emotion probe: weight {probe.get('weight')}, fitted on {probe.get('songs')} labelled "
+                    f"training songs ({probe.get('windows')} windows)"
+                )
     elif data:
         lines.append(f"  trained on: {data}")
     metrics = card.get("metrics") or {}

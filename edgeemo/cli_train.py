@@ -55,6 +55,12 @@ _FIELD_FLAGS: list[tuple[str, str, Any, str]] = [
         "Epochs of teacher pretraining on --unlabeled audio.",
     ),
     (
+        "--probe-weight",
+        "pretrain_probe_weight",
+        click.FloatRange(min=0),
+        "Pretraining: weight of the emotion-probe term (needs labelled songs among --unlabeled; 0: off).",
+    ),
+    (
         "--musicnn-weights",
         "musicnn_weights",
         str,

@@ -246,3 +246,13 @@ def test_bundle_check_names_the_pretraining_data_and_teacher_signal(bundle, tmp_
     assert res.exit_code == 0, res.output
     assert "1.00 h of unlabeled audio in /music/a" in res.output
     assert "the student was pretrained on it too" in res.output
+    assert "emotion probe" not in res.output
+
+    probe = {"weight": 1.0, "ridge": 100.0, "songs": 383, "windows": 2680, "fit_r2": [0.5, 0.7]}
+    note = pretraining_note({"folders": ["/music/a"], "hours": {"train": 1.0}, "emotion_probe": probe})
+    assert note["emotion_probe"] == probe and "emotion probe" in note["note"]
+    card["training_data"]["pretraining"] = note
+    out = write_bundle(tmp_path / "d", {"model.onnx": bundle / "model.onnx"}, card)
+    res = CliRunner().invoke(main, ["bundle", "check", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "emotion probe: weight 1.0, fitted on 383 labelled training songs (2680 windows)" in res.output

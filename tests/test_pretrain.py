@@ -149,6 +149,37 @@ def test_examples_are_windows_and_targets_and_are_cached(corpus, tmp_path, torch
 
 
 @torch_tests
+def test_example_cache_keys_on_content_and_adopts_entries_of_the_old_key(corpus, tmp_path, torch_mod):
+    import os
+    import shutil
+
+    from edgeemo.train.pretrain import _file_key, _legacy_file_key, build_pretrain_set
+
+    cfg = _cfg()
+    src = corpus / "a" / "song05.wav"
+    emb = FakeEmbedder()
+    first = build_pretrain_set([src], cfg, emb, "fake", tmp_path, progress=False)
+    copy = tmp_path / "copied" / "song05.wav"  # the dataset copied or re-mounted: new path and mtime, same bytes
+    copy.parent.mkdir()
+    shutil.copyfile(src, copy)
+    os.utime(copy, ns=(10**9, 10**9))
+    again = build_pretrain_set([copy], cfg, emb, "fake", tmp_path, progress=False)
+    assert emb.calls == 1
+    np.testing.assert_array_equal(again.y, first.y)
+    # an entry written under the old path|size|mtime key is renamed to the content key, not recomputed
+    other = corpus / "a" / "song06.wav"
+    old_cache = tmp_path / "old"
+    (old_cache / "pretrain").mkdir(parents=True)
+    build_pretrain_set([other], cfg, emb, "fake", old_cache, progress=False)
+    assert emb.calls == 2
+    entry = old_cache / "pretrain" / f"{_file_key(other, cfg.features, cfg, 'fake')}.npz"
+    legacy = entry.with_name(f"{_legacy_file_key(other, cfg.features, cfg, 'fake')}.npz")
+    entry.replace(legacy)
+    build_pretrain_set([other], cfg, emb, "fake", old_cache, progress=False)
+    assert emb.calls == 2 and entry.is_file() and not legacy.exists()
+
+
+@torch_tests
 def test_pretraining_learns_resumes_exactly_and_hands_its_backbone_to_the_teacher(
     corpus, tmp_path, torch_mod, monkeypatch
 ):

@@ -241,6 +241,30 @@ def test_feature_cache_follows_file_changes_and_survives_damage(wav_dir: Path, t
     assert len(list((cache / "features" / CFG.digest()).glob("*.npy"))) == 2
 
 
+def test_feature_cache_keys_on_content_so_a_copied_dataset_keeps_it(tmp_path: Path, monkeypatch):
+    import os
+    import shutil
+
+    cache = tmp_path / "cache"
+    path = tmp_path / "a" / "song.wav"
+    path.parent.mkdir()
+    write_wav(path, _tone_song(5.0, 3), 16000)
+    before = song_frames(Song(id="x", path=path, valence=0, arousal=0), CFG, cache)
+    copy = tmp_path / "b" / "song.wav"  # a copy elsewhere with another mtime: the same bytes
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    os.utime(copy, ns=(1, 1))
+
+    def boom(signal, cfg):
+        raise AssertionError("log_mel must not run: the cache should answer")
+
+    monkeypatch.setattr(windows_mod, "log_mel", boom)
+    np.testing.assert_array_equal(song_frames(Song(id="y", path=copy, valence=0, arousal=0), CFG, cache), before)
+    # an excerpt of the same file is another entry
+    with pytest.raises(AssertionError, match="cache should answer"):
+        song_frames(Song(id="z", path=copy, valence=0, arousal=0, start_s=1.0), CFG, cache)
+
+
 def test_dynamic_labels_give_per_window_means(wav_dir: Path):
     times = np.arange(0.0, 6.0, 0.5)  # 0.0 .. 5.5
     dyn = DynamicLabels(times=times, valence=times / 10, arousal=-times / 10)

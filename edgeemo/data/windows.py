@@ -24,6 +24,7 @@ import numpy as np
 from edgeemo.data.types import Song
 from edgeemo.errors import AudioError, DataError
 from edgeemo.features import FeatureConfig, log_mel, pad_to_window
+from edgeemo.filehash import content_digest
 from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio
 
@@ -34,8 +35,8 @@ def default_cache_dir() -> Path:
 
 
 def _song_key(song: Song) -> str:
-    st = song.path.stat()
-    ident = f"{song.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{song.start_s}|{song.end_s}"
+    """The cache key of a song's features: its file's content and the excerpt (not path or mtime)."""
+    ident = f"{content_digest(song.path)}|{song.start_s}|{song.end_s}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 

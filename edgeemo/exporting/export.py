@@ -92,7 +92,14 @@ def pretraining_note(done: dict[str, Any]) -> dict[str, Any]:
         "held_out": done.get("val"),
         "note": "the teacher was first trained to predict MSD-musicnn embeddings and tags on this unlabeled audio "
         "(labelled validation/test songs excluded), then fine-tuned on the labelled data"
-        + ("; the student learnt the same targets before it was distilled" if done.get("student") else ""),
+        + ("; the student learnt the same targets before it was distilled" if done.get("student") else "")
+        + (
+            "; an emotion probe (ridge from musicnn's embedding to the labelled training songs' valence/arousal) "
+            "weighted the embedding directions that carry emotion"
+            if done.get("emotion_probe")
+            else ""
+        ),
+        **({"emotion_probe": done["emotion_probe"]} if done.get("emotion_probe") else {}),
         **({"student": {k: done["student"].get(k) for k in ("arch", "val")}} if done.get("student") else {}),
     }
 

@@ -15,7 +15,6 @@ TensorFlow and librosa. Install it with ``pip install --no-deps musicnn==0.1.0``
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.util
 import json
 import os
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeemo.errors import EdgeemoError
+from edgeemo.filehash import sha256_file
 from edgeemo.pretrained.musicnn_frontend import (
     MUSICNN_FEATURES,
     N_FRAMES,
@@ -268,14 +268,6 @@ def _read_tags(configuration_py: Path, model: str) -> list[str]:
     raise EdgeemoError(f"no {var} list found", path=configuration_py)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_weights_path(model: str = "MSD_musicnn") -> Path:
     """``$EDGEEMO_CACHE/pretrained/<model>.safetensors``, else ``~/.cache/edgeemo/pretrained/<model>.safetensors``."""
     root = os.environ.get("EDGEEMO_CACHE")
@@ -316,7 +308,7 @@ def import_musicnn(model: str = "MSD_musicnn", source: Path | None = None, out: 
         "format": FORMAT,
         "model": model,
         "tags": json.dumps(tags),
-        "source_sha256": _sha256(data_files[0]) if data_files else "",
+        "source_sha256": sha256_file(data_files[0]) if data_files else "",
         "licence": LICENCE,
     }
     out = default_weights_path(model) if out is None else Path(out)

@@ -124,8 +124,19 @@ def run_pretrain(run: Run, data: RunData, progress: bool = True) -> dict[str, An
 
     # the labelled validation/test songs of this run never reach training, not even without labels
     exclude = [s.path for split in ("val", "test") for s in data.splits[split]]
+    # the emotion probe learns from the labelled training songs that are whole files among the unlabeled ones
+    labels = {
+        str(Path(s.path).resolve()): (s.valence, s.arousal)
+        for s in data.splits["train"]
+        if s.start_s == 0 and s.end_s is None
+    }
     done = pretrain_from_folders(
-        run.cfg, run.stage_dir("pretrain"), exclude=exclude, cache_dir=data.cache_dir, progress=progress
+        run.cfg,
+        run.stage_dir("pretrain"),
+        exclude=exclude,
+        cache_dir=data.cache_dir,
+        progress=progress,
+        labels=labels,
     )
     atomic_write_json(run.stage_dir("pretrain") / "done.json", done)
     return done

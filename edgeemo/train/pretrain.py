@@ -19,8 +19,8 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,12 +32,14 @@ from torch.utils.data import Dataset
 from edgeemo.data.unlabeled import find_unlabeled, holdout_split, window_indices
 from edgeemo.errors import AudioError, DataError, TrainingError
 from edgeemo.features import FeatureConfig, frame_windows, log_mel
+from edgeemo.filehash import content_digest
 from edgeemo.presets import TrainConfig
 from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio
 from edgeemo.train.checkpoint import history_seconds, load_checkpoint, save_checkpoint
 from edgeemo.train.loop import FitConfig, FitResult, fit
 from edgeemo.train.models import Regressor, build_model, rebuild_spec, student_spec
+from edgeemo.train.probe import EmotionProbe, fit_probe
 from edgeemo.train.teacher import config_teacher_spec
 
 TARGET_KEYS = ("penultimate", "tags")  # musicnn outputs the teacher learns to predict, in this order
@@ -55,13 +57,18 @@ class Embedder(Protocol):
 
 @dataclass
 class PretrainSet:
-    """Windows ``(N, n_mels, n_frames)`` float16 and their targets ``(N, D)`` = penultimate | tags."""
+    """Windows ``(N, n_mels, n_frames)`` float16 and their targets ``(N, D)`` = penultimate | tags.
+
+    ``file_of[i]`` indexes the file (in ``files``) window ``i`` was taken from.
+    """
 
     x: np.ndarray
     y: np.ndarray
     n_files: int
     failed: list[str]
     dims: tuple[int, int]  # (embedding dims, tag dims)
+    files: list[Path] = field(default_factory=list)
+    file_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -79,6 +86,13 @@ class PretrainWindows(Dataset):
 
 
 def _file_key(path: Path, features: FeatureConfig, cfg: TrainConfig, embedder_id: str) -> str:
+    """Cache key of a file's pretraining examples: its content (not path or mtime) and the settings they use."""
+    ident = f"{content_digest(path)}|{features.digest()}|{cfg.pretrain_hop_s}|{cfg.pretrain_max_windows}|{embedder_id}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def _legacy_file_key(path: Path, features: FeatureConfig, cfg: TrainConfig, embedder_id: str) -> str:
+    """The key edgeemo <= session 5 used (path, size, mtime): entries under it are adopted, not recomputed."""
     st = path.stat()
     ident = (
         f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{features.digest()}|{cfg.pretrain_hop_s}|"
@@ -115,13 +129,16 @@ def build_pretrain_set(
     desc: str = "pretrain data",
 ) -> PretrainSet:
     """Examples of every file (cached under ``cache_dir/pretrain``); undecodable files are listed in ``failed``."""
-    xs, ys, failed = [], [], []
+    xs, ys, failed, used = [], [], [], []
     n_emb = 0
     for path in progress_iter(files, progress, desc, unit="file", tty_only=False):
         path = Path(path)
         cache = None
         if cache_dir is not None:
             cache = Path(cache_dir) / "pretrain" / f"{_file_key(path, cfg.features, cfg, embedder_id)}.npz"
+            legacy = cache.with_name(f"{_legacy_file_key(path, cfg.features, cfg, embedder_id)}.npz")
+            if not cache.is_file() and legacy.is_file():
+                legacy.replace(cache)
         got = None
         if cache is not None and cache.is_file():
             try:
@@ -142,11 +159,13 @@ def build_pretrain_set(
                 tmp.replace(cache)
         xs.append(got[0])
         ys.append(got[1])
+        used.append(path)
         n_emb = got[2]
     if not xs:
         raise DataError(f"no usable unlabeled audio out of {len(files)} file(s)" + (f": {failed[0]}" if failed else ""))
     y = np.concatenate(ys).astype(np.float32)
-    return PretrainSet(np.concatenate(xs), y, len(xs), failed, (n_emb, y.shape[1] - n_emb))
+    file_of = np.concatenate([np.full(len(x), i, dtype=np.int64) for i, x in enumerate(xs)])
+    return PretrainSet(np.concatenate(xs), y, len(xs), failed, (n_emb, y.shape[1] - n_emb), used, file_of)
 
 
 class PretrainModel(nn.Module):
@@ -165,7 +184,8 @@ class PretrainModel(nn.Module):
 
 
 class PretrainStage:
-    """Embedding distillation: standardised penultimate (MSE) + tags (BCE on logits vs probabilities)."""
+    """Embedding distillation: standardised penultimate (MSE) + tags (BCE on logits vs probabilities),
+    plus, with an :class:`EmotionProbe`, ``pretrain_probe_weight`` x the probe term."""
 
     name = "pretrain"
     score_key = "emb_r2"
@@ -177,25 +197,29 @@ class PretrainStage:
         stats: tuple[np.ndarray, np.ndarray],
         cfg: TrainConfig,
         val: PretrainSet | None,
+        probe: EmotionProbe | None = None,
     ) -> None:
         self.model = model
+        self.probe = probe
         self.dims = dims
         self.mean = torch.as_tensor(stats[0], dtype=torch.float32)
         self.std = torch.as_tensor(stats[1], dtype=torch.float32)
         self.cfg = cfg
         self.val = val
 
-    def _terms(self, pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.dims[0]
-        mean, std = self.mean.to(y.device), self.std.to(y.device)
-        emb = nn.functional.mse_loss(pred[:, :n], (y[:, :n] - mean) / std)
-        tags = nn.functional.binary_cross_entropy_with_logits(pred[:, n:], y[:, n:].clamp(0, 1))
-        return emb, tags
-
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        emb, tags = self._terms(self.model(x).float(), y)
+        pred = self.model(x).float()
+        n = self.dims[0]
+        z_true = (y[:, :n] - self.mean.to(y.device)) / self.std.to(y.device)
+        emb = nn.functional.mse_loss(pred[:, :n], z_true)
+        tags = nn.functional.binary_cross_entropy_with_logits(pred[:, n:], y[:, n:].clamp(0, 1))
         loss = emb + self.cfg.pretrain_tag_weight * tags
-        return loss, {"loss": loss.item(), "emb_mse": emb.item(), "tag_bce": tags.item()}
+        logs = {"emb_mse": emb.item(), "tag_bce": tags.item()}
+        if self.probe is not None:
+            probe = self.probe.loss(pred[:, :n], z_true)
+            loss = loss + self.cfg.pretrain_probe_weight * probe
+            logs["probe_mse"] = probe.item()
+        return loss, {"loss": loss.item(), **logs}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -208,7 +232,12 @@ class PretrainStage:
         for s in range(0, len(self.val), 64):
             xb = torch.from_numpy(self.val.x[s : s + 64].astype(np.float32))[:, None].to(device)
             preds.append(self.model(xb).float().cpu())
-        return embedding_report(torch.cat(preds), torch.from_numpy(self.val.y), self.dims, self.mean, self.std)
+        pred, y = torch.cat(preds), torch.from_numpy(self.val.y)
+        report = embedding_report(pred, y, self.dims, self.mean, self.std)
+        if self.probe is not None:
+            n = self.dims[0]
+            report["probe_r2"] = self.probe.r2(pred[:, :n], (y[:, :n] - self.mean) / self.std)
+        return report
 
     def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
         return {}
@@ -222,6 +251,7 @@ class PretrainStage:
             "target_dims": list(self.dims),
             "target_mean": self.mean.numpy(),
             "target_std": self.std.numpy(),
+            "emotion_probe": None if self.probe is None else self.probe.to_meta(),
         }
 
 
@@ -288,8 +318,12 @@ def train_pretrain(
     out_dir: Path,
     progress: bool = True,
     role: str = "teacher",
+    probe: EmotionProbe | None = None,
 ) -> FitResult:
-    """Pretrain ``role``'s network (or resume) into ``out_dir``; writes ``backbone.pt`` (the best epoch's backbone)."""
+    """Pretrain ``role``'s network (or resume) into ``out_dir``; writes ``backbone.pt`` (the best epoch's backbone).
+
+    With ``probe`` the loss adds ``cfg.pretrain_probe_weight`` x its term (see :mod:`edgeemo.train.probe`).
+    """
     torch.manual_seed(cfg.seed)
     dims = train.dims
     model = build_pretrain_model(cfg, sum(dims), role)
@@ -302,7 +336,7 @@ def train_pretrain(
         lr=cfg.pretrain_lr,
         weight_decay=cfg.weight_decay,
     )
-    stage = PretrainStage(model, dims, target_stats(train), cfg, val)
+    stage = PretrainStage(model, dims, target_stats(train), cfg, val, probe)
     result = fit(
         stage, optimizer, lambda epoch: PretrainWindows(train), None, out_dir, pretrain_fit_config(cfg, progress)
     )
@@ -330,8 +364,12 @@ def pretrain_from_folders(
     progress: bool = True,
     embedder: Embedder | None = None,
     embedder_id: str | None = None,
+    labels: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """The whole stage: find the files of ``cfg.unlabeled``, hold out some, build examples, train.
+
+    ``labels`` (resolved path -> song ``(valence, arousal)`` of the run's labelled training
+    songs) feeds the emotion probe when ``cfg.pretrain_probe_weight`` > 0.
 
     Returns the stage's ``done.json`` record (files, hours, windows, held-out figures,
     seconds). ``embedder`` defaults to MSD-musicnn loaded from ``cfg.musicnn_weights``
@@ -361,12 +399,32 @@ def pretrain_from_folders(
     train = build_pretrain_set(train_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/train")
     val = build_pretrain_set(val_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/held-out")
     data_seconds = time.perf_counter() - t0
-    result = train_pretrain(train, val, cfg, out_dir, progress)
+    probe, probe_info = None, {}
+    if cfg.pretrain_probe_weight > 0:
+        mean, std = target_stats(train)
+        z = (train.y[:, : train.dims[0]] - mean) / std
+        probe = fit_probe(z, train.file_of, train.files, labels or {}, cfg.pretrain_probe_ridge)
+        probe_info = {
+            "emotion_probe": {
+                "weight": cfg.pretrain_probe_weight,
+                "ridge": cfg.pretrain_probe_ridge,
+                "songs": probe.n_songs,
+                "windows": probe.n_windows,
+                "fit_r2": [round(v, 4) for v in probe.fit_r2],
+            }
+        }
+        print(
+            f"[pretrain] emotion probe on {probe.n_songs} labelled songs ({probe.n_windows} windows): "
+            f"in-sample R² valence {probe.fit_r2[0]:.3f}, arousal {probe.fit_r2[1]:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
+    result = train_pretrain(train, val, cfg, out_dir, progress, probe=probe)
     student: dict[str, Any] = {}
     if cfg.student_pretrain:
         student_dir = Path(out_dir) / "student"
         print(f"[pretrain] the student ({cfg.student_arch}) learns the same targets", file=sys.stderr, flush=True)
-        got = train_pretrain(train, val, cfg, student_dir, progress, role="student")
+        got = train_pretrain(train, val, cfg, student_dir, progress, role="student", probe=probe)
         student = {
             "student": {
                 "arch": cfg.student_arch,
@@ -389,6 +447,7 @@ def pretrain_from_folders(
         "skipped": len(found.skipped) + len(train.failed) + len(val.failed),
         "teacher_signal": teacher_signal,
         "backbone": str(Path(out_dir) / "backbone.pt"),
+        **probe_info,
         **student,
     }
 
