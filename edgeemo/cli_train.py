@@ -104,6 +104,12 @@ _FIELD_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--student-arch", "student_arch", str, "timm MobileViT name for the student."),
     ("--student-epochs", "student_epochs", click.IntRange(min=1), "Student epochs."),
     ("--student-lr", "student_lr", float, "Student learning rate."),
+    (
+        "--student-ema",
+        "student_ema",
+        click.FloatRange(0, 1, max_open=True),
+        "Keep an EMA of the student's weights with this decay (0: off).",
+    ),
     ("--alpha", "alpha", click.FloatRange(min=0), "Weight of the ground-truth task loss."),
     ("--beta", "beta", click.FloatRange(min=0), "Weight of the teacher-output distillation loss."),
     ("--gamma", "gamma", click.FloatRange(min=0), "Weight of the feature distillation loss."),

@@ -82,6 +82,7 @@ class TrainConfig:
     student_arch: str = "mobilevit_xxs"
     student_epochs: int = 12
     student_lr: float = 2e-3
+    student_ema: float = 0.0  # > 0: the student kept and exported is an EMA of its weights with this decay
     student_batch_size: int = 32
     student_accum_steps: int = 1
     student_pretrain: bool = False  # with ``unlabeled``: the student also learns the musicnn targets before distilling

@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from edgeemo.errors import TrainingError
 from edgeemo.evaluation import predict_windowset, window_and_song_report
 from edgeemo.progress import progress_iter
 from edgeemo.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_jsonl
+from edgeemo.train.ema import WeightEma
 
 
 @dataclass
@@ -48,6 +50,7 @@ class FitConfig:
     eval_batch_size: int = 64
     num_workers: int = 0
     progress: bool = True
+    ema_decay: float = 0.0  # > 0: validate, keep and export an EMA of the weights (train/ema.py)
 
 
 class Stage(Protocol):
@@ -189,11 +192,21 @@ def fit(
     history: list[dict[str, Any]] = []
     best_epoch, best_score, since_best, start_epoch = 0, -math.inf, 0, 1
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay else None
     if last_path.is_file():
         ck = load_checkpoint(last_path)
         if ck.get("stage") != stage.name:
             raise TrainingError(f"{last_path} belongs to stage {ck.get('stage')!r}, not {stage.name!r}")
-        model.load_state_dict(ck["state_dict"])
+        if (ema is None) != ("train_state_dict" not in ck):
+            raise TrainingError(
+                f"{last_path} was trained {'with' if ema is None else 'without'} weight averaging (ema_decay); "
+                "resume it with the same config or start over (--restart)"
+            )
+        if ema is not None:
+            model.load_state_dict(ck["train_state_dict"])
+            ema.load(ck["state_dict"], ck["ema_updates"])
+        else:
+            model.load_state_dict(ck["state_dict"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         history = ck["history"]
@@ -237,12 +250,16 @@ def fit(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
             bs = x.shape[0]
             n_seen += bs
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * bs
         model.eval()
-        val_metrics, score_key = _validate(stage, val, device, cfg.eval_batch_size)
+        with ema.swapped_in(model) if ema is not None else nullcontext({}) as raw_state:
+            val_metrics, score_key = _validate(stage, val, device, cfg.eval_batch_size)
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         extras = stage.epoch_extras(val_metrics)
         score = val_metrics[score_key]
         improved = score > best_score
@@ -261,7 +278,8 @@ def fit(
         payload = {
             "stage": stage.name,
             "edgeemo_version": __version__,
-            "state_dict": model.state_dict(),
+            "state_dict": state,  # the validated weights (the EMA when averaging)
+            **({"train_state_dict": raw_state, "ema_updates": ema.updates} if ema is not None else {}),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,

@@ -158,6 +158,7 @@ def fit_config(cfg: TrainConfig, stage: str, progress: bool = True) -> FitConfig
         seed=cfg.seed,
         device=cfg.device,
         progress=progress,
+        ema_decay=cfg.student_ema,
     )
 
 
