@@ -55,6 +55,12 @@ _FIELD_FLAGS: list[tuple[str, str, Any, str]] = [
         "Epochs of teacher pretraining on --unlabeled audio.",
     ),
     (
+        "--speed-copies",
+        "pretrain_speed_copies",
+        click.IntRange(min=0),
+        "Pretraining: speed-changed copies of each unlabeled training file (musicnn hears each copy too).",
+    ),
+    (
         "--probe-weight",
         "pretrain_probe_weight",
         click.FloatRange(min=0),

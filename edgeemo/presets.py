@@ -40,6 +40,7 @@ class TrainConfig:
     pretrain_max_windows: int = 60  # per file (about 3 minutes at the default hop)
     pretrain_tag_weight: float = 0.5  # weight of the tag (BCE) term beside the embedding (MSE) term
     # emotion probe (train/probe.py): weight of its term (0: off) and the ridge of its fit
+    pretrain_speed_copies: int = 0  # speed-changed copies (±0.5-3 semitones) of each training file, targets recomputed
     pretrain_probe_weight: float = 0.0
     pretrain_probe_ridge: float = 100.0
     pretrain_val_fraction: float = 0.1  # unlabeled files held out to measure how well the embeddings are learnt

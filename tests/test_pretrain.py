@@ -180,6 +180,42 @@ def test_example_cache_keys_on_content_and_adopts_entries_of_the_old_key(corpus,
 
 
 @torch_tests
+def test_speed_copies_are_the_file_played_faster_or_slower_with_targets_of_what_is_played(corpus, tmp_path, torch_mod):
+    from edgeemo.features import frame_windows, log_mel
+    from edgeemo.runtime.audio import load_audio, resample
+    from edgeemo.train.pretrain import build_pretrain_set, speed_factors
+
+    cfg = _cfg()
+    files = [corpus / "a" / "song07.wav", corpus / "a" / "song08.wav"]
+    factors = speed_factors(files[0], 3, cfg.seed)
+    assert factors == speed_factors(files[0], 3, cfg.seed)  # fixed by content and seed
+    assert factors != speed_factors(files[1], 3, cfg.seed) and factors != speed_factors(files[0], 3, cfg.seed + 1)
+    semis = 12 * np.log2(factors)
+    assert np.all((np.abs(semis) >= 0.5 - 1e-9) & (np.abs(semis) <= 3.0 + 1e-9))
+
+    emb = FakeEmbedder()
+    plain = build_pretrain_set(files, cfg, emb, "fake", tmp_path, progress=False)
+    both = build_pretrain_set(files, cfg, emb, "fake", tmp_path, progress=False, speed_copies=1)
+    assert both.n_files == 2 and both.files == plain.files
+    # file 0's own windows, then its copy's, then file 1's and its copy's; a copy counts as its file
+    n0 = int((plain.file_of == 0).sum())
+    np.testing.assert_array_equal(both.x[:n0], plain.x[:n0])
+    speed = speed_factors(files[0], 1, cfg.seed)[0]
+    played = resample(load_audio(files[0], SR), SR * speed, SR)
+    frames = log_mel(played, cfg.features)
+    idx = window_indices(frames.shape[1], cfg.features, cfg.pretrain_hop_s, cfg.pretrain_max_windows)
+    copy_rows = np.arange(n0, n0 + idx.size)
+    assert np.all(both.file_of[copy_rows] == 0) and np.all(both.file_of[n0 + idx.size :] == 1)
+    np.testing.assert_allclose(both.x[n0].astype(np.float32), frame_windows(frames, cfg.features)[idx[0]], atol=2e-3)
+    ref = emb.embed_at(played, cfg.features.window_center_s(idx[:1]))
+    np.testing.assert_allclose(both.y[n0, :6], ref["penultimate"][0], rtol=1e-5)
+    assert not np.allclose(both.y[n0], plain.y[0])  # musicnn heard the changed audio, not the original
+    calls = emb.calls
+    build_pretrain_set(files, cfg, emb, "fake", tmp_path, progress=False, speed_copies=1)
+    assert emb.calls == calls  # copies are cached too
+
+
+@torch_tests
 def test_pretraining_learns_resumes_exactly_and_hands_its_backbone_to_the_teacher(
     corpus, tmp_path, torch_mod, monkeypatch
 ):

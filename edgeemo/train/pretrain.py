@@ -35,7 +35,7 @@ from edgeemo.features import FeatureConfig, frame_windows, log_mel
 from edgeemo.filehash import content_digest
 from edgeemo.presets import TrainConfig
 from edgeemo.progress import progress_iter
-from edgeemo.runtime.audio import load_audio
+from edgeemo.runtime.audio import load_audio, resample
 from edgeemo.train.checkpoint import history_seconds, load_checkpoint, save_checkpoint
 from edgeemo.train.loop import FitConfig, FitResult, fit
 from edgeemo.train.models import Regressor, build_model, rebuild_spec, student_spec
@@ -101,11 +101,39 @@ def _legacy_file_key(path: Path, features: FeatureConfig, cfg: TrainConfig, embe
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
-def file_examples(path: Path, cfg: TrainConfig, embedder: Embedder) -> tuple[np.ndarray, np.ndarray, int]:
-    """Windows and targets of one file: ``(x (k, n_mels, n_frames) float16, y (k, D) float32, n_embedding_dims)``."""
+SPEED_SEMITONES = (0.5, 3.0)  # a speed-changed copy moves pitch by this many semitones (either way) and tempo alike
+
+
+def speed_factors(path: Path, copies: int, seed: int) -> list[float]:
+    """The playback-speed factors of ``copies`` augmented copies of a file, fixed by its content and ``seed``.
+
+    Each is ``2 ** (s / 12)`` for ``s`` drawn uniformly from ±[0.5, 3] semitones: the copy is the
+    file played that much faster or slower (pitch and tempo together, as a turntable does).
+    """
+    rng = np.random.default_rng([seed, int(content_digest(path)[:12], 16)])
+    semis = rng.uniform(*SPEED_SEMITONES, size=copies) * rng.choice([-1.0, 1.0], size=copies)
+    return [float(2.0 ** (s / 12.0)) for s in semis]
+
+
+def _played_at(signal: np.ndarray, sample_rate: int, speed: float) -> np.ndarray:
+    return signal if speed == 1.0 else resample(signal, sample_rate * speed, sample_rate)
+
+
+def file_examples(
+    path: Path, cfg: TrainConfig, embedder: Embedder, speed: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Windows and targets of one file: ``(x (k, n_mels, n_frames) float16, y (k, D) float32, n_embedding_dims)``.
+
+    With ``speed`` != 1 both come from the file played ``speed`` times faster (the teacher
+    signal hears exactly what the network sees: a consistent augmentation).
+    """
     features = cfg.features
-    signal16k = load_audio(path, EMBEDDER_SAMPLE_RATE)
-    signal = signal16k if features.sample_rate == EMBEDDER_SAMPLE_RATE else load_audio(path, features.sample_rate)
+    signal16k = _played_at(load_audio(path, EMBEDDER_SAMPLE_RATE), EMBEDDER_SAMPLE_RATE, speed)
+    signal = (
+        signal16k
+        if features.sample_rate == EMBEDDER_SAMPLE_RATE
+        else _played_at(load_audio(path, features.sample_rate), features.sample_rate, speed)
+    )
     frames = log_mel(signal, features)
     idx = window_indices(frames.shape[1], features, cfg.pretrain_hop_s, cfg.pretrain_max_windows)
     if idx.size == 0:
@@ -127,45 +155,63 @@ def build_pretrain_set(
     cache_dir: Path | None = None,
     progress: bool = True,
     desc: str = "pretrain data",
+    speed_copies: int = 0,
 ) -> PretrainSet:
-    """Examples of every file (cached under ``cache_dir/pretrain``); undecodable files are listed in ``failed``."""
-    xs, ys, failed, used = [], [], [], []
+    """Examples of every file (cached under ``cache_dir/pretrain``); undecodable files are listed in ``failed``.
+
+    ``speed_copies`` adds that many speed-changed copies of each file (:func:`speed_factors`);
+    their windows count as the same file in ``file_of``.
+    """
+    xs, ys, failed, used, file_of = [], [], [], [], []
     n_emb = 0
     for path in progress_iter(files, progress, desc, unit="file", tty_only=False):
         path = Path(path)
-        cache = None
-        if cache_dir is not None:
-            cache = Path(cache_dir) / "pretrain" / f"{_file_key(path, cfg.features, cfg, embedder_id)}.npz"
-            legacy = cache.with_name(f"{_legacy_file_key(path, cfg.features, cfg, embedder_id)}.npz")
-            if not cache.is_file() and legacy.is_file():
-                legacy.replace(cache)
-        got = None
-        if cache is not None and cache.is_file():
-            try:
-                with np.load(cache) as z:
-                    got = (z["x"], z["y"], int(z["n_emb"]))
-            except (OSError, ValueError, KeyError):
-                got = None  # damaged cache entry: recompute
-        if got is None:
-            try:
-                got = file_examples(path, cfg, embedder)
-            except AudioError as exc:
-                failed.append(str(exc))
-                continue
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
-                np.savez(tmp, x=got[0], y=got[1], n_emb=got[2])
-                tmp.replace(cache)
-        xs.append(got[0])
-        ys.append(got[1])
+        try:
+            speeds = [1.0] + (speed_factors(path, speed_copies, cfg.seed) if speed_copies else [])
+            got = [_cached_examples(path, cfg, embedder, embedder_id, cache_dir, s) for s in speeds]
+        except AudioError as exc:
+            failed.append(str(exc))
+            continue
+        for x, y, dims in got:
+            xs.append(x)
+            ys.append(y)
+            file_of.append(np.full(len(x), len(used), dtype=np.int64))
+            n_emb = dims
         used.append(path)
-        n_emb = got[2]
     if not xs:
         raise DataError(f"no usable unlabeled audio out of {len(files)} file(s)" + (f": {failed[0]}" if failed else ""))
     y = np.concatenate(ys).astype(np.float32)
-    file_of = np.concatenate([np.full(len(x), i, dtype=np.int64) for i, x in enumerate(xs)])
-    return PretrainSet(np.concatenate(xs), y, len(xs), failed, (n_emb, y.shape[1] - n_emb), used, file_of)
+    return PretrainSet(
+        np.concatenate(xs), y, len(used), failed, (n_emb, y.shape[1] - n_emb), used, np.concatenate(file_of)
+    )
+
+
+def _cached_examples(
+    path: Path, cfg: TrainConfig, embedder: Embedder, embedder_id: str, cache_dir: Path | None, speed: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`file_examples`, read from or written to ``cache_dir/pretrain`` when there is one."""
+    if cache_dir is None:
+        return file_examples(path, cfg, embedder, speed)
+    key = _file_key(path, cfg.features, cfg, embedder_id)
+    if speed != 1.0:
+        key = hashlib.sha256(f"{key}|speed{speed!r}".encode()).hexdigest()[:24]
+    cache = Path(cache_dir) / "pretrain" / f"{key}.npz"
+    if speed == 1.0:
+        legacy = cache.with_name(f"{_legacy_file_key(path, cfg.features, cfg, embedder_id)}.npz")
+        if not cache.is_file() and legacy.is_file():
+            legacy.replace(cache)
+    if cache.is_file():
+        try:
+            with np.load(cache) as z:
+                return z["x"], z["y"], int(z["n_emb"])
+        except (OSError, ValueError, KeyError):
+            pass  # damaged cache entry: recompute
+    got = file_examples(path, cfg, embedder, speed)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, x=got[0], y=got[1], n_emb=got[2])
+    tmp.replace(cache)
+    return got
 
 
 class PretrainModel(nn.Module):
@@ -396,7 +442,9 @@ def pretrain_from_folders(
         flush=True,
     )
     t0 = time.perf_counter()
-    train = build_pretrain_set(train_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/train")
+    train = build_pretrain_set(
+        train_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/train", cfg.pretrain_speed_copies
+    )
     val = build_pretrain_set(val_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/held-out")
     data_seconds = time.perf_counter() - t0
     probe, probe_info = None, {}
