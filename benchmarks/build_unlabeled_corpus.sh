@@ -21,12 +21,16 @@
 #      music files (summarised from /usr/share/doc/<pkg>/copyright; the licence names the copyright
 #      file declares are listed beside it to cross-check) and prints the same table.
 #
-# Not linked: tracker modules (.xm/.mod, e.g. fb-music-high) and audio packed inside game archives,
-# which soundfile cannot decode. The 4Q dev clips (../shared/data/4q-dev) are read by the pretraining
+# Audio inside zip archives (.pk3 of nexuiz-music and ufoai-music) is extracted into OUT_DIR/<package>/ as
+# real files (the only step that costs disk: ~0.3 GB). Not used: tracker modules (.xm/.mod, e.g.
+# fb-music-high), which soundfile cannot decode. The 4Q dev clips (../shared/data/4q-dev) are read by the pretraining
 # stage directly and are not linked here.
 #
 # Environment: PYTHON (interpreter with soundfile; default: the repo's .venv/bin/python, else python3),
-#              MIN_SECONDS (default 20), SKIP_APT (default 0), EXCLUDE (a Python regex on the path).
+#              MIN_SECONDS (default 20), SKIP_APT (default 0), EXCLUDE (a Python regex on the path),
+#              PACKAGES (space-separated; default: all of DEFAULT_PACKAGES below). The corpus of edgeemo's runs
+#              before session 6 (4.47 h) is PACKAGES="wesnoth-1.16-music drascula-music asc-music fb-music-high
+#              boswars-data freedroidrpg-data openclonk-data"; a folder of OUT_DIR whose package is not listed is removed.
 set -euo pipefail
 
 OUT_DIR="${1:-$HOME/.cache/edgeemo/unlabeled/debian}"
@@ -41,8 +45,11 @@ fi
 # The wesnoth music package carries the branch in its name (wesnoth-1.16-music on bookworm).
 WESNOTH_MUSIC="$(apt-cache search wesnoth 2>/dev/null | awk '/music/ {print $1}' | grep -E '^wesnoth-[0-9.]+-music$' \
     | sort -V | tail -n 1 || true)"
-PACKAGES=(${WESNOTH_MUSIC:-wesnoth-1.16-music} drascula-music asc-music fb-music-high boswars-data
-          freedroidrpg-data openclonk-data)
+# music-only packages first (all of their files are music), then game data packages that carry music
+DEFAULT_PACKAGES=(${WESNOTH_MUSIC:-wesnoth-1.16-music} drascula-music asc-music fb-music-high nexuiz-music
+                  warzone2100-music ufoai-music hyperrogue-music singularity-music planetblupi-music-ogg boswars-data
+                  freedroidrpg-data openclonk-data)
+if [[ -n "${PACKAGES:-}" ]]; then read -r -a PACKAGES <<<"$PACKAGES"; else PACKAGES=("${DEFAULT_PACKAGES[@]}"); fi
 
 if [[ "$SKIP_APT" != "1" ]]; then
     SUDO=""
@@ -66,7 +73,9 @@ mkdir -p "$OUT_DIR"
 import datetime
 import os
 import re
+import shutil
 import subprocess
+import zipfile
 import sys
 from pathlib import Path
 
@@ -74,6 +83,7 @@ import soundfile as sf
 
 out_dir, min_seconds, exclude, packages = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
 AUDIO = (".ogg", ".mp3", ".flac", ".wav", ".opus")
+ARCHIVES = (".pk3", ".zip")
 
 # Licence of the MUSIC files, summarised by hand from each package's /usr/share/doc/<pkg>/copyright
 # (Debian bookworm versions). Packages not listed fall back to the License: names the file declares.
@@ -84,6 +94,12 @@ MUSIC_LICENCE = {
     "fb-music-high": "GPL-2+",
     "boswars-data": "GPL-2+ (Files: *, which covers the sounds)",
     "freedroidrpg-data": "GPL-2+ (Files: *, which covers sound/music)",
+    "nexuiz-music": "GPL-2+ (Alientrap's Nexuiz; copyright file has one licence)",
+    "warzone2100-music": "GPL-2+ (Files: *, which covers the music)",
+    "ufoai-music": "GPL-2+ (Files: *); some tracks CC-BY-3.0 / CC-BY-SA-3.0 / public domain, per file in copyright",
+    "hyperrogue-music": "CC-BY-SA-3.0 (Shawn Parrotte, Lincoln Domina, Will Savino; per file in copyright)",
+    "singularity-music": "CC-BY-SA-3.0 (Max McCracken)",
+    "planetblupi-music-ogg": "GPL-3+",
     "openclonk-data": "CC-BY-3.0 (game content incl. music by K-Pone, per Music.ocg/authors.txt; "
     "some content CC0; engine ISC)",
 }
@@ -109,17 +125,44 @@ def declared_licences(pkg: str) -> str:
     return ", ".join(dict.fromkeys(names)) or "unrecognised (read the file)"
 
 
-def package_audio(pkg: str) -> list[Path]:
+def package_files(pkg: str) -> list[str]:
     try:
-        listing = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True, check=True).stdout.splitlines()
     except subprocess.CalledProcessError:
         return []
+
+
+def package_audio(listing: list[str]) -> list[Path]:
     seen: dict[str, Path] = {}
-    for line in listing.splitlines():
+    for line in listing:
         p = Path(line)
         if p.suffix.lower() in AUDIO and p.is_file() and not (exclude and re.search(exclude, line)):
             seen.setdefault(os.path.realpath(p), Path(os.path.realpath(p)))
     return sorted(seen.values())
+
+
+def archive_audio(listing: list[str], target: Path) -> list[Path]:
+    """Audio members of the package's zip archives (.pk3: Quake-engine games such as Nexuiz and UFO:AI),
+    extracted into ``target`` as real files (kept between runs; re-extracted only when the size differs)."""
+    out = []
+    for line in listing:
+        p = Path(line)
+        if p.suffix.lower() not in ARCHIVES or not p.is_file() or not zipfile.is_zipfile(p):
+            continue
+        with zipfile.ZipFile(p) as z:
+            for info in z.infolist():
+                name = info.filename
+                if Path(name).suffix.lower() not in AUDIO or (exclude and re.search(exclude, "/" + name)):
+                    continue
+                dest = target / f"{p.name}__{name.replace('/', '__')}"
+                if not (dest.is_file() and not dest.is_symlink() and dest.stat().st_size == info.file_size):
+                    target.mkdir(parents=True, exist_ok=True)
+                    tmp = dest.with_name(dest.name + ".part")
+                    with z.open(info) as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    tmp.replace(dest)
+                out.append(dest)
+    return out
 
 
 def duration(path: Path) -> float | None:
@@ -130,6 +173,10 @@ def duration(path: Path) -> float | None:
         return None
 
 
+for stale in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name not in packages):
+    shutil.rmtree(stale)  # OUT_DIR is this script's: a package not asked for this time leaves the corpus
+    print(f"[corpus] {stale.name}: not in PACKAGES, removed from {out_dir}")
+
 rows = []
 for pkg in packages:
     installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
@@ -137,9 +184,11 @@ for pkg in packages:
     if "install ok installed" not in installed.stdout:
         rows.append((pkg, 0, 0.0, 0, 0, "not installed", ""))
         continue
-    files = package_audio(pkg)
+    listing = package_files(pkg)
+    files = package_audio(listing)
+    extracted = archive_audio(listing, target)
     kept, short, bad, seconds = [], 0, 0, 0.0
-    for f in files:
+    for f in files + extracted:
         d = duration(f)
         if d is None:
             bad += 1
@@ -148,11 +197,15 @@ for pkg in packages:
         else:
             kept.append(f)
             seconds += d
+        if f in extracted and f not in kept:
+            f.unlink(missing_ok=True)  # an extracted copy that is not music: do not keep it on disk
     target.mkdir(parents=True, exist_ok=True)
     for old in target.iterdir():
         if old.is_symlink():
             old.unlink()
     for f in kept:
+        if f in extracted:
+            continue  # a real file in target already
         rel = f.relative_to("/usr/share") if f.is_relative_to("/usr/share") else f.relative_to("/")
         (target / str(rel).replace("/", "__")).symlink_to(f)
     if not kept and not any(target.iterdir()):

@@ -14,7 +14,7 @@ from edgeemo.train import loop as loop_mod  # noqa: E402
 from edgeemo.train.distill import load_model, train_student  # noqa: E402
 from edgeemo.train.ema import WeightEma  # noqa: E402
 from edgeemo.train.teacher import train_teacher  # noqa: E402
-from tests.train_fixtures import FakeRunData, learnable_windowset, tiny_config  # noqa: E402
+from tests.train_fixtures import FakeRunData, interrupted_on_call, learnable_windowset, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -70,18 +70,8 @@ def test_student_with_ema_keeps_the_average_and_resumes_exactly(data, teacher, t
     model, _ = load_model(tmp_path / "a" / "last.pt")
     torch.testing.assert_close(model.backbone.stem.conv.weight, ck["state_dict"]["student.backbone.stem.conv.weight"])
 
-    real_report, calls = loop_mod.window_and_song_report, []
-
-    def interrupt_third(windows, preds):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_report(windows, preds)
-
-    monkeypatch.setattr(loop_mod, "window_and_song_report", interrupt_third)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_on_call(monkeypatch, loop_mod, "window_and_song_report"), pytest.raises(KeyboardInterrupt):
         train_student(data, cfg, teacher, tmp_path / "b", progress=False)
-    monkeypatch.setattr(loop_mod, "window_and_song_report", real_report)
     resumed = train_student(data, cfg, teacher, tmp_path / "b", progress=False)
     got = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     for key in ("state_dict", "train_state_dict"):

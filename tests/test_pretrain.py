@@ -14,7 +14,7 @@ import pytest
 from edgeemo.data.unlabeled import find_unlabeled, holdout_split, window_indices
 from edgeemo.errors import DataError
 from edgeemo.runtime.audio import write_wav
-from tests.train_fixtures import SMALL_FEATURES
+from tests.train_fixtures import SMALL_FEATURES, interrupted_on_call
 
 SR = 16000
 N_SONGS = 16
@@ -239,20 +239,10 @@ def test_pretraining_learns_resumes_exactly_and_hands_its_backbone_to_the_teache
     # interrupted during epoch 3's validation (epochs 1-2 are checkpointed), then resumed: the same weights
     import edgeemo.train.pretrain as pretrain_mod
 
-    real_report, calls = pretrain_mod.embedding_report, []
-
-    def interrupt_third(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_report(*args)
-
     kwargs = dict(cache_dir=tmp_path / "cache", progress=False, embedder=FakeEmbedder(), embedder_id="f")
-    monkeypatch.setattr(pretrain_mod, "embedding_report", interrupt_third)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_on_call(monkeypatch, pretrain_mod, "embedding_report"), pytest.raises(KeyboardInterrupt):
         pretrain_from_folders(cfg, tmp_path / "resumed", **kwargs)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(pretrain_mod, "embedding_report", real_report)
     pretrain_from_folders(cfg, tmp_path / "resumed", **kwargs)
     a = load_checkpoint(tmp_path / "full" / "last.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")["state_dict"]

@@ -17,7 +17,7 @@ from edgeemo.train.distill import DistillStage, load_model, train_student  # noq
 from edgeemo.train.loop import FitConfig, fit  # noqa: E402
 from edgeemo.train.models import build_model, freeze_for_finetuning, param_groups, student_spec, teacher_spec  # noqa: E402
 from edgeemo.train.teacher import TeacherStage, build_teacher, ccc_loss, train_teacher  # noqa: E402
-from tests.train_fixtures import FakeRunData, learnable_windowset, tiny_config  # noqa: E402
+from tests.train_fixtures import FakeRunData, interrupted_on_call, learnable_windowset, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -136,20 +136,9 @@ def test_resume_equals_uninterrupted_run(data, tmp_path, monkeypatch, augment):
     cfg = tiny_config(teacher_epochs=3, **augment)
     straight = train_teacher(data, cfg, tmp_path / "a", progress=False)
     # interrupt the same run during epoch 3's validation (epochs 1-2 are checkpointed), then resume
-    real_report = loop_mod.window_and_song_report
-    calls = []
-
-    def interrupt_third(windows, preds):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_report(windows, preds)
-
-    monkeypatch.setattr(loop_mod, "window_and_song_report", interrupt_third)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_on_call(monkeypatch, loop_mod, "window_and_song_report"), pytest.raises(KeyboardInterrupt):
         train_teacher(data, cfg, tmp_path / "c", progress=False)
     assert torch.load(tmp_path / "c" / "last.pt", weights_only=False)["epoch"] == 2
-    monkeypatch.setattr(loop_mod, "window_and_song_report", real_report)
     resumed = train_teacher(data, cfg, tmp_path / "c", progress=False)
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["state_dict"]
     c = torch.load(tmp_path / "c" / "last.pt", weights_only=False)["state_dict"]

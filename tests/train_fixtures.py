@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+import pytest
 
 from edgeemo.data.types import Song
 from edgeemo.data.windows import WindowSet
@@ -66,3 +71,25 @@ class FakeRunData:
 
     def windows(self, split: str, progress: bool = True) -> WindowSet:
         return self._w[split]
+
+
+@contextmanager
+def interrupted_on_call(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, n: int = 3) -> Iterator[None]:
+    """Inside: the ``n``-th call of ``module.name`` raises KeyboardInterrupt (a user's Ctrl-C mid-run).
+
+    Validation calls one such report per epoch, so ``n=3`` stops a run during epoch 3,
+    after epochs 1-2 were checkpointed. The real function is back on exit.
+    """
+    real, calls = getattr(module, name), []
+
+    def interrupt(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupt)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(module, name, real)
