@@ -75,6 +75,20 @@ def test_find_unlabeled_skips_short_broken_duplicate_and_excluded_files(corpus):
     assert found.hours() == pytest.approx(15 * 21.0 / 3600, rel=1e-3)
 
 
+def test_find_unlabeled_reads_opus(tmp_path):
+    """Ogg Opus (e.g. Debian's warzone2100-music) is music like any other: found, timed and decodable."""
+    import soundfile as sf
+
+    from edgeemo.runtime.audio import load_audio
+
+    t = np.arange(48000 * 21) / 48000
+    sf.write(tmp_path / "track.opus", 0.3 * np.sin(2 * np.pi * 440 * t), 48000, format="OGG", subtype="OPUS")
+    found = find_unlabeled([tmp_path])
+    assert [p.name for p in found.files] == ["track.opus"]
+    assert found.hours() == pytest.approx(21.0 / 3600, rel=1e-2)
+    assert load_audio(found.files[0], 16000).shape[0] == pytest.approx(16000 * 21, rel=1e-2)
+
+
 def test_find_unlabeled_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         find_unlabeled([tmp_path / "nope"])

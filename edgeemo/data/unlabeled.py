@@ -19,7 +19,7 @@ from edgeemo.errors import AudioError, DataError
 from edgeemo.features import FeatureConfig
 from edgeemo.runtime.audio import audio_info
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
 
 
 @dataclass
