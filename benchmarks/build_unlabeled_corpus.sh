@@ -236,7 +236,9 @@ lines += [
     "Notes: drascula's per-language folders link to one set of tracks (de-duplicated by real path);",
     "fb-music-high ships tracker modules (.xm), which soundfile cannot decode, so it contributes no files;",
     "boswars-data ships no music tracks in Debian (only effects and spoken tutorial lines), so it contributes none;",
-    "openclonk-data's music lives in the unpacked `Music.ocg` folder.",
+    "openclonk-data's music lives in the unpacked `Music.ocg` folder;",
+    "nexuiz-music and ufoai-music keep their music in .pk3 (zip) archives: those tracks are extracted here as",
+    "real files (not links); warzone2100-music ships Ogg Opus (.opus), which edgeemo reads like any other file.",
 ]
 (out_dir / "SOURCES.md").write_text("\n".join(lines) + "\n")
 
