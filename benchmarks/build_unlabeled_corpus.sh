@@ -26,7 +26,8 @@
 # fb-music-high), which soundfile cannot decode. The 4Q dev clips (../shared/data/4q-dev) are read by the pretraining
 # stage directly and are not linked here.
 #
-# Environment: PYTHON (interpreter with soundfile; default: the repo's .venv/bin/python, else python3),
+# Environment: PYTHON (an interpreter that can import this checkout's edgeemo, i.e. has its base dependencies;
+#              the audio extensions kept are edgeemo's own; default: the repo's .venv/bin/python, else python3),
 #              MIN_SECONDS (default 20), SKIP_APT (default 0), EXCLUDE (a Python regex on the path),
 #              PACKAGES (space-separated; default: all of DEFAULT_PACKAGES below). The corpus of edgeemo's runs
 #              before session 6 (4.47 h) is PACKAGES="wesnoth-1.16-music drascula-music asc-music fb-music-high
@@ -68,7 +69,7 @@ if [[ "$SKIP_APT" != "1" ]]; then
 fi
 
 mkdir -p "$OUT_DIR"
-"$PYTHON" - "$OUT_DIR" "$MIN_SECONDS" "$EXCLUDE" "${PACKAGES[@]}" <<'PY'
+EDGEEMO_REPO="$REPO_ROOT" "$PYTHON" - "$OUT_DIR" "$MIN_SECONDS" "$EXCLUDE" "${PACKAGES[@]}" <<'PY'
 """Link the music files of installed packages into OUT_DIR/<pkg>/ and write SOURCES.md."""
 import datetime
 import os
@@ -81,8 +82,13 @@ from pathlib import Path
 
 import soundfile as sf
 
+sys.path.insert(0, os.environ["EDGEEMO_REPO"])  # this checkout, installed or not
+try:  # the files the corpus keeps are exactly the ones `--unlabeled` reads (a private list once dropped .opus)
+    from edgeemo.data.unlabeled import AUDIO_EXTENSIONS as AUDIO
+except ImportError as exc:
+    sys.exit(f"error: cannot import edgeemo from {os.environ['EDGEEMO_REPO']} ({exc}); set PYTHON to the venv's python")
+
 out_dir, min_seconds, exclude, packages = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
-AUDIO = (".ogg", ".mp3", ".flac", ".wav", ".opus")
 ARCHIVES = (".pk3", ".zip")
 
 # Licence of the MUSIC files, summarised by hand from each package's /usr/share/doc/<pkg>/copyright
