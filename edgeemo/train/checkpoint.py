@@ -16,34 +16,8 @@ from typing import Any
 
 import torch
 
+from edgeemo.atomic import atomic_write_bytes, json_default
 from edgeemo.errors import TrainingError
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -80,7 +54,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def write_metrics_jsonl(path: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` (one JSON line per epoch) from the full history, atomically."""
-    text = "".join(json.dumps(h, sort_keys=True, default=_json_default) + "\n" for h in history)
+    text = "".join(json.dumps(h, sort_keys=True, default=json_default) + "\n" for h in history)
     atomic_write_bytes(path, text.encode())
 
 

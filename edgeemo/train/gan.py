@@ -43,17 +43,12 @@ import torch
 from torch import nn
 
 from edgeemo import __version__
+from edgeemo.atomic import atomic_write_bytes, atomic_write_json
 from edgeemo.data.windows import WindowSet
 from edgeemo.errors import TrainingError
 from edgeemo.presets import TrainConfig
 from edgeemo.progress import progress_iter
-from edgeemo.train.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_json,
-    load_checkpoint,
-    save_checkpoint,
-    write_metrics_jsonl,
-)
+from edgeemo.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_jsonl
 from edgeemo.train.loop import resolve_device, seed_everything
 from edgeemo.train.rundata import epoch_window_indices
 

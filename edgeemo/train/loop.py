@@ -135,7 +135,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgeemo.train.checkpoint import atomic_write_bytes
+    from edgeemo.atomic import atomic_write_bytes
 
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))

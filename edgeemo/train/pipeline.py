@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from edgeemo import __version__
+from edgeemo.atomic import atomic_write_json
 from edgeemo.errors import EdgeemoError, TrainingError
 from edgeemo.evaluation import window_and_song_report
 from edgeemo.metrics import retention
 from edgeemo.presets import TrainConfig
-from edgeemo.train.checkpoint import atomic_write_json, history_seconds, read_json
+from edgeemo.train.checkpoint import history_seconds, read_json
 from edgeemo.train.rundata import DataSource, RunData, prepare_run_data
 
 STAGES = ("pretrain", "gan", "teacher", "student")

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from edgeemo.atomic import atomic_write_json
 from edgeemo.data.split import SPLITS, split_songs
 from edgeemo.data.types import Song, SongSet
 from edgeemo.data.windows import WindowSet, build_windows, default_cache_dir
 from edgeemo.errors import DataError
 from edgeemo.presets import TrainConfig
-from edgeemo.train.checkpoint import atomic_write_json
 
 
 @dataclass
