@@ -1,4 +1,4 @@
-"""Training-side commands of the ``edgeemo`` CLI: train-all, train-gan, train-teacher, distill, evaluate, export.
+"""Training-side commands of the ``edgeemo`` CLI: train-all, pretrain, train-gan, train-teacher, distill, export.
 
 Owns only the flags and how they map onto :class:`edgeemo.presets.TrainConfig` fields
 (one flag, one field; ``--set FIELD=VALUE`` reaches any other field). Torch is
@@ -8,7 +8,6 @@ imported inside the commands, never at import time.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -274,56 +273,6 @@ def distill_cmd(**kw: Any) -> None:
     click.echo(format_table(summary))
 
 
-@main.command("evaluate")
-@click.argument("model_path", type=click.Path(path_type=Path))
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Evaluate on this run's split.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option(
-    "--data", "data_path", type=click.Path(path_type=Path), help="A dataset (DEAM, manifest, 4Q) to score on."
-)
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
-@click.option(
-    "--predictions",
-    "predictions_csv",
-    type=click.Path(path_type=Path),
-    help="Write per-song predictions (labels, mean prediction, quadrants, window count) as CSV.",
-)
-@click.option(
-    "--confusion",
-    "confusion_png",
-    type=click.Path(path_type=Path),
-    help="Write the song-level quadrant confusion matrix as a PNG (needs Q1..Q4 labels, e.g. 4Q).",
-)
-def evaluate_cmd(
-    model_path: Path,
-    run_dir: Path | None,
-    split: str,
-    data_path: Path | None,
-    json_out: Path | None,
-    predictions_csv: Path | None,
-    confusion_png: Path | None,
-) -> None:
-    """Metrics table for a checkpoint (.pt) or an exported bundle on a run split or any dataset.
-
-    Songs with quadrant labels (4Q) also get song-level quadrant accuracy, macro-F1,
-    valence/arousal AUC, per-class F1 and the confusion matrix.
-    """
-    from edgeemo.evaluate_cli import evaluate_model
-
-    report = evaluate_model(
-        model_path,
-        run_dir=run_dir,
-        split=split,
-        data_path=data_path,
-        predictions_csv=predictions_csv,
-        confusion_png=confusion_png,
-    )
-    click.echo(report["table"])
-    if json_out:
-        json_out.write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
-    sys.exit(0)
-
-
 @main.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path), default=Path("runs/default"), required=False)
 @click.option(
@@ -362,18 +311,3 @@ def export_cmd(
         recipe=recipe,
         thresholds=GateThresholds(min_compression, min_retention, max_int8_drop),
     )
-
-
-@main.command("bench")
-@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), help="Bundle (default: the reference).")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Also time the run's torch teacher/student.")
-@click.option("--runs", type=click.IntRange(min=50), default=100, show_default=True, help="Timed runs per model.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the numbers as JSON.")
-def bench_cmd(bundle_dir: Path | None, run_dir: Path | None, runs: int, json_out: Path | None) -> None:
-    """Size, 1-thread latency, throughput, streaming RTF, peak RSS and import time in one table."""
-    from edgeemo.bench import markdown, run_bench
-
-    result = run_bench(bundle_dir, run_dir, runs)
-    click.echo(markdown(result))
-    if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
