@@ -13,7 +13,7 @@ C by artist-grouped CV on the training part only). Compare with the musicnn row 
 ``peers.py``: a gap there means the distilled representation lost the information, not
 the fine-tuning. Needs a run made with ``--unlabeled`` (it has a pretrain stage).
 
-    .venv/bin/python benchmarks/linear_probe.py --run runs/4q-mt
+    .venv/bin/python benchmarks/linear_probe.py --run runs/NAME
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def pooled_features(songs, run: Path) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, default=Path("runs/4q-mt"))
+    ap.add_argument("--run", type=Path, required=True, help="a run made with --unlabeled (it has a pretrain stage)")
     ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args(argv)
     if not (args.run / "pretrain" / "best.pt").is_file():

@@ -29,7 +29,7 @@ machine; the JSON also holds the wall time).
 Per-clip features and embeddings are cached in ``~/.cache/edgeemo/peers/`` (``$EDGEEMO_CACHE``
 moves it), so a re-run only refits the classifiers.
 
-    .venv/bin/python benchmarks/peers.py [--run runs/4q-mix] [--bundle export/reference]
+    .venv/bin/python benchmarks/peers.py --run runs/NAME [--bundle export/reference]
         [--peers librosa,musicnn] [--json benchmarks/results_peers.json] [--quick]
 
 Run it from the repository root (run configs name their data relative to it). The musicnn
@@ -470,8 +470,8 @@ def split_songs(run_dir: Path) -> tuple[list[Song], list[Song]]:
 
     if not split_file(run_dir).is_file():
         raise SystemExit(f"{split_file(run_dir)} not found: peers reuse a trained run's split")
-    run = open_run(run_dir, None, None)
-    data = prepare_run_data(run.dir, run.cfg, run.sources)
+    run = open_run(run_dir, None)
+    data = prepare_run_data(run.dir, run.cfg.data)
     train = [s for k in ("train", "val") for s in data.splits[k] if s.quadrant]
     test = [s for s in data.splits["test"] if s.quadrant]
     if not train or not test:
@@ -539,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--run", type=Path, default=Path("runs/4q-mix"), help="run whose split.json and teacher to use")
+    ap.add_argument("--run", type=Path, required=True, help="run whose split.json and teacher to use")
     ap.add_argument(
         "--bundle", type=Path, default=Path("export/reference"), help="bundle with model.onnx/model.int8.onnx"
     )

@@ -99,8 +99,7 @@ def run_bench(bundle: Path | None = None, run_dir: Path | None = None, runs: int
     if run_dir is not None:
         import torch
 
-        from edgeemo.train.distill import load_model
-        from edgeemo.train.models import count_params
+        from edgeemo.train.models import count_params, load_model
 
         torch.set_num_threads(1)
         for role in ("teacher", "student"):

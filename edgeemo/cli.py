@@ -15,43 +15,18 @@ from pathlib import Path
 import click
 
 from edgeemo import __version__
+from edgeemo.cli_base import ErrorGroup
 from edgeemo.errors import EdgeemoError
 
 
-class _Group(click.Group):
-    """Click group that turns edgeemo errors into one-line messages."""
-
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
-        try:
-            return super().invoke(ctx)
-        except EdgeemoError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in {"torch", "timm", "librosa", "matplotlib", "onnx", "sklearn"}:
-                hint = f"this command needs the training extra ({exc.name} is missing): pip install 'edgeemo[train]'"
-                click.echo(f"error: {hint}", err=True)
-                sys.exit(2)
-            raise
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeemo")
 def main() -> None:
     """edgeemo: music emotion recognition (valence/arousal) on the edge."""
 
 
-def _register_command_modules() -> None:
-    """Training/export commands live in their own modules; importing them registers them on ``main``."""
-    import edgeemo.cli_train  # noqa: F401
-    from edgeemo import cli_pretrained  # noqa: F401
-
-
 # ----------------------------------------------------------------------------- data
-@main.group(cls=_Group)
+@main.group(cls=ErrorGroup)
 def data() -> None:
     """Make and check datasets (built-in corpus, DEAM, CSV manifests)."""
 
@@ -83,7 +58,7 @@ def data_check(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- runtime: bundle, predict, live
-@main.group("bundle", cls=_Group)
+@main.group("bundle", cls=ErrorGroup)
 def bundle_group() -> None:
     """Inspect exported model bundles."""
 
@@ -277,4 +252,13 @@ def bench_cmd(bundle_dir: Path | None, run_dir: Path | None, runs: int, json_out
         json_out.write_text(json.dumps(result, indent=2))
 
 
-_register_command_modules()
+def _add_commands() -> None:
+    """The training, recipe and pretrained-model commands live in their own modules (no import of this one)."""
+    from edgeemo.cli_pretrained import pretrained
+    from edgeemo.cli_train import COMMANDS
+
+    for command in (*COMMANDS, pretrained):
+        main.add_command(command)
+
+
+_add_commands()

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from edgeemo.cli import _Group, main
+from edgeemo.cli_base import ErrorGroup
 
 _MODELS = ("MSD_musicnn", "MTT_musicnn")
 
 
-@main.group("pretrained", cls=_Group)
+@click.group("pretrained", cls=ErrorGroup)
 def pretrained() -> None:
     """Pretrained third-party models (musicnn tagger, ISC licence, Jordi Pons)."""
 

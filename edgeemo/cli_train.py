@@ -1,21 +1,30 @@
-"""Training-side commands of the ``edgeemo`` CLI: train-all, pretrain, train-gan, train-teacher, distill, export.
+"""Training-side commands of the ``edgeemo`` CLI: train-all, pretrain, train-gan, train-teacher, distill, export,
+recipes.
 
-Owns only the flags and how they map onto :class:`edgeemo.presets.TrainConfig` fields
-(one flag, one field; ``--set FIELD=VALUE`` reaches any other field). Torch is
-imported inside the commands, never at import time.
+Owns the flags, which are generated from the config sections of :mod:`edgeemo.config`
+(each stage command gets its own sections' fields, ``train-all`` all of them; names, help,
+choices and ranges come from there; ``--set SECTION.FIELD=VALUE`` reaches any field), and
+how a run's config is chosen: a registered recipe plus overrides, a bundle's recorded
+config (``--from-card``), or the run's own saved config. The commands are plain click
+commands listed in :data:`COMMANDS`; :mod:`edgeemo.cli` adds them to the ``edgeemo`` group.
+Torch is imported inside the commands, never at import time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeemo.cli import main
+from edgeemo.cli_base import ErrorGroup
+from edgeemo.config import SECTIONS, DataSource, RunConfig, dotted_overrides, portable_path
 from edgeemo.errors import EdgeemoError
+from edgeemo.log import log
 
 
 class PatchShape(click.ParamType):
@@ -35,176 +44,204 @@ class PatchShape(click.ParamType):
         return rows, cols
 
 
-# flag name -> (TrainConfig field, click type, help)
-_FIELD_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--seed", "seed", int, "Random seed for training."),
-    ("--device", "device", str, "auto | cpu | cuda[:N]."),
-    ("--corpus-n", "corpus_n", click.IntRange(min=10), "Built-in corpus size (songs)."),
-    ("--split-seed", "split_seed", int, "Seed of the song split."),
-    (
-        "--windows-per-song",
-        "train_windows_per_song",
-        click.IntRange(min=1),
-        "Training windows drawn per song per epoch.",
-    ),
-    (
-        "--pretrain-epochs",
-        "pretrain_epochs",
-        click.IntRange(min=1),
-        "Epochs of teacher pretraining on --unlabeled audio.",
-    ),
-    (
-        "--speed-copies",
-        "pretrain_speed_copies",
-        click.IntRange(min=0),
-        "Pretraining: speed-changed copies of each unlabeled training file (musicnn hears each copy too).",
-    ),
-    (
-        "--probe-weight",
-        "pretrain_probe_weight",
-        click.FloatRange(min=0),
-        "Pretraining: weight of the emotion-probe term (needs labelled songs among --unlabeled; 0: off).",
-    ),
-    (
-        "--musicnn-weights",
-        "musicnn_weights",
-        str,
-        "Converted MSD-musicnn weights (default: what `edgeemo pretrained import-musicnn` wrote).",
-    ),
-    ("--gan-epochs", "gan_epochs", click.IntRange(min=0), "GAN epochs (0 skips the GAN)."),
-    (
-        "--gan-ratio",
-        "gan_ratio",
-        click.FloatRange(min=0),
-        "Generated windows per real window in teacher training (0 disables).",
-    ),
-    ("--gan-lr", "gan_lr", float, "Generator learning rate (the discriminator gets --d-lr-mult x this)."),
-    ("--d-lr-mult", "gan_d_lr_mult", float, "Discriminator LR as a multiple of the generator LR."),
-    ("--d-every", "gan_d_every", click.IntRange(min=1), "Update the discriminator every N iterations."),
-    ("--g-steps", "gan_g_steps", click.IntRange(min=1), "Generator steps per iteration."),
-    ("--noise-std", "gan_noise_std", float, "Initial instance-noise std (decays to --noise-min)."),
-    ("--teacher-arch", "teacher_arch", str, "timm ViT name for the teacher."),
-    ("--teacher-depth", "teacher_depth", click.IntRange(min=1), "Override the ViT depth (blocks)."),
-    (
-        "--teacher-patch",
-        "teacher_patch",
-        PatchShape(),
-        "ViT patch as mel bins x frames, e.g. 8x32 (default: the architecture's 16x16).",
-    ),
-    ("--teacher-pool", "teacher_pool", click.Choice(["token", "avg"]), "ViT pooling: class token or patch mean."),
-    ("--teacher-stem", "teacher_stem", click.Choice(["patch", "conv"]), "ViT patch embedding: one conv or conv stem."),
-    ("--drop-path", "teacher_drop_path", click.FloatRange(0, 1, max_open=True), "Teacher stochastic depth."),
-    ("--teacher-weights", "teacher_weights", str, "Local pretrained weights file for the teacher (offline)."),
-    ("--trainable-blocks", "teacher_trainable_blocks", click.IntRange(min=0), "ViT blocks fine-tuned when pretrained."),
-    ("--teacher-epochs", "teacher_epochs", click.IntRange(min=1), "Teacher epochs."),
-    ("--lr", "teacher_lr", float, "Teacher head learning rate."),
-    ("--backbone-lr-mult", "teacher_backbone_lr_mult", float, "Teacher backbone LR as a multiple of --lr."),
-    ("--loss", "teacher_loss", click.Choice(["mse", "ccc", "mix"]), "Teacher loss."),
-    ("--augment-shift", "augment_shift", click.IntRange(min=0), "Teacher: shift windows up to N mel bins (0: off)."),
-    ("--freq-mask", "augment_freq_mask", click.IntRange(min=0), "Teacher: SpecAugment mask up to N mel bins."),
-    ("--time-mask", "augment_time_mask", click.IntRange(min=0), "Teacher: SpecAugment mask up to N frames."),
-    ("--batch-size", "batch_size", click.IntRange(min=1), "Teacher micro-batch size."),
-    ("--accum-steps", "accum_steps", click.IntRange(min=1), "Teacher gradient-accumulation steps."),
-    ("--patience", "patience", click.IntRange(min=1), "Early-stopping patience (epochs)."),
-    ("--student-arch", "student_arch", str, "timm MobileViT name for the student."),
-    ("--student-epochs", "student_epochs", click.IntRange(min=1), "Student epochs."),
-    ("--student-lr", "student_lr", float, "Student learning rate."),
-    (
-        "--student-ema",
-        "student_ema",
-        click.FloatRange(0, 1, max_open=True),
-        "Keep an EMA of the student's weights with this decay (0: off).",
-    ),
-    ("--alpha", "alpha", click.FloatRange(min=0), "Weight of the ground-truth task loss."),
-    ("--beta", "beta", click.FloatRange(min=0), "Weight of the teacher-output distillation loss."),
-    ("--gamma", "gamma", click.FloatRange(min=0), "Weight of the feature distillation loss."),
-    (
-        "--student-pretrain/--no-student-pretrain",
-        "student_pretrain",
-        bool,
-        "With --unlabeled: the student also learns the musicnn targets before it is distilled.",
-    ),
-]
+SKIPPED_FIELDS = {"data.sources", "data.features", "data.split_fractions", "pretrain.unlabeled"}  # own flags / --set
 
 
-def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
+def _click_type(hint: Any, meta: dict[str, Any]) -> Any:
+    """The click type of a config field: choices, numeric ranges and patch shapes come from its metadata."""
+    if meta.get("choices"):
+        return click.Choice(list(meta["choices"]))
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    base = args[0]
+    if typing.get_origin(base) is tuple:
+        return PatchShape()
+    lim = meta.get("limits") or {}
+    if base is int:
+        return click.IntRange(lim.get("min"), lim.get("max"), min_open=lim.get("min_open", False)) if lim else int
+    if base is float:
+        if not lim:
+            return float
+        return click.FloatRange(
+            lim.get("min"), lim.get("max"), min_open=lim.get("min_open", False), max_open=lim.get("max_open", False)
+        )
+    return str
+
+
+def _field_flags(section: str | None, name: str, meta: dict[str, Any], is_bool: bool) -> list[str]:
+    """``--section-field`` (``--field`` for the data section and the run-wide fields) plus the field's aliases."""
+    stem = name.replace("_", "-") if section in (None, "data") else f"{section}-{name}".replace("_", "-")
+    primary = f"--{stem}/--no-{stem}" if is_bool else f"--{stem}"
+    flags = [primary]
+    for alias in meta.get("flags", ()):
+        if alias != primary and alias not in flags:
+            flags.append(alias)
+    return flags
+
+
+def config_options(sections: tuple[str, ...], run_wide: bool = True) -> Callable[[Callable], Callable]:
+    """Click options for every field of ``sections`` (and, with ``run_wide``, the seed and device), generated from
+    :mod:`edgeemo.config`: names, help, choices and ranges live there. Each option fills ``cfg__SECTION__FIELD``."""
+
+    def decorate(fn: Callable) -> Callable:
+        specs: list[tuple[str | None, type]] = [(None, RunConfig)] if run_wide else []
+        specs += [(s, SECTIONS[s]) for s in sections]
+        opts = []
+        for section, cls in specs:
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                dotted = f"{section}.{f.name}" if section else f.name
+                if dotted in SKIPPED_FIELDS or (section is None and f.name in (*SECTIONS, "recipe")):
+                    continue
+                is_bool = hints[f.name] is bool
+                flags = _field_flags(section, f.name, f.metadata, is_bool)
+                param = "cfg__" + dotted.replace(".", "__")
+                kwargs: dict[str, Any] = {"default": None, "help": f.metadata.get("help", "")}
+                if not is_bool:
+                    kwargs["type"] = _click_type(hints[f.name], f.metadata)
+                opts.append(click.option(*flags, param, **kwargs))
+        for o in reversed(opts):
+            fn = o(fn)
+        return fn
+
+    return decorate
+
+
+def config_overrides(kw: dict[str, Any]) -> dict[str, Any]:
+    """Pop the generated options out of ``kw``: ``{dotted field: value}`` for those given."""
+    out = {}
+    for key in [k for k in kw if k.startswith("cfg__")]:
+        value = kw.pop(key)
+        if value is not None:
+            out[key.removeprefix("cfg__").replace("__", ".")] = value
+    return out
+
+
+def parse_set(values: tuple[str, ...]) -> dict[str, Any]:
+    """``--set SECTION.FIELD=VALUE`` items (JSON values; a flat edgeemo 0.1 name also works) as dotted overrides."""
     out: dict[str, Any] = {}
     for item in values:
         if "=" not in item:
-            raise EdgeemoError(f"--set expects FIELD=VALUE, got {item!r}")
+            raise EdgeemoError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
         try:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
             out[key.strip()] = raw
+    return dotted_overrides(out)
+
+
+STAGE_SECTIONS = {
+    "train-all": ("data", "pretrain", "gan", "teacher", "student", "export"),
+    "pretrain": ("data", "pretrain", "teacher", "student"),  # it pretrains the teacher's (and student's) network
+    "train-gan": ("data", "gan"),
+    "train-teacher": ("data", "pretrain", "gan", "teacher"),
+    "distill": ("data", "student"),
+}
+
+
+def run_options(command: str) -> Callable[[Callable], Callable]:
+    """Options of a training command: run location, recipe, data, its sections' fields, overrides."""
+
+    def decorate(fn: Callable) -> Callable:
+        fn = config_options(STAGE_SECTIONS[command])(fn)
+        decorators = [
+            click.option("--name", default=None, help="Run name: runs/<name> [default; with --from-card, the card's]."),
+            click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True),
+            click.option(
+                "--recipe",
+                "--preset",
+                "recipe",
+                default=None,
+                help="Registered recipe to start from (`edgeemo recipes` lists them) [tiny].",
+            ),
+            click.option(
+                "--from-card",
+                "from_card",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="Rerun exactly the config recorded in this bundle's card.json (or the card file itself).",
+            ),
+            click.option("--deam", "deam", type=click.Path(path_type=Path), multiple=True, help="A DEAM folder."),
+            click.option("--manifest", type=click.Path(path_type=Path), multiple=True, help="A CSV manifest."),
+            click.option("--quadrants", type=click.Path(path_type=Path), multiple=True, help="A 4Q-style folder."),
+            click.option(
+                "--unlabeled",
+                type=click.Path(path_type=Path),
+                multiple=True,
+                help="A folder of unlabeled music: pretrain on it (musicnn embedding distillation).",
+            ),
+            click.option(
+                "--builtin/--no-builtin",
+                "builtin",
+                default=None,
+                help="Include the built-in corpus (default: only when no other data is given).",
+            ),
+            click.option(
+                "--set", "set_values", multiple=True, help="Override any field: SECTION.FIELD=VALUE (JSON value)."
+            ),
+            click.option("--restart", is_flag=True, help="Delete the run and start over."),
+            click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Feature/corpus cache."),
+            click.option("--quiet", is_flag=True, help="No progress bars."),
+        ]
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+
+    return decorate
+
+
+def _data_overrides(kw: dict[str, Any]) -> dict[str, Any]:
+    """``data.sources`` / ``pretrain.unlabeled`` from the data flags, when any is given."""
+    sources = [DataSource(kind, str(p)).to_dict() for kind in ("deam", "manifest", "quadrants") for p in kw.pop(kind)]
+    builtin = kw.pop("builtin")
+    out: dict[str, Any] = {}
+    if sources or builtin is not None:
+        if builtin or (builtin is None and not sources):
+            sources.insert(0, DataSource("builtin").to_dict())
+        out["data.sources"] = sources
+    unlabeled = kw.pop("unlabeled")
+    if unlabeled:
+        out["pretrain.unlabeled"] = [portable_path(p) for p in unlabeled]
     return out
 
 
-def run_options(fn: Callable) -> Callable:
-    """Options shared by every training command: run location, preset, data, overrides."""
-    for flag, field, typ, help_ in reversed(_FIELD_FLAGS):
-        fn = click.option(flag, field, type=typ, default=None, help=help_)(fn)
-    decorators = [
-        click.option("--name", default="default", show_default=True, help="Run name: runs/<name>."),
-        click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True),
-        click.option(
-            "--preset", type=click.Choice(["tiny", "small", "base"]), default=None, help="Preset (default tiny)."
-        ),
-        click.option("--deam", "deam", type=click.Path(path_type=Path), multiple=True, help="A DEAM folder."),
-        click.option("--manifest", "manifest", type=click.Path(path_type=Path), multiple=True, help="A CSV manifest."),
-        click.option(
-            "--quadrants", "quadrants", type=click.Path(path_type=Path), multiple=True, help="A 4Q-style folder."
-        ),
-        click.option(
-            "--unlabeled",
-            "unlabeled",
-            type=click.Path(path_type=Path),
-            multiple=True,
-            help="A folder of unlabeled music: pretrain the teacher on it (musicnn embedding distillation).",
-        ),
-        click.option(
-            "--builtin/--no-builtin",
-            "builtin",
-            default=None,
-            help="Include the built-in corpus (default: only when no other data is given).",
-        ),
-        click.option("--pretrained", "teacher_pretrained", is_flag=True, default=None, help="timm pretrained teacher."),
-        click.option("--set", "set_values", multiple=True, help="Override any config field: FIELD=VALUE (JSON value)."),
-        click.option("--restart", is_flag=True, help="Delete the run and start over."),
-        click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Feature/corpus cache."),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for d in reversed(decorators):
-        fn = d(fn)
-    return fn
-
-
-def _open(kw: dict[str, Any], restart_ok: bool = True):
-    from edgeemo.presets import make_config, with_values
+def _open(kw: dict[str, Any]):
+    from edgeemo.recipes import recipe_config
     from edgeemo.train.pipeline import open_run
-    from edgeemo.train.rundata import DataSource
 
-    run_dir = Path(kw.pop("runs_dir")) / kw.pop("name")
-    sources = [DataSource("deam", str(p)) for p in kw.pop("deam")]
-    sources += [DataSource("manifest", str(p)) for p in kw.pop("manifest")]
-    sources += [DataSource("quadrants", str(p)) for p in kw.pop("quadrants")]
-    builtin = kw.pop("builtin")
-    if builtin or (builtin is None and not sources):
-        sources.insert(0, DataSource("builtin"))
-    overrides = {f: kw.pop(f) for _, f, _, _ in _FIELD_FLAGS}
-    overrides["teacher_pretrained"] = kw.pop("teacher_pretrained")
-    unlabeled = kw.pop("unlabeled")
-    overrides["unlabeled"] = tuple(str(p) for p in unlabeled) if unlabeled else None
-    set_values = _parse_set(kw.pop("set_values"))
-    preset = kw.pop("preset")
-    restart = kw.pop("restart") and restart_ok
-    explicit = any(v is not None for v in overrides.values()) or preset is not None or bool(set_values)
-    cfg_path = run_dir / "config.json"
-    if cfg_path.is_file() and not explicit and not restart:
-        return open_run(run_dir, None, None), kw  # reopen with the run's own config
-    cfg = make_config(preset or "tiny", **overrides)
-    cfg = with_values(cfg, set_values)  # last and as given: --set FIELD=null resets an optional field
-    return open_run(run_dir, cfg, sources, restart=restart), kw
+    overrides = {**_data_overrides(kw), **config_overrides(kw), **parse_set(kw.pop("set_values"))}
+    recipe, card_path, name = kw.pop("recipe"), kw.pop("from_card"), kw.pop("name")
+    restart = kw.pop("restart")
+    if card_path is not None:
+        if recipe is not None or overrides:
+            raise EdgeemoError("--from-card reruns the card's config exactly; drop the other config flags")
+        cfg, card_name = config_from_card(card_path)
+        name = name or card_name
+    elif recipe is not None or overrides:
+        cfg = recipe_config(recipe or "tiny").replace(overrides)
+    else:
+        cfg = None  # reopen a run with its own config, or start the tiny recipe
+    run_dir = Path(kw.pop("runs_dir")) / (name or "default")
+    if cfg is None and ((run_dir / "config.json").is_file() and not restart):
+        return open_run(run_dir, None), kw
+    return open_run(run_dir, cfg if cfg is not None else recipe_config("tiny"), restart=restart), kw
+
+
+def config_from_card(path: Path) -> tuple[RunConfig, str]:
+    """The resolved config a bundle's card records, and the run name it came from."""
+    from edgeemo.bundle import CARD_NAME, load_card
+
+    path = Path(path)
+    card = load_card(path.parent if path.name == CARD_NAME else path)
+    if "config" not in card:
+        raise EdgeemoError(
+            f"{path}: this card records no resolved config (an older bundle); rebuild it with "
+            "`edgeemo train-all --recipe NAME` (`edgeemo recipes` lists the registered ones)"
+        )
+    cfg = RunConfig.from_dict(card["config"], strict=True)
+    if card.get("config_digest") and cfg.digest() != card["config_digest"]:
+        raise EdgeemoError(f"{path}: the recorded config does not match its digest {card['config_digest']}")
+    return cfg, str(card.get("run_name") or card.get("name") or "default")
 
 
 def _run_stages(kw: dict[str, Any], stages: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
@@ -212,12 +249,13 @@ def _run_stages(kw: dict[str, Any], stages: tuple[str, ...]) -> tuple[dict[str, 
 
     run, kw = _open(kw)
     progress = not kw.pop("quiet")
-    click.echo(f"run: {run.dir}  preset: {run.cfg.preset}  data: {', '.join(s.kind for s in run.sources)}", err=True)
+    kinds = ", ".join(s.kind for s in run.cfg.data.sources)
+    log(f"run: {run.dir}  recipe: {run.cfg.recipe}  config {run.cfg.digest()}  data: {kinds}")
     return train_all(run, stages=stages, progress=progress, cache_dir=kw.pop("cache_dir")), run
 
 
-@main.command("train-all")
-@run_options
+@click.command("train-all")
+@run_options("train-all")
 def train_all_cmd(**kw: Any) -> None:
     """Data -> [pretrain] -> GAN -> teacher -> student into runs/<name>/, resuming interrupted stages."""
     from edgeemo.train.pipeline import format_table
@@ -227,8 +265,8 @@ def train_all_cmd(**kw: Any) -> None:
     click.echo(f"summary: {run.dir / 'summary.json'}  plot: {run.dir / 'summary.png'}")
 
 
-@main.command("pretrain")
-@run_options
+@click.command("pretrain")
+@run_options("pretrain")
 def pretrain_cmd(**kw: Any) -> None:
     """Pretrain the run's teacher on --unlabeled audio: it learns to predict MSD-musicnn's embeddings and tags."""
     _, run = _run_stages(kw, ("pretrain",))
@@ -242,16 +280,16 @@ def pretrain_cmd(**kw: Any) -> None:
     )
 
 
-@main.command("train-gan")
-@run_options
+@click.command("train-gan")
+@run_options("train-gan")
 def train_gan_cmd(**kw: Any) -> None:
     """Train the conditional spectrogram GAN (augmentation) of a run."""
     _, run = _run_stages(kw, ("gan",))
     click.echo(f"GAN: {run.dir / 'gan'}")
 
 
-@main.command("train-teacher")
-@run_options
+@click.command("train-teacher")
+@run_options("train-teacher")
 def train_teacher_cmd(**kw: Any) -> None:
     """Train the ViT teacher of a run (uses the run's GAN when --gan-ratio > 0)."""
     _, run = _run_stages(kw, ("pretrain", "gan", "teacher"))
@@ -263,8 +301,8 @@ def train_teacher_cmd(**kw: Any) -> None:
     )
 
 
-@main.command("distill")
-@run_options
+@click.command("distill")
+@run_options("distill")
 def distill_cmd(**kw: Any) -> None:
     """Distil the run's teacher into the MobileViT student."""
     from edgeemo.train.pipeline import format_table
@@ -273,41 +311,39 @@ def distill_cmd(**kw: Any) -> None:
     click.echo(format_table(summary))
 
 
-@main.command("export")
+@click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path), default=Path("runs/default"), required=False)
-@click.option(
-    "--int8/--no-int8", default=False, help="Also ship a static int8 model (the default model of the bundle)."
-)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Bundle folder (default export/<run name>).")
-@click.option("--calibration", type=click.IntRange(min=1), default=256, show_default=True, help="Calibration windows.")
-@click.option(
-    "--recipe",
-    default="auto",
-    show_default=True,
-    help="auto (measure all, ship the fastest passing), qdq or qoperator.",
-)
-@click.option("--min-compression", type=float, default=10.0, show_default=True)
-@click.option("--min-retention", type=float, default=0.90, show_default=True)
-@click.option("--max-int8-drop", type=float, default=0.02, show_default=True)
-def export_cmd(
-    run_dir: Path,
-    int8: bool,
-    out_dir: Path | None,
-    calibration: int,
-    recipe: str,
-    min_compression: float,
-    min_retention: float,
-    max_int8_drop: float,
-) -> None:
-    """Export a finished run to an ONNX bundle (RUN_DIR defaults to runs/default), behind the verification gate."""
-    from edgeemo.exporting.export import export_run
-    from edgeemo.exporting.verify import GateThresholds
+@config_options(("export",), run_wide=False)
+def export_cmd(run_dir: Path, out_dir: Path | None, **kw: Any) -> None:
+    """Export a finished run to an ONNX bundle (RUN_DIR defaults to runs/default), behind the verification gate.
 
-    export_run(
-        run_dir,
-        out_dir,
-        int8=int8,
-        calibration_count=calibration,
-        recipe=recipe,
-        thresholds=GateThresholds(min_compression, min_retention, max_int8_drop),
-    )
+    Settings default to the run's export section; flags given here override it for this export
+    (the card records what was used).
+    """
+    from edgeemo.exporting.export import export_run
+
+    overrides = {k.removeprefix("export."): v for k, v in config_overrides(kw).items()}
+    export_run(run_dir, out_dir, overrides=overrides)
+
+
+@click.group("recipes", invoke_without_command=True, cls=ErrorGroup)
+@click.pass_context
+def recipes_group(ctx: click.Context) -> None:
+    """The registered recipes (named, versioned, frozen run configs): one line each."""
+    if ctx.invoked_subcommand is None:
+        from edgeemo.recipes import recipes_table
+
+        click.echo(recipes_table())
+
+
+@recipes_group.command("show")
+@click.argument("name")
+def recipes_show(name: str) -> None:
+    """Print recipe NAME's fully resolved config (JSON), as `train-all --recipe NAME` would run it."""
+    from edgeemo.recipes import show_recipe
+
+    click.echo(show_recipe(name), nl=False)
+
+
+COMMANDS = [train_all_cmd, pretrain_cmd, train_gan_cmd, train_teacher_cmd, distill_cmd, export_cmd, recipes_group]

@@ -42,7 +42,7 @@ def load_predictor(model_path: Path) -> tuple[Predictor, FeatureConfig, str]:
     if model_path.suffix == ".pt":
         import torch
 
-        from edgeemo.train.distill import load_model
+        from edgeemo.train.models import load_model
 
         net, ck = load_model(model_path)
 
@@ -72,8 +72,8 @@ def _songs(model_path: Path, run_dir: Path | None, split: str, data_path: Path |
     from edgeemo.train.pipeline import open_run
     from edgeemo.train.rundata import prepare_run_data
 
-    run = open_run(Path(run_dir), None, None)
-    data = prepare_run_data(run.dir, run.cfg, run.sources)
+    run = open_run(Path(run_dir), None)
+    data = prepare_run_data(run.dir, run.cfg.data)
     return data.splits[split], f"run {run.dir} {split} split ({len(data.splits[split])} songs)"
 
 

@@ -75,16 +75,16 @@ def test_settings_the_window_cannot_take_are_a_training_error(field, value):
 
     cfg = tiny_config(**{field: value})
     with pytest.raises(TrainingError, match=field.removeprefix("augment_")):
-        config_augment(cfg)
+        config_augment(cfg.teacher, cfg.features.shape)
 
 
 def test_teacher_trains_on_augmented_windows_and_validates_on_clean_ones():
     pytest.importorskip("timm")
-    from edgeemo.train.teacher import TeacherStage, build_teacher
-    from tests.train_fixtures import tiny_config
+    from edgeemo.train.teacher import TeacherStage
+    from tests.train_fixtures import ctx, teacher_of, tiny_config
 
     cfg = tiny_config(augment_shift=2, augment_time_mask=8)
-    stage = TeacherStage(build_teacher(cfg), "mse", cfg)
+    stage = TeacherStage(teacher_of(cfg), cfg.teacher, ctx(cfg))
     seen = []
     stage.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
     x = torch.randn(4, 1, *cfg.features.shape)

@@ -11,10 +11,16 @@ from torch import nn  # noqa: E402
 
 from edgeemo.errors import TrainingError  # noqa: E402
 from edgeemo.train import loop as loop_mod  # noqa: E402
-from edgeemo.train.distill import load_model, train_student  # noqa: E402
 from edgeemo.train.ema import WeightEma  # noqa: E402
-from edgeemo.train.teacher import train_teacher  # noqa: E402
-from tests.train_fixtures import FakeRunData, interrupted_on_call, learnable_windowset, tiny_config  # noqa: E402
+from edgeemo.train.models import load_model  # noqa: E402
+from tests.train_fixtures import (  # noqa: E402
+    FakeRunData,
+    fit_student,
+    fit_teacher,
+    interrupted_on_call,
+    learnable_windowset,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.train
 
@@ -51,13 +57,14 @@ def data():
 @pytest.fixture(scope="module")
 def teacher(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    train_teacher(data, tiny_config(teacher_epochs=1), out, progress=False)
+    fit_teacher(data, tiny_config(teacher_epochs=1), out, progress=False)
     return out / "best.pt"
 
 
+@pytest.mark.slow
 def test_student_with_ema_keeps_the_average_and_resumes_exactly(data, teacher, tmp_path, monkeypatch):
     cfg = tiny_config(student_epochs=3, student_ema=0.9)
-    straight = train_student(data, cfg, teacher, tmp_path / "a", progress=False)
+    straight = fit_student(data, cfg, teacher, tmp_path / "a", progress=False)
     ck = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
     assert ck["ema_updates"] > 0
     differs = [
@@ -71,8 +78,8 @@ def test_student_with_ema_keeps_the_average_and_resumes_exactly(data, teacher, t
     torch.testing.assert_close(model.backbone.stem.conv.weight, ck["state_dict"]["student.backbone.stem.conv.weight"])
 
     with interrupted_on_call(monkeypatch, loop_mod, "window_and_song_report"), pytest.raises(KeyboardInterrupt):
-        train_student(data, cfg, teacher, tmp_path / "b", progress=False)
-    resumed = train_student(data, cfg, teacher, tmp_path / "b", progress=False)
+        fit_student(data, cfg, teacher, tmp_path / "b", progress=False)
+    resumed = fit_student(data, cfg, teacher, tmp_path / "b", progress=False)
     got = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     for key in ("state_dict", "train_state_dict"):
         for k, v in ck[key].items():
@@ -81,4 +88,4 @@ def test_student_with_ema_keeps_the_average_and_resumes_exactly(data, teacher, t
 
     # a checkpoint made without averaging cannot silently continue with it (and the reverse)
     with pytest.raises(TrainingError, match="weight averaging"):
-        train_student(data, tiny_config(student_epochs=4), teacher, tmp_path / "b", progress=False)
+        fit_student(data, tiny_config(student_epochs=4), teacher, tmp_path / "b", progress=False)

@@ -18,11 +18,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from edgeemo.config import StageContext  # noqa: E402
 from edgeemo.data.types import Song  # noqa: E402
 from edgeemo.data.windows import WindowSet  # noqa: E402
-from edgeemo.errors import TrainingError  # noqa: E402
+from edgeemo.errors import EdgeemoError, TrainingError  # noqa: E402
 from edgeemo.features import FeatureConfig  # noqa: E402
-from edgeemo.presets import make_config  # noqa: E402
 from edgeemo.train import gan as gan_mod  # noqa: E402
 from edgeemo.train.gan import (  # noqa: E402
     Discriminator,
@@ -38,6 +38,7 @@ from edgeemo.train.gan import (  # noqa: E402
     smoothed_targets,
     train_gan,
 )
+from tests.train_fixtures import tiny_config  # noqa: E402
 
 FEATURES = FeatureConfig(n_mels=32, n_frames=64, hop_length=500)  # windows every 16 frames
 N_SONGS, PER_SONG, BATCH = 5, 2, 4  # 10 windows an epoch -> 3 iterations of <= 4
@@ -82,7 +83,15 @@ def gan_config(**kw):
         device="cpu",
     )
     base.update(kw)
-    return make_config("tiny", **base)
+    return tiny_config(**base)
+
+
+def fit_gan(train, cfg, out, **kw):
+    return train_gan(train, cfg.gan, StageContext.of(cfg), out, **kw)
+
+
+def gan_nets(cfg):
+    return build_gan(cfg.gan, cfg.features.shape)
 
 
 class Spy:
@@ -94,8 +103,8 @@ class Spy:
         self.lrs: dict[str, float] = {}
         real_build, real_clip = gan_mod.build_gan, gan_mod.clip_gradients
 
-        def build(cfg):
-            g, d, opt_g, opt_d = real_build(cfg)
+        def build(cfg, shape):
+            g, d, opt_g, opt_d = real_build(cfg, shape)
             for name, opt in (("g", opt_g), ("d", opt_d)):
                 self.lrs[name] = opt.param_groups[0]["lr"]
                 step = opt.step
@@ -136,7 +145,7 @@ def straight(train, tmp_path_factory):
     err = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
         spy = Spy(mp)
-        result = train_gan(train, gan_config(), out, progress=False)
+        result = fit_gan(train, gan_config(), out, progress=False)
     return result, out, spy, err.getvalue()
 
 
@@ -159,26 +168,26 @@ def test_discriminator_step_pattern():
 
 def test_label_smoothing_targets():
     cfg = gan_config()
-    assert torch.equal(smoothed_targets(3, True, cfg), torch.full((3,), 0.9))
-    assert torch.equal(smoothed_targets(3, False, cfg), torch.full((3,), 0.1))
+    assert torch.equal(smoothed_targets(3, True, cfg.gan), torch.full((3,), 0.9))
+    assert torch.equal(smoothed_targets(3, False, cfg.gan), torch.full((3,), 0.1))
     other = gan_config(gan_real_label=0.8, gan_fake_label=0.0)
-    assert smoothed_targets(2, True, other).tolist() == pytest.approx([0.8, 0.8])
-    assert smoothed_targets(2, False, other).tolist() == [0.0, 0.0]
+    assert smoothed_targets(2, True, other.gan).tolist() == pytest.approx([0.8, 0.8])
+    assert smoothed_targets(2, False, other.gan).tolist() == [0.0, 0.0]
 
 
 def test_discriminator_lr_is_half_the_generator_lr_with_dcgan_betas():
-    _, _, opt_g, opt_d = build_gan(gan_config(gan_lr=4e-4))
+    _, _, opt_g, opt_d = gan_nets(gan_config(gan_lr=4e-4))
     assert opt_g.param_groups[0]["lr"] == pytest.approx(4e-4)
     assert opt_d.param_groups[0]["lr"] == pytest.approx(2e-4)
     assert opt_g.param_groups[0]["betas"] == opt_d.param_groups[0]["betas"] == (0.5, 0.999)
-    _, _, opt_g, opt_d = build_gan(gan_config(gan_lr=1e-3, gan_d_lr_mult=0.25))
+    _, _, opt_g, opt_d = gan_nets(gan_config(gan_lr=1e-3, gan_d_lr_mult=0.25))
     assert opt_d.param_groups[0]["lr"] == pytest.approx(0.25 * opt_g.param_groups[0]["lr"])
 
 
 @pytest.mark.parametrize("which", ["generator", "discriminator"])
 def test_optimizer_step_clips_the_gradient_norm_before_stepping(which):
     torch.manual_seed(0)
-    g, d, _, _ = build_gan(gan_config())
+    g, d, _, _ = gan_nets(gan_config())
     net = g if which == "generator" else d
     z, y = torch.randn(4, 8), torch.rand(4, 2) * 2 - 1
     x = g(z, y).detach()
@@ -201,7 +210,7 @@ def test_nets_fit_both_window_sizes_and_stay_small():
             x = g(torch.randn(2, 16), torch.zeros(2, 2))
             assert x.shape == (2, 1, *shape)
             assert d(x, torch.zeros(2, 2)).shape == (2,)
-    g, d, _, _ = build_gan(make_config("tiny"))  # 64 x 128, latent 64
+    g, d, _, _ = gan_nets(tiny_config(features=FeatureConfig(), gan_latent_dim=64))  # 64 x 128, latent 64
     assert count_parameters(g) <= 1_000_000 and count_parameters(d) <= 1_000_000
     with pytest.raises(TrainingError, match="divisible by 16"):
         Generator((40, 64))
@@ -219,10 +228,12 @@ def test_generator_is_conditioned_on_the_labels():
 
 
 def test_bad_settings_are_one_line_errors(train, tmp_path):
-    with pytest.raises(TrainingError, match="gan_d_every"):
-        train_gan(train, gan_config(gan_d_every=0), tmp_path, progress=False)
-    with pytest.raises(TrainingError, match="gan_fake_label < gan_real_label"):
-        train_gan(train, gan_config(gan_real_label=0.1, gan_fake_label=0.9), tmp_path, progress=False)
+    with pytest.raises(EdgeemoError, match=r"gan\.d_every must be >= 1"):
+        gan_config(gan_d_every=0)
+    with pytest.raises(EdgeemoError, match=r"gan\.fake_label < gan\.real_label"):
+        gan_config(gan_real_label=0.1, gan_fake_label=0.9)
+    with pytest.raises(TrainingError, match="divisible by 16"):  # the GAN's own check, on windows it cannot make
+        fit_gan(train, gan_config(features=FeatureConfig(n_mels=40, n_frames=64)), tmp_path, progress=False)
 
 
 # ----------------------------------------------------------------------------- a real run
@@ -269,14 +280,14 @@ def test_instance_noise_reaches_real_and_fake_inputs(tmp_path, monkeypatch):
     calls: list[tuple[str, torch.Tensor]] = []
     real_build = gan_mod.build_gan
 
-    def build(c):
-        g, d, opt_g, opt_d = real_build(c)
+    def build(c, shape):
+        g, d, opt_g, opt_d = real_build(c, shape)
         g.register_forward_hook(lambda m, i, o: calls.append(("G", o.detach().clone())))
         d.register_forward_pre_hook(lambda m, i: calls.append(("D", i[0].detach().clone())))
         return g, d, opt_g, opt_d
 
     monkeypatch.setattr(gan_mod, "build_gan", build)
-    result = train_gan(zeros, cfg, tmp_path, progress=False)
+    result = fit_gan(zeros, cfg, tmp_path, progress=False)
     iterations = math.ceil(N_SONGS * PER_SONG / 2)  # 5
     assert result.history[0]["d_steps"] == 2  # iterations 0 and 3 with d_every 3
     assert result.history[0]["g_steps"] == iterations
@@ -316,11 +327,11 @@ def test_sampler_is_deterministic_conditioned_and_batched(straight):
 def test_finished_gan_is_reused_and_other_settings_refused(straight, train):
     result, out, _, _ = straight
     before = (out / "gen.pt").stat().st_mtime_ns
-    again = train_gan(train, gan_config(), out, progress=False)
+    again = fit_gan(train, gan_config(), out, progress=False)
     assert (out / "gen.pt").stat().st_mtime_ns == before
     assert again.history == result.history and again.generator_path == out / "gen.pt"
-    with pytest.raises(TrainingError, match="gan_lr"):
-        train_gan(train, gan_config(gan_lr=1e-3), out, progress=False)
+    with pytest.raises(TrainingError, match=r"lr 0\.0002 -> 0\.001"):
+        fit_gan(train, gan_config(gan_lr=1e-3), out, progress=False)
 
 
 def test_nan_stops_with_the_last_good_checkpoint_and_resume_equals_uninterrupted(straight, train, tmp_path):
@@ -344,12 +355,12 @@ def test_nan_stops_with_the_last_good_checkpoint_and_resume_equals_uninterrupted
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gan_mod, "plot_gan_curves", plot)
         with pytest.raises(TrainingError, match="epoch 3") as err:
-            train_gan(poisoned, gan_config(), tmp_path, progress=False)
+            fit_gan(poisoned, gan_config(), tmp_path, progress=False)
     assert "\n" not in str(err.value) and "last.pt" in str(err.value)
     assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 2
     assert not (tmp_path / "gen.pt").exists()
 
-    resumed = train_gan(train, gan_config(), tmp_path, progress=False)
+    resumed = fit_gan(train, gan_config(), tmp_path, progress=False)
     a = torch.load(out / "gen.pt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "gen.pt", weights_only=False)["state_dict"]
     assert a.keys() == b.keys()

@@ -15,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
+pytestmark = pytest.mark.slow  # trains real (miniature) models end to end through the CLI
+
 FEATURES = json.dumps({"n_mels": 32, "n_frames": 64, "hop_length": 500})
 ARGS = [
     "--corpus-n", "24", "--set", "corpus_duration=6", "--set", f"features={FEATURES}",

@@ -132,16 +132,40 @@ def _cfg(**kw):
     return tiny_config(**{**base, **kw})
 
 
+def _pretrain(cfg, out, **kw):
+    """The pretrain stage of ``cfg`` as the pipeline runs it: its section, context and both networks' specs."""
+    from edgeemo.config import StageContext
+    from edgeemo.train.models import student_spec
+    from edgeemo.train.pretrain import pretrain_from_folders
+    from edgeemo.train.teacher import config_teacher_spec
+
+    shape = cfg.features.shape
+    return pretrain_from_folders(
+        cfg.pretrain,
+        StageContext.of(cfg),
+        out,
+        teacher_spec=config_teacher_spec(cfg.teacher, shape, from_scratch=True),
+        student_spec=student_spec(cfg.student.arch, shape),
+        **kw,
+    )
+
+
+def _examples(files, cfg, *args, **kw):
+    from edgeemo.config import StageContext
+    from edgeemo.train.pretrain import build_pretrain_set
+
+    return build_pretrain_set(files, cfg.pretrain, StageContext.of(cfg), *args, **kw)
+
+
 @torch_tests
 def test_examples_are_windows_and_targets_and_are_cached(corpus, tmp_path, torch_mod):
     from edgeemo.features import frame_windows, log_mel
     from edgeemo.runtime.audio import load_audio
-    from edgeemo.train.pretrain import build_pretrain_set
 
     cfg = _cfg()
     files = [corpus / "a" / "song01.wav", corpus / "a" / "song02.wav", corpus / "b" / "broken.ogg"]
     emb = FakeEmbedder()
-    data = build_pretrain_set(files, cfg, emb, "fake", tmp_path, progress=False)
+    data = _examples(files, cfg, emb, "fake", tmp_path, progress=False)
     assert data.n_files == 2 and len(data.failed) == 1 and "broken.ogg" in data.failed[0]
     assert data.dims == (6, 3)
     per_file = window_indices(log_mel(load_audio(files[0], SR), cfg.features).shape[1], cfg.features, 1.0, 60)
@@ -154,50 +178,37 @@ def test_examples_are_windows_and_targets_and_are_cached(corpus, tmp_path, torch
     ref = emb.embed_at(load_audio(files[0], SR), centre)
     np.testing.assert_allclose(data.y[0], np.concatenate([ref["penultimate"][0], ref["tags"][0]]), rtol=1e-6)
     calls = emb.calls
-    again = build_pretrain_set(files, cfg, emb, "fake", tmp_path, progress=False)
+    again = _examples(files, cfg, emb, "fake", tmp_path, progress=False)
     assert emb.calls == calls  # every file came from the cache
     np.testing.assert_array_equal(again.y, data.y)
-    other = build_pretrain_set(files[:1], cfg, emb, "other-signal", tmp_path, progress=False)
+    other = _examples(files[:1], cfg, emb, "other-signal", tmp_path, progress=False)
     assert emb.calls == calls + 1  # another teacher signal is another cache entry
     assert len(other) == per_file.size
 
 
 @torch_tests
-def test_example_cache_keys_on_content_and_adopts_entries_of_the_old_key(corpus, tmp_path, torch_mod):
+def test_example_cache_keys_on_content(corpus, tmp_path, torch_mod):
     import os
     import shutil
-
-    from edgeemo.train.pretrain import _file_key, _legacy_file_key, build_pretrain_set
 
     cfg = _cfg()
     src = corpus / "a" / "song05.wav"
     emb = FakeEmbedder()
-    first = build_pretrain_set([src], cfg, emb, "fake", tmp_path, progress=False)
+    first = _examples([src], cfg, emb, "fake", tmp_path, progress=False)
     copy = tmp_path / "copied" / "song05.wav"  # the dataset copied or re-mounted: new path and mtime, same bytes
     copy.parent.mkdir()
     shutil.copyfile(src, copy)
     os.utime(copy, ns=(10**9, 10**9))
-    again = build_pretrain_set([copy], cfg, emb, "fake", tmp_path, progress=False)
+    again = _examples([copy], cfg, emb, "fake", tmp_path, progress=False)
     assert emb.calls == 1
     np.testing.assert_array_equal(again.y, first.y)
-    # an entry written under the old path|size|mtime key is renamed to the content key, not recomputed
-    other = corpus / "a" / "song06.wav"
-    old_cache = tmp_path / "old"
-    (old_cache / "pretrain").mkdir(parents=True)
-    build_pretrain_set([other], cfg, emb, "fake", old_cache, progress=False)
-    assert emb.calls == 2
-    entry = old_cache / "pretrain" / f"{_file_key(other, cfg.features, cfg, 'fake')}.npz"
-    legacy = entry.with_name(f"{_legacy_file_key(other, cfg.features, cfg, 'fake')}.npz")
-    entry.replace(legacy)
-    build_pretrain_set([other], cfg, emb, "fake", old_cache, progress=False)
-    assert emb.calls == 2 and entry.is_file() and not legacy.exists()
 
 
 @torch_tests
 def test_speed_copies_are_the_file_played_faster_or_slower_with_targets_of_what_is_played(corpus, tmp_path, torch_mod):
     from edgeemo.features import frame_windows, log_mel
     from edgeemo.runtime.audio import load_audio, resample
-    from edgeemo.train.pretrain import build_pretrain_set, speed_factors
+    from edgeemo.train.pretrain import speed_factors
 
     cfg = _cfg()
     files = [corpus / "a" / "song07.wav", corpus / "a" / "song08.wav"]
@@ -208,8 +219,8 @@ def test_speed_copies_are_the_file_played_faster_or_slower_with_targets_of_what_
     assert np.all((np.abs(semis) >= 0.5 - 1e-9) & (np.abs(semis) <= 3.0 + 1e-9))
 
     emb = FakeEmbedder()
-    plain = build_pretrain_set(files, cfg, emb, "fake", tmp_path, progress=False)
-    both = build_pretrain_set(files, cfg, emb, "fake", tmp_path, progress=False, speed_copies=1)
+    plain = _examples(files, cfg, emb, "fake", tmp_path, progress=False)
+    both = _examples(files, cfg, emb, "fake", tmp_path, progress=False, speed_copies=1)
     assert both.n_files == 2 and both.files == plain.files
     # file 0's own windows, then its copy's, then file 1's and its copy's; a copy counts as its file
     n0 = int((plain.file_of == 0).sum())
@@ -217,7 +228,7 @@ def test_speed_copies_are_the_file_played_faster_or_slower_with_targets_of_what_
     speed = speed_factors(files[0], 1, cfg.seed)[0]
     played = resample(load_audio(files[0], SR), SR * speed, SR)
     frames = log_mel(played, cfg.features)
-    idx = window_indices(frames.shape[1], cfg.features, cfg.pretrain_hop_s, cfg.pretrain_max_windows)
+    idx = window_indices(frames.shape[1], cfg.features, cfg.pretrain.hop_s, cfg.pretrain.max_windows)
     copy_rows = np.arange(n0, n0 + idx.size)
     assert np.all(both.file_of[copy_rows] == 0) and np.all(both.file_of[n0 + idx.size :] == 1)
     np.testing.assert_allclose(both.x[n0].astype(np.float32), frame_windows(frames, cfg.features)[idx[0]], atol=2e-3)
@@ -225,21 +236,21 @@ def test_speed_copies_are_the_file_played_faster_or_slower_with_targets_of_what_
     np.testing.assert_allclose(both.y[n0, :6], ref["penultimate"][0], rtol=1e-5)
     assert not np.allclose(both.y[n0], plain.y[0])  # musicnn heard the changed audio, not the original
     calls = emb.calls
-    build_pretrain_set(files, cfg, emb, "fake", tmp_path, progress=False, speed_copies=1)
+    _examples(files, cfg, emb, "fake", tmp_path, progress=False, speed_copies=1)
     assert emb.calls == calls  # copies are cached too
 
 
 @torch_tests
+@pytest.mark.slow
 def test_pretraining_learns_resumes_exactly_and_hands_its_backbone_to_the_teacher(
     corpus, tmp_path, torch_mod, monkeypatch
 ):
     torch = torch_mod
     from edgeemo.train.checkpoint import load_checkpoint
-    from edgeemo.train.pretrain import pretrain_from_folders
     from edgeemo.train.teacher import build_teacher
 
     cfg = _cfg(unlabeled=(str(corpus),), pretrain_val_fraction=0.25)
-    done = pretrain_from_folders(
+    done = _pretrain(
         cfg, tmp_path / "full", cache_dir=tmp_path / "cache", progress=False, embedder=FakeEmbedder(), embedder_id="f"
     )
     assert done["files"] == {"train": 12, "held_out": 4}
@@ -255,9 +266,9 @@ def test_pretraining_learns_resumes_exactly_and_hands_its_backbone_to_the_teache
 
     kwargs = dict(cache_dir=tmp_path / "cache", progress=False, embedder=FakeEmbedder(), embedder_id="f")
     with interrupted_on_call(monkeypatch, pretrain_mod, "embedding_report"), pytest.raises(KeyboardInterrupt):
-        pretrain_from_folders(cfg, tmp_path / "resumed", **kwargs)
+        _pretrain(cfg, tmp_path / "resumed", **kwargs)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
-    pretrain_from_folders(cfg, tmp_path / "resumed", **kwargs)
+    _pretrain(cfg, tmp_path / "resumed", **kwargs)
     a = load_checkpoint(tmp_path / "full" / "last.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")["state_dict"]
     for k in a:
@@ -265,7 +276,7 @@ def test_pretraining_learns_resumes_exactly_and_hands_its_backbone_to_the_teache
 
     # the teacher starts from the best epoch's backbone and fine-tunes its last blocks only
     best = load_checkpoint(tmp_path / "full" / "best.pt")["state_dict"]
-    teacher = build_teacher(_cfg(teacher_weights=done["backbone"], teacher_trainable_blocks=0))
+    teacher = build_teacher(_cfg(teacher_trainable_blocks=0).teacher, cfg.features.shape, Path(done["backbone"]))
     torch.testing.assert_close(
         teacher.backbone.blocks[0].attn.qkv.weight, best["teacher.backbone.blocks.0.attn.qkv.weight"]
     )
@@ -273,12 +284,12 @@ def test_pretraining_learns_resumes_exactly_and_hands_its_backbone_to_the_teache
 
 
 @torch_tests
+@pytest.mark.slow
 def test_labelled_validation_and_test_songs_are_excluded_from_pretraining(corpus, tmp_path, torch_mod):
-    from edgeemo.train.pretrain import pretrain_from_folders
 
     cfg = _cfg(unlabeled=(str(corpus),), pretrain_epochs=1)
     exclude = [corpus / "a" / "song03.wav", corpus / "a" / "song04.wav"]
-    done = pretrain_from_folders(
+    done = _pretrain(
         cfg,
         tmp_path / "p",
         exclude=exclude,
@@ -292,25 +303,24 @@ def test_labelled_validation_and_test_songs_are_excluded_from_pretraining(corpus
 
 
 @torch_tests
+@pytest.mark.slow
 def test_student_pretraining_learns_the_same_targets_and_the_student_starts_from_it(corpus, tmp_path, torch_mod):
     torch = torch_mod
     from edgeemo.train.checkpoint import load_checkpoint
-    from edgeemo.train.distill import load_backbone
-    from edgeemo.train.models import build_model, student_spec
-    from edgeemo.train.pretrain import pretrain_from_folders
+    from edgeemo.train.models import build_model, load_backbone, student_spec
 
     cfg = _cfg(unlabeled=(str(corpus),), pretrain_val_fraction=0.25, pretrain_epochs=2, student_pretrain=True)
-    done = pretrain_from_folders(
+    done = _pretrain(
         cfg, tmp_path / "p", cache_dir=tmp_path / "cache", progress=False, embedder=FakeEmbedder(), embedder_id="f"
     )
     student = done["student"]
-    assert student["arch"] == cfg.student_arch and student["best_epoch"] in (1, 2)
+    assert student["arch"] == cfg.student.arch and student["best_epoch"] in (1, 2)
     hist = load_checkpoint(tmp_path / "p" / "student" / "last.pt")["history"]
     assert len(hist) == 2 and student["val"]["emb_r2"] == max(h["val_emb_r2"] for h in hist)
     best = load_checkpoint(tmp_path / "p" / "student" / "best.pt")
     assert best["model_spec"]["role"] == "student"
 
-    model = build_model(student_spec(cfg.student_arch, cfg.features.shape))
+    model = build_model(student_spec(cfg.student.arch, cfg.features.shape))
     load_backbone(model, Path(student["backbone"]))
     key = next(k for k in best["state_dict"] if k.startswith("teacher.backbone.") and k.endswith("weight"))
     loaded = model.backbone.state_dict()[key.removeprefix("teacher.backbone.")]
@@ -325,20 +335,18 @@ def test_student_pretraining_learns_the_same_targets_and_the_student_starts_from
 
 
 @torch_tests
-def test_student_stage_refuses_to_start_from_scratch_when_its_pretraining_is_missing(tmp_path, torch_mod):
-    import dataclasses
-
+def test_stages_start_from_pretrained_backbones_only_when_the_run_pretrains_them(tmp_path, torch_mod):
     from edgeemo.errors import TrainingError
-    from edgeemo.train.pipeline import open_run, student_config
-    from edgeemo.train.rundata import DataSource
+    from edgeemo.train.pipeline import open_run, pretrained_backbone
 
     cfg = _cfg(unlabeled=("music",), student_pretrain=True)
-    run = open_run(tmp_path / "r", cfg, [DataSource("builtin")])
-    with pytest.raises(TrainingError, match="student_pretrain is set but the pretrain stage wrote no"):
-        student_config(run)
+    run = open_run(tmp_path / "r", cfg)
+    with pytest.raises(TrainingError, match=r"the student starts from .* which the pretrain stage did not write"):
+        pretrained_backbone(run, "student")
     path = run.stage_dir("pretrain") / "student" / "backbone.pt"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"x")
-    assert student_config(run).student_weights == str(path)
-    run.cfg = dataclasses.replace(cfg, student_pretrain=False)
-    assert student_config(run).student_weights is None
+    assert pretrained_backbone(run, "student") == path
+    other = open_run(tmp_path / "s", _cfg(unlabeled=("music",), student_pretrain=False))
+    assert pretrained_backbone(other, "student") is None
+    assert pretrained_backbone(open_run(tmp_path / "t", _cfg()), "teacher") is None

@@ -67,7 +67,7 @@ def test_train_all_pretrains_then_fine_tunes_from_the_pretrained_backbone(tmp_pa
     # the teacher started from the pretrained backbone: its frozen first block is exactly the pretrained one
     backbone = torch.load(run / "pretrain" / "backbone.pt", weights_only=False)
     teacher = torch.load(run / "teacher" / "best.pt", weights_only=False)
-    assert teacher["train_config"]["teacher_weights"] == str(run / "pretrain" / "backbone.pt")
+    assert teacher["started_from"] == str(run / "pretrain" / "backbone.pt")
     for k in ("blocks.0.attn.qkv.weight", "patch_embed.proj.net.0.weight", "pos_embed"):  # tiny: conv stem
         torch.testing.assert_close(teacher["state_dict"][f"backbone.{k}"], backbone[k], rtol=0, atol=0)
     assert not torch.equal(
@@ -79,8 +79,9 @@ def test_train_all_pretrains_then_fine_tunes_from_the_pretrained_backbone(tmp_pa
     student_backbone = run / "pretrain" / "student" / "backbone.pt"
     assert done["student"]["backbone"] == str(student_backbone) and student_backbone.is_file()
     student = torch.load(run / "student" / "best.pt", weights_only=False)
-    assert student["train_config"]["student_weights"] == str(student_backbone)
-    assert json.loads((run / "config.json").read_text())["train_config"]["student_weights"] is None
+    assert student["started_from"] == str(student_backbone)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["pretrain"]["student"] is True and "weights" not in saved["config"]["student"]
 
     # a second call skips the finished stages
     again = _train_all(tmp_path / "runs", *common)
@@ -90,7 +91,10 @@ def test_train_all_pretrains_then_fine_tunes_from_the_pretrained_backbone(tmp_pa
 
 def test_pretrain_command_errors_are_one_line(tmp_path):
     runs = tmp_path / "runs"
-    base = [sys.executable, "-m", "edgeemo", "pretrain", "--runs-dir", str(runs), *ARGS, "--corpus-n", "12"]
+    # the pretrain command takes its own sections' flags (data, pretrain, teacher, student), not the GAN's
+    args = [a for i, a in enumerate(ARGS) if not (a.startswith("--gan-") or ARGS[i - 1].startswith("--gan-"))]
+    assert "--gan-ratio" in ARGS and "--gan-ratio" not in args
+    base = [sys.executable, "-m", "edgeemo", "pretrain", "--runs-dir", str(runs), *args, "--corpus-n", "12"]
     res = subprocess.run([*base, "--name", "none"], capture_output=True, text=True, env=_env(), timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "nothing to pretrain" in res.stderr.strip().splitlines()[-1]

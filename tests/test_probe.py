@@ -107,8 +107,10 @@ def _labelled_corpus(corpus: Path) -> dict[str, tuple[float, float]]:  # noqa: F
 
 
 def test_pretraining_with_the_probe_records_it_and_reports_probe_r2(corpus, tmp_path):  # noqa: F811
+    from edgeemo.config import StageContext
     from edgeemo.train.checkpoint import load_checkpoint
     from edgeemo.train.pretrain import pretrain_from_folders
+    from edgeemo.train.teacher import config_teacher_spec
     from tests.train_fixtures import tiny_config
 
     cfg = tiny_config(
@@ -123,7 +125,10 @@ def test_pretraining_with_the_probe_records_it_and_reports_probe_r2(corpus, tmp_
     )
     labels = _labelled_corpus(corpus)
     kw = dict(cache_dir=tmp_path / "c", progress=False, embedder=FakeEmbedder(), embedder_id="f")
-    done = pretrain_from_folders(cfg, tmp_path / "p", labels=labels, **kw)
+    spec = config_teacher_spec(cfg.teacher, cfg.features.shape, from_scratch=True)
+    done = pretrain_from_folders(
+        cfg.pretrain, StageContext.of(cfg), tmp_path / "p", teacher_spec=spec, labels=labels, **kw
+    )
     info = done["emotion_probe"]
     assert info["weight"] == 1.0 and info["ridge"] == 1.0 and info["songs"] == done["files"]["train"] == 12
     ck = load_checkpoint(tmp_path / "p" / "last.pt")
@@ -131,5 +136,5 @@ def test_pretraining_with_the_probe_records_it_and_reports_probe_r2(corpus, tmp_
     assert all("val_probe_r2" in h and "train_probe_mse" in h for h in ck["history"])
     # without labelled songs among the files the stage stops with the one-line error, before any training
     with pytest.raises(DataError, match="labelled training songs"):
-        pretrain_from_folders(cfg, tmp_path / "q", labels={}, **kw)
+        pretrain_from_folders(cfg.pretrain, StageContext.of(cfg), tmp_path / "q", teacher_spec=spec, labels={}, **kw)
     assert not (tmp_path / "q" / "last.pt").exists()

@@ -129,14 +129,14 @@ def test_miniature_quadrant_folder(tmp_path: Path) -> None:
 
 
 def test_run_config_sets_quadrant_targets(tmp_path: Path) -> None:
-    from edgeemo.presets import make_config
-    from edgeemo.train.rundata import DataSource, load_source
+    from edgeemo.config import DataConfig, DataSource
+    from edgeemo.train.rundata import load_source
 
     root = write_miniature_quadrants(tmp_path / "mini", n_per_quadrant=1, n_artists=2, seconds=3.0)
     source = DataSource("quadrants", str(root))
-    plain = load_source(source, make_config("tiny"))
+    plain = load_source(source, DataConfig())
     assert sorted({abs(s.valence) for s in plain.songs} | {abs(s.arousal) for s in plain.songs}) == [1.0]
-    strong = load_source(source, make_config("tiny", quadrant_magnitude=0.8))
+    strong = load_source(source, DataConfig(quadrant_magnitude=0.8))
     assert {(s.id, round(s.valence / 0.8, 6)) for s in strong.songs} == {(s.id, s.valence) for s in plain.songs}
 
 

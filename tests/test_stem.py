@@ -9,12 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from edgeemo.errors import TrainingError  # noqa: E402
-from edgeemo.presets import TrainConfig  # noqa: E402
+from edgeemo.config import RunConfig  # noqa: E402
+from edgeemo.errors import EdgeemoError, TrainingError  # noqa: E402
 from edgeemo.train.models import build_model, freeze_for_finetuning, rebuild_spec  # noqa: E402
 from edgeemo.train.stem import ConvStem  # noqa: E402
-from edgeemo.train.teacher import build_teacher, config_teacher_spec  # noqa: E402
-from tests.train_fixtures import tiny_config  # noqa: E402
+from edgeemo.train.teacher import config_teacher_spec  # noqa: E402
+from tests.train_fixtures import teacher_of, tiny_config  # noqa: E402
 
 
 @pytest.mark.parametrize("patch", [(8, 32), (16, 16), (4, 64)])
@@ -33,52 +33,52 @@ def test_conv_stem_needs_power_of_two_patch_sides():
 
 
 def test_the_tiny_preset_teacher_has_the_conv_stem():
-    assert isinstance(build_teacher(tiny_config()).backbone.patch_embed.proj, ConvStem)
+    assert isinstance(teacher_of(tiny_config()).backbone.patch_embed.proj, ConvStem)
 
 
 def test_conv_stem_teacher_survives_config_and_checkpoint_round_trips():
     own = tiny_config(teacher_stem="conv", teacher_patch=(8, 16))
-    cfg = TrainConfig.from_dict(json.loads(json.dumps(own.to_dict())))
-    assert cfg.teacher_stem == "conv"
-    model = build_teacher(cfg).eval()
+    cfg = RunConfig.from_dict(json.loads(json.dumps(own.to_dict())), strict=True)
+    assert cfg == own and cfg.teacher.stem == "conv"
+    model = teacher_of(cfg).eval()
     assert isinstance(model.backbone.patch_embed.proj, ConvStem)
     assert tuple(model.backbone.patch_embed.grid_size) == (32 // 8, 64 // 16)
     again = build_model(json.loads(json.dumps(rebuild_spec(model.spec)))).eval()
     again.load_state_dict(model.state_dict())  # strict: the rebuilt model has the same stem
     x = torch.randn(3, 1, 32, 64)
     torch.testing.assert_close(again(x), model(x))
-    plain = build_teacher(tiny_config(teacher_patch=(8, 16), teacher_stem="patch"))
+    plain = teacher_of(tiny_config(teacher_patch=(8, 16), teacher_stem="patch"))
     assert "stem" not in plain.spec and isinstance(plain.backbone.patch_embed.proj, torch.nn.Conv2d)
-    with pytest.raises(TrainingError, match="stem"):
-        build_teacher(tiny_config(teacher_stem="resnet"))
+    with pytest.raises(EdgeemoError, match=r"teacher\.stem must be one of patch, conv"):
+        tiny_config(teacher_stem="resnet")
 
 
 def test_conv_stem_backbone_saved_by_edgeemo_loads_as_teacher_weights_and_stays_frozen(tmp_path):
-    source = build_teacher(tiny_config(teacher_stem="conv"))
+    source = teacher_of(tiny_config(teacher_stem="conv"))
     with torch.no_grad():
         for p in source.backbone.parameters():
             p.add_(0.01)
     path = tmp_path / "backbone.pt"
     torch.save(source.backbone.state_dict(), path)
     cfg = tiny_config(teacher_stem="conv", teacher_weights=str(path))
-    teacher = build_teacher(cfg)  # pretrained: frozen for partial fine-tuning
+    teacher = teacher_of(cfg)  # pretrained: frozen for partial fine-tuning
     for key, value in source.backbone.state_dict().items():
         torch.testing.assert_close(teacher.backbone.state_dict()[key], value)
     assert not any(p.requires_grad for p in teacher.backbone.patch_embed.parameters())  # loaded: stays frozen
-    assert config_teacher_spec(cfg, from_scratch=True)["weights"] is None
+    assert config_teacher_spec(cfg.teacher, cfg.features.shape, from_scratch=True)["weights"] is None
     bad = tmp_path / "other.pt"
     torch.save({k: v for k, v in source.backbone.state_dict().items() if "blocks.0." not in k}, bad)
     with pytest.raises(TrainingError, match="could not load"):
-        build_teacher(tiny_config(teacher_stem="conv", teacher_weights=str(bad)))
+        teacher_of(tiny_config(teacher_stem="conv", teacher_weights=str(bad)))
 
 
 def test_plain_vit_weights_load_under_a_fresh_trainable_conv_stem(tmp_path):
     # e.g. an ImageNet ViT file given to --teacher-weights: blocks load, the new stem trains from scratch
-    plain = build_teacher(tiny_config(teacher_stem="patch", teacher_depth=2))
+    plain = teacher_of(tiny_config(teacher_stem="patch", teacher_depth=2))
     path = tmp_path / "vit.pth"
     torch.save(plain.backbone.state_dict(), path)
     cfg = tiny_config(teacher_stem="conv", teacher_depth=2, teacher_weights=str(path), teacher_trainable_blocks=1)
-    model = build_teacher(cfg)
+    model = teacher_of(cfg)
     torch.testing.assert_close(model.backbone.blocks[0].attn.qkv.weight, plain.backbone.blocks[0].attn.qkv.weight)
     assert isinstance(model.backbone.patch_embed.proj, ConvStem)
     assert all(p.requires_grad for p in model.backbone.patch_embed.parameters())
@@ -86,7 +86,7 @@ def test_plain_vit_weights_load_under_a_fresh_trainable_conv_stem(tmp_path):
 
 
 def test_a_fresh_conv_stem_trains_when_the_rest_is_frozen():
-    model = build_teacher(tiny_config(teacher_stem="conv", teacher_depth=2))
+    model = teacher_of(tiny_config(teacher_stem="conv", teacher_depth=2))
     freeze_for_finetuning(model, 1)  # e.g. hub weights: the stem replaced the pretrained patch embedding
     assert all(p.requires_grad for p in model.backbone.patch_embed.parameters())
     assert not any(p.requires_grad for p in model.backbone.blocks[0].parameters())

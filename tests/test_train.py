@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -11,13 +10,29 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from edgeemo.errors import TrainingError  # noqa: E402
+from edgeemo.errors import EdgeemoError, TrainingError  # noqa: E402
 from edgeemo.train import loop as loop_mod  # noqa: E402
-from edgeemo.train.distill import DistillStage, load_model, train_student  # noqa: E402
+from edgeemo.train.distill import DistillStage  # noqa: E402
 from edgeemo.train.loop import FitConfig, fit  # noqa: E402
-from edgeemo.train.models import build_model, freeze_for_finetuning, param_groups, student_spec, teacher_spec  # noqa: E402
-from edgeemo.train.teacher import TeacherStage, build_teacher, ccc_loss, train_teacher  # noqa: E402
-from tests.train_fixtures import FakeRunData, interrupted_on_call, learnable_windowset, tiny_config  # noqa: E402
+from edgeemo.train.models import (  # noqa: E402
+    build_model,
+    freeze_for_finetuning,
+    load_model,
+    param_groups,
+    student_spec,
+    teacher_spec,
+)
+from edgeemo.train.teacher import TeacherStage, ccc_loss  # noqa: E402
+from tests.train_fixtures import (  # noqa: E402
+    FakeRunData,
+    ctx,
+    fit_student,
+    fit_teacher,
+    interrupted_on_call,
+    learnable_windowset,
+    teacher_of,
+    tiny_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,55 +52,55 @@ def test_partial_finetuning_freezes_all_but_last_blocks():
 
 
 def test_pretrained_teacher_is_frozen_but_scratch_teacher_trains_everything(tmp_path):
-    scratch = build_teacher(tiny_config(teacher_depth=3))
+    scratch = teacher_of(tiny_config(teacher_depth=3))
     assert all(p.requires_grad for p in scratch.parameters())
     # a local weights file (what --teacher-weights reads): timm adapts it to 1 channel and our window size
     ref = build_model(teacher_spec("vit_tiny_patch16_224", (32, 64), depth=3))
     path = tmp_path / "w.pth"
     torch.save(ref.backbone.state_dict(), path)
-    model = build_teacher(tiny_config(teacher_depth=3, teacher_weights=str(path), teacher_trainable_blocks=1))
+    model = teacher_of(tiny_config(teacher_depth=3, teacher_weights=str(path), teacher_trainable_blocks=1))
     assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, ref.backbone.blocks[0].attn.qkv.weight)
     assert not model.backbone.blocks[0].attn.qkv.weight.requires_grad
     assert model.backbone.blocks[2].attn.qkv.weight.requires_grad
 
 
 def test_teacher_pool_and_patch_shape_reach_the_vit_and_survive_the_config_round_trip():
-    from edgeemo.presets import TrainConfig
+    from edgeemo.config import RunConfig
 
     cfg = tiny_config(teacher_pool="avg", teacher_patch=(8, 32))
-    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert again.teacher_patch == (8, 32) and again.teacher_pool == "avg"
-    model = build_teacher(again)
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())), strict=True)
+    assert again == cfg and again.teacher.patch == (8, 32) and again.teacher.pool == "avg"
+    model = teacher_of(again)
     assert tuple(model.backbone.patch_embed.grid_size) == (32 // 8, 64 // 32)
     assert model.backbone.global_pool == "avg"
     x = torch.randn(3, 1, 32, 64)
     # mean pooling: the pooled feature is the (then normed) mean of the patch tokens, the class token left out
     tokens = model.backbone.forward_features(x)
     torch.testing.assert_close(model.forward_features(x), model.backbone.fc_norm(tokens[:, 1:].mean(1)))
-    assert build_teacher(tiny_config()).backbone.patch_embed.grid_size == (4, 2)  # the tiny preset's 8 x 32
-    vit_own = dataclasses.replace(tiny_config(), teacher_patch=None)
-    assert build_teacher(vit_own).backbone.patch_embed.grid_size == (2, 4)  # the ViT's own 16 x 16
+    assert teacher_of(tiny_config()).backbone.patch_embed.grid_size == (4, 2)  # the tiny preset's 8 x 32
+    vit_own = tiny_config(teacher_patch=None)
+    assert teacher_of(vit_own).backbone.patch_embed.grid_size == (2, 4)  # the ViT's own 16 x 16
     with pytest.raises(TrainingError, match="must tile"):
-        build_teacher(tiny_config(teacher_patch=(5, 32)))
-    with pytest.raises(TrainingError, match="pool"):
-        build_teacher(tiny_config(teacher_pool="max"))
+        teacher_of(tiny_config(teacher_patch=(5, 32)))
+    with pytest.raises(EdgeemoError, match=r"teacher\.pool must be one of token, avg"):
+        tiny_config(teacher_pool="max")
 
 
 def test_teacher_drop_path_ramps_over_the_blocks_and_is_off_in_eval():
-    model = build_teacher(tiny_config(teacher_depth=3, teacher_drop_path=0.2))
+    model = teacher_of(tiny_config(teacher_depth=3, teacher_drop_path=0.2))
     rates = [getattr(blk.drop_path1, "drop_prob", 0.0) for blk in model.backbone.blocks]  # 0: an Identity
     assert rates == pytest.approx([0.0, 0.1, 0.2])
     x = torch.randn(2, 1, 32, 64)
     model.eval()
     torch.testing.assert_close(model(x), model(x))  # no stochastic depth at inference
-    assert not hasattr(build_teacher(tiny_config(teacher_depth=3)).backbone.blocks[2].drop_path1, "drop_prob")
-    with pytest.raises(TrainingError, match="drop-path"):
-        build_teacher(tiny_config(teacher_drop_path=1.0))
+    assert not hasattr(teacher_of(tiny_config(teacher_depth=3)).backbone.blocks[2].drop_path1, "drop_prob")
+    with pytest.raises(EdgeemoError, match=r"teacher\.drop_path must be < 1\.0"):
+        tiny_config(teacher_drop_path=1.0)
 
 
 def test_missing_weights_file_is_a_one_line_error(tmp_path):
     with pytest.raises(TrainingError, match="not found"):
-        build_teacher(tiny_config(teacher_weights=str(tmp_path / "nope.pth")))
+        teacher_of(tiny_config(teacher_weights=str(tmp_path / "nope.pth")))
 
 
 def test_param_groups_backbone_lr_is_a_tenth_of_head():
@@ -108,7 +123,7 @@ def test_optimizer_steps_once_per_accumulation_window(data, tmp_path, monkeypatc
         return orig(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
-    train_teacher(data, cfg, tmp_path / "t", progress=False)
+    fit_teacher(data, cfg, tmp_path / "t", progress=False)
     n_windows = 12 * 2  # 12 songs x 2 windows per song
     micro_batches = -(-n_windows // 2)
     assert len(steps) == -(-micro_batches // 4)
@@ -122,7 +137,7 @@ def test_model_selection_uses_validation_ccc_not_loss(data, tmp_path, monkeypatc
         return {"ccc_valence": s, "ccc_arousal": s, "ccc_mean": s}
 
     monkeypatch.setattr(loop_mod, "window_and_song_report", fake_report)
-    result = train_teacher(data, tiny_config(teacher_epochs=3), tmp_path / "t", progress=False)
+    result = fit_teacher(data, tiny_config(teacher_epochs=3), tmp_path / "t", progress=False)
     assert result.best_epoch == 2
     best = torch.load(tmp_path / "t" / "best.pt", weights_only=False)
     assert best["epoch"] == 2
@@ -132,14 +147,15 @@ def test_model_selection_uses_validation_ccc_not_loss(data, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("augment", [{}, {"augment_shift": 2, "augment_time_mask": 8}], ids=["plain", "augmented"])
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(data, tmp_path, monkeypatch, augment):
     cfg = tiny_config(teacher_epochs=3, **augment)
-    straight = train_teacher(data, cfg, tmp_path / "a", progress=False)
+    straight = fit_teacher(data, cfg, tmp_path / "a", progress=False)
     # interrupt the same run during epoch 3's validation (epochs 1-2 are checkpointed), then resume
     with interrupted_on_call(monkeypatch, loop_mod, "window_and_song_report"), pytest.raises(KeyboardInterrupt):
-        train_teacher(data, cfg, tmp_path / "c", progress=False)
+        fit_teacher(data, cfg, tmp_path / "c", progress=False)
     assert torch.load(tmp_path / "c" / "last.pt", weights_only=False)["epoch"] == 2
-    resumed = train_teacher(data, cfg, tmp_path / "c", progress=False)
+    resumed = fit_teacher(data, cfg, tmp_path / "c", progress=False)
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["state_dict"]
     c = torch.load(tmp_path / "c" / "last.pt", weights_only=False)["state_dict"]
     for k in a:
@@ -152,11 +168,11 @@ def test_resume_equals_uninterrupted_run(data, tmp_path, monkeypatch, augment):
 
 def test_nan_loss_stops_with_epoch_and_keeps_checkpoint(data, tmp_path, monkeypatch):
     out = tmp_path / "t"
-    train_teacher(data, tiny_config(teacher_epochs=1), out, progress=False)
+    fit_teacher(data, tiny_config(teacher_epochs=1), out, progress=False)
     before = (out / "last.pt").read_bytes()
     monkeypatch.setattr(TeacherStage, "loss", lambda self, x, y: (torch.tensor(float("nan")), {}))
     with pytest.raises(TrainingError, match=r"epoch 2.*last good checkpoint"):
-        train_teacher(data, tiny_config(teacher_epochs=2), out, progress=False)
+        fit_teacher(data, tiny_config(teacher_epochs=2), out, progress=False)
     assert (out / "last.pt").read_bytes() == before
 
 
@@ -174,7 +190,7 @@ def test_ccc_loss_matches_numpy_ccc():
 def _distill_stage(cfg):
     torch.manual_seed(0)
     student = build_model(student_spec("mobilevit_xxs", (32, 64)))
-    return DistillStage(student, 192, cfg, teacher_val_ccc=0.8)
+    return DistillStage(student, 192, cfg.student, ctx(cfg), teacher_val_ccc=0.8)
 
 
 @pytest.mark.parametrize("weight", ["alpha", "beta", "gamma"])
@@ -193,9 +209,10 @@ def test_each_distillation_term_changes_the_gradient(weight):
     assert not torch.allclose(grads[0], grads[1])
 
 
+@pytest.mark.slow
 def test_distillation_uses_the_shared_loop_and_reports_retention(data, tmp_path, monkeypatch):
     teacher_dir = tmp_path / "teacher"
-    train_teacher(data, tiny_config(), teacher_dir, progress=False)
+    fit_teacher(data, tiny_config(), teacher_dir, progress=False)
     calls = []
     real_fit = fit
 
@@ -206,7 +223,7 @@ def test_distillation_uses_the_shared_loop_and_reports_retention(data, tmp_path,
     import edgeemo.train.distill as distill_mod
 
     monkeypatch.setattr(distill_mod, "fit", spy)
-    result = train_student(data, tiny_config(), teacher_dir / "best.pt", tmp_path / "student", progress=False)
+    result = fit_student(data, tiny_config(), teacher_dir / "best.pt", tmp_path / "student", progress=False)
     assert calls == ["student"]
     rec = result.history[-1]
     for k in ("train_task", "train_kd", "train_feat", "val_retention"):

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgeemo.config import RunConfig, StageContext, dotted_overrides
 from edgeemo.data.types import Song
 from edgeemo.data.windows import WindowSet
 from edgeemo.features import FeatureConfig
-from edgeemo.presets import make_config
+from edgeemo.recipes import recipe_config
 
 SMALL_FEATURES = FeatureConfig(n_mels=32, n_frames=64, hop_length=500)
 
@@ -44,8 +45,11 @@ def learnable_windowset(n_songs: int = 12, seed: int = 0, cfg: FeatureConfig = S
     )
 
 
-def tiny_config(**overrides):
-    """A TrainConfig small enough for unit tests: 1-block ViT-Tiny, MobileViT-XXS, 32 x 64 windows."""
+def tiny_config(**overrides: Any) -> RunConfig:
+    """The tiny recipe made small enough for unit tests: 1-block ViT-Tiny, MobileViT-XXS, 32 x 64 windows.
+
+    ``overrides`` take dotted names (``teacher.epochs``) or the flat names of edgeemo 0.1.
+    """
     base = dict(
         features=SMALL_FEATURES,
         teacher_depth=1,
@@ -60,7 +64,12 @@ def tiny_config(**overrides):
         device="cpu",
     )
     base.update(overrides)
-    return make_config("tiny", **base)
+    return recipe_config("tiny").replace(dotted_overrides(base))
+
+
+def ctx(cfg: RunConfig) -> StageContext:
+    """The stage context of ``cfg`` (seed, device, front end, windows per song)."""
+    return StageContext.of(cfg)
 
 
 class FakeRunData:
@@ -93,3 +102,24 @@ def interrupted_on_call(monkeypatch: pytest.MonkeyPatch, module: ModuleType, nam
         yield
     finally:
         monkeypatch.setattr(module, name, real)
+
+
+def teacher_of(cfg: RunConfig):
+    """``cfg``'s teacher as the teacher stage builds it."""
+    from edgeemo.train.teacher import build_teacher
+
+    return build_teacher(cfg.teacher, cfg.features.shape)
+
+
+def fit_teacher(data, cfg: RunConfig, out_dir: Path, **kw: Any):
+    """The teacher stage of ``cfg`` (its section and context) into ``out_dir``."""
+    from edgeemo.train.teacher import train_teacher
+
+    return train_teacher(data, cfg.teacher, ctx(cfg), out_dir, **kw)
+
+
+def fit_student(data, cfg: RunConfig, teacher_checkpoint: Path, out_dir: Path, **kw: Any):
+    """The student stage of ``cfg`` distilling ``teacher_checkpoint`` into ``out_dir``."""
+    from edgeemo.train.distill import train_student
+
+    return train_student(data, cfg.student, ctx(cfg), teacher_checkpoint, out_dir, **kw)

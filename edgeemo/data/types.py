@@ -8,6 +8,7 @@ keeps together (the artist when known, else the song id).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,15 @@ class SongSet:
             description=f"{self.description}; {other.description}".strip("; "),
             skipped=self.skipped + other.skipped,
         )
+
+    def digest(self) -> str:
+        """sha256 (16 hex) of what the songs are: each one's id, labels, excerpt and audio content (not paths)."""
+        from edgeemo.filehash import content_digest
+
+        rows = sorted(
+            f"{s.id}|{s.valence!r}|{s.arousal!r}|{s.start_s!r}|{s.end_s!r}|{content_digest(s.path)}" for s in self.songs
+        )
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
     def targets(self) -> np.ndarray:
         """Song-level targets, ``(n, 2)`` = (valence, arousal)."""

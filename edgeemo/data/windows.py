@@ -6,8 +6,8 @@ runs), cache them on disk keyed by the FeatureConfig hash and the file's identit
 and index ``(song, window)`` pairs. A window's target is the mean of the song's
 dynamic annotations inside the window when it has them, else the song-level label.
 
-:class:`WindowSet` is numpy only (bundles are evaluated without torch);
-:meth:`WindowSet.torch_dataset` wraps it as a ``torch.utils.data.Dataset``.
+:class:`WindowSet` is numpy only (bundles are evaluated without torch); the training
+stages wrap it as a torch dataset (:mod:`edgeemo.train.datasets`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -99,24 +98,6 @@ class WindowSet:
         counts = np.bincount(self.index[:, 0], minlength=len(self.songs)).astype(np.float64)
         np.add.at(out, self.index[:, 0], window_values)
         return (out / np.maximum(counts, 1)[:, None]).astype(np.float32)
-
-    def subset_windows(self, per_song: int | None, seed: int = 0) -> np.ndarray:
-        """Indices of at most ``per_song`` evenly spaced windows per song (all when None)."""
-        if per_song is None:
-            return np.arange(len(self))
-        keep = []
-        for s in range(len(self.songs)):
-            rows = np.flatnonzero(self.index[:, 0] == s)
-            if rows.size > per_song:
-                rows = rows[np.linspace(0, rows.size - 1, per_song).round().astype(int)]
-            keep.append(rows)
-        return np.concatenate(keep) if keep else np.zeros(0, int)
-
-    def torch_dataset(self, indices: np.ndarray | None = None) -> Any:
-        """A ``torch.utils.data.Dataset`` of ``(window (1, n_mels, n_frames), target (2,))``."""
-        from edgeemo.train.datasets import TorchWindows
-
-        return TorchWindows(self, np.arange(len(self)) if indices is None else np.asarray(indices))
 
 
 def _window_targets(song: Song, n: int, cfg: FeatureConfig) -> np.ndarray:

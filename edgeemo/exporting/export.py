@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import sys
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,50 +17,34 @@ from typing import Any
 import numpy as np
 
 from edgeemo import __version__
+from edgeemo.config import DataSource, ExportConfig, RunConfig, portable_path, to_plain
 from edgeemo.errors import EdgeemoError
 from edgeemo.evaluation import predict_windowset, song_quadrant_report, window_and_song_report
 from edgeemo.exporting.onnx import ExportError, check_parity, export_onnx, onnx_predictor
 from edgeemo.exporting.quantize import CANDIDATES, DEFAULT_RECIPE, QuantRecipe, median_latency_ms, quantize_int8
 from edgeemo.exporting.verify import GateThresholds, enforce_gate, gate_figures, gate_table
+from edgeemo.log import log
 
 PARITY_WINDOWS = 64
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 QUADRANT_KEYS = ("quadrant_accuracy", "quadrant_macro_f1", "valence_auc", "arousal_auc", "n_songs")
 
 
-def data_flags(sources: list) -> str:
-    """The ``train-all`` data flags that name ``sources`` again (empty for the built-in corpus alone)."""
-    if all(s.kind == "builtin" for s in sources):
-        return ""
-    flags = [" --builtin" if s.kind == "builtin" else f" --{s.kind} {s.path}" for s in sources]
-    return "".join(flags)
+def reproduce_command(bundle: Path, run_name: str, int8: bool) -> str:
+    """The commands that rebuild a bundle from its own card (paths relative to the named roots)."""
+    return (
+        f"edgeemo train-all --from-card {portable_path(bundle)} && "
+        f"edgeemo export {portable_path(Path('runs') / run_name)} --out {portable_path(bundle)}"
+    )
 
 
-def config_flags(cfg: Any) -> str:
-    """``--unlabeled DIR`` per unlabeled folder and ``--set FIELD=JSON`` for every field that differs from the preset.
-
-    With :func:`data_flags`, the ``train-all`` command line that rebuilds exactly this config.
-    """
-    import json
-    import shlex
-
-    from edgeemo.presets import make_config
-
-    own, preset = cfg.to_dict(), make_config(cfg.preset).to_dict()
-    flags = "".join(f" --unlabeled {shlex.quote(d)}" for d in cfg.unlabeled)
-    for key in sorted(own):
-        if key in ("preset", "unlabeled") or own[key] == preset.get(key):
-            continue
-        flags += " --set " + shlex.quote(f"{key}={json.dumps(own[key], separators=(',', ':'))}")
-    return flags
+def card_config(cfg: RunConfig, settings: ExportConfig) -> RunConfig:
+    """The run's config with the export settings actually used: what the card records and ``--from-card`` reruns."""
+    return cfg.replace({f"export.{k}": v for k, v in to_plain(settings).items()})
 
 
-def data_licence_note(sources: list, unlabeled: tuple[str, ...] = ()) -> str:
+def data_licence_note(sources: tuple[DataSource, ...], unlabeled: tuple[str, ...] = ()) -> str:
     """What the card says about the training data's licence (it travels with the weights)."""
     kinds = {s.kind for s in sources} or {"builtin"}
     extra = (
@@ -85,6 +69,7 @@ def pretraining_note(done: dict[str, Any]) -> dict[str, Any]:
     student was pretrained too (with its held-out figures)."""
     return {
         "unlabeled_folders": done.get("folders"),
+        "files_digest": done.get("files_digest"),
         "files": done.get("files"),
         "hours": done.get("hours"),
         "windows": done.get("windows"),
@@ -123,7 +108,7 @@ def calibration_windows(train, n: int, seed: int = 0) -> np.ndarray:
 
 
 LATENCY_TIE = 1.15  # latencies within 15 % of the fastest are a tie: timing noise on a busy CPU is that large
-DROP_TIE = 0.001  # CCC drops this close are a tie too: 4q-big's QDQ model was 0.0001 "better" and 22 % bigger
+DROP_TIE = 0.001  # CCC drops this close are a tie too: a 0.0001 gain does not justify a bigger file
 
 
 def pick_recipe(rows: list[dict[str, Any]], max_drop: float) -> dict[str, Any]:
@@ -172,10 +157,10 @@ def choose_recipe(
                     "recipe": recipe,
                 }
             )
-            _log(f"[export] int8 {recipe.label}: CCC {ccc:.4f} (drop {fp32_ccc - ccc:+.4f}), {med:.2f} ms")
+            log(f"[export] int8 {recipe.label}: CCC {ccc:.4f} (drop {fp32_ccc - ccc:+.4f}), {med:.2f} ms")
         except Exception as exc:  # a recipe the quantiser cannot handle is recorded, not fatal
             rows.append({**recipe.to_dict(), "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
-            _log(f"[export] int8 {recipe.label}: failed ({type(exc).__name__})")
+            log(f"[export] int8 {recipe.label}: failed ({type(exc).__name__})")
     best = pick_recipe(rows, max_drop)
     table = [{k: v for k, v in r.items() if k not in ("path", "recipe")} for r in rows]
     return best["recipe"], best["path"], table
@@ -185,30 +170,30 @@ def export_run(
     run_dir: Path,
     out_dir: Path | None = None,
     *,
-    int8: bool = True,
-    calibration_count: int = 256,
-    recipe: str = "auto",
-    thresholds: GateThresholds | None = None,
+    overrides: dict[str, Any] | None = None,
     name: str | None = None,
-    reproduce: str | None = None,
 ) -> dict[str, Any]:
-    """Export a finished run's student (and the teacher, for the figures); returns the card."""
+    """Export a finished run's student (and the teacher, for the figures); returns the card.
+
+    The export settings are the run's ``export`` section with ``overrides`` (field -> value) applied.
+    """
     import torch
 
     from edgeemo.bundle import write_bundle
-    from edgeemo.train.distill import load_model
-    from edgeemo.train.models import count_params
+    from edgeemo.train.models import count_params, load_model
     from edgeemo.train.pipeline import open_run
     from edgeemo.train.rundata import prepare_run_data
 
-    th = thresholds or GateThresholds()
-    run = open_run(Path(run_dir), None, None)
+    run = open_run(Path(run_dir), None)
+    settings = run.cfg.replace({f"export.{k}": v for k, v in (overrides or {}).items()}).export
+    th = GateThresholds(settings.min_compression, settings.min_retention, settings.max_int8_drop)
+    int8, calibration_count, recipe = settings.int8, settings.calibration, settings.quant_recipe
     for stage in ("teacher", "student"):
         if not run.done(stage):
             raise EdgeemoError(f"run {run.dir} has no finished {stage}; finish it with `edgeemo train-all`")
     name = name or run.dir.name
     out_dir = Path(out_dir) if out_dir else Path("export") / name
-    data = prepare_run_data(run.dir, run.cfg, run.sources)
+    data = prepare_run_data(run.dir, run.cfg.data)
     test, train = data.windows("test"), data.windows("train")
     shape = run.cfg.features.shape
     teacher, _ = load_model(run.dir / "teacher" / "best.pt")
@@ -243,7 +228,7 @@ def export_run(
         teacher_diff = check_parity(teacher, teacher_onnx, parity_x)
         fp32 = export_onnx(student, tmp / "model.onnx", shape)
         student_diff = check_parity(student, fp32, parity_x)
-        _log(
+        log(
             f"[export] ONNX parity vs torch on {len(parity_x)} test windows: student {student_diff:.2e}, "
             f"teacher {teacher_diff:.2e}"
         )
@@ -283,10 +268,15 @@ def export_run(
             from edgeemo.train.checkpoint import read_json
 
             summary = read_json(run.dir / "summary.json")
+        recorded = card_config(run.cfg, settings)
         card = {
             "schema_version": 1,
             "edgeemo_version": __version__,
             "name": name,
+            "run_name": run.dir.name,
+            "recipe": recorded.recipe,
+            "config_digest": recorded.digest(),
+            "config": recorded.to_dict(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "feature_config": run.cfg.features.to_dict(),
             "input": {"name": "mel", "shape": [None, 1, *shape], "dtype": "float32"},
@@ -298,14 +288,13 @@ def export_run(
             },
             "training_data": {
                 **data.describe(),
-                "sources": [s.to_dict() for s in run.sources],
-                "preset": run.cfg.preset,
-                "licence": data_licence_note(run.sources, run.cfg.unlabeled),
+                "recipe": run.cfg.recipe,
+                "licence": data_licence_note(run.cfg.data.sources, run.cfg.pretrain.unlabeled),
                 **({"pretraining": pretraining_note(summary.get("pretrain"))} if summary.get("pretrain") else {}),
             },
             "models": {
-                "teacher": {"arch": run.cfg.teacher_arch, "params": params["teacher"]},
-                "student": {"arch": run.cfg.student_arch, "params": params["student"]},
+                "teacher": {"arch": run.cfg.teacher.arch, "params": params["teacher"]},
+                "student": {"arch": run.cfg.student.arch, "params": params["student"]},
             },
             "metrics": {
                 "split": "test",
@@ -328,12 +317,29 @@ def export_run(
             "gate": {"thresholds": th.to_dict(), "passed": True},
             "quantization": quant,
             "training_wall_seconds": summary.get("seconds"),
-            "reproduce": reproduce
-            or f"edgeemo train-all --name {run.dir.name} --preset {run.cfg.preset}{data_flags(run.sources)}"
-            f"{config_flags(run.cfg)} && "
-            f"edgeemo export {run.dir} {'--int8 ' if int8 else ''}--out {out_dir}",
+            "reproduce": reproduce_command(out_dir, run.dir.name, int8),
             "default_model": "model.int8.onnx" if int8 else "model.onnx",
         }
         write_bundle(out_dir, models, card)
-    _log(f"[export] bundle written to {out_dir}")
+    log(f"[export] bundle written to {out_dir}")
     return card
+
+
+def rewrite_card(bundle_dir: Path, card: dict[str, Any]) -> Path:
+    """Rewrite a bundle with a new card and the same ONNX models (re-embedded, re-hashed, atomically).
+
+    For cards that gain fields after a bundle was trained (its recipe, its resolved config);
+    the models' weights are untouched.
+    """
+    from edgeemo.bundle import CARD_NAME, MODEL_NAMES, verify_bundle, write_bundle
+
+    bundle = verify_bundle(bundle_dir)
+    models = {name: bundle.path / name for name in MODEL_NAMES if name in bundle.files}
+    with tempfile.TemporaryDirectory(dir=Path(bundle_dir).resolve().parent) as tmp_s:
+        copies = {}
+        for name, src in models.items():
+            dst = Path(tmp_s) / name
+            shutil.copyfile(src, dst)
+            copies[name] = dst
+        write_bundle(bundle_dir, copies, {k: v for k, v in card.items() if k not in ("files", CARD_NAME)})
+    return Path(bundle_dir)

@@ -9,7 +9,7 @@ so a resumed run augments exactly as an uninterrupted one.
   rows repeat the edge row). Above ~500 Hz one of the 64 default mel bins is about one
   to two semitones, so this is a cheap transposition for data whose key is a nuisance.
   It is off by default: on the built-in corpus, where register is a valence cue, it
-  wiped valence out (README).
+  wiped valence out (docs).
 * **Masks** (Park et al. 2019): one band of up to ``freq_mask`` mel bins and one span of
   up to ``time_mask`` frames per window are set to the window's mean, so no single cue
   region can carry the prediction.

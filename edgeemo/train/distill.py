@@ -22,40 +22,30 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from edgeemo.config import StageContext, StudentConfig, to_plain
 from edgeemo.data.windows import WindowSet
-from edgeemo.errors import TrainingError
 from edgeemo.evaluation import window_and_song_report
+from edgeemo.log import log
 from edgeemo.metrics import retention
-from edgeemo.presets import TrainConfig
-from edgeemo.train.checkpoint import load_checkpoint
 from edgeemo.train.datasets import TorchWindows
-from edgeemo.train.loop import FitResult, fit, predict_windows, resolve_device
-from edgeemo.train.models import Regressor, build_model, param_groups, rebuild_spec, student_spec
+from edgeemo.train.loop import (
+    FitResult,
+    ValenceArousalStage,
+    fit,
+    predict_windows,
+    resolve_device,
+    stage_fit_config,
+)
+from edgeemo.train.models import (
+    Regressor,
+    build_model,
+    load_backbone,
+    load_model,
+    param_groups,
+    rebuild_spec,
+    student_spec,
+)
 from edgeemo.train.rundata import RunData, epoch_window_indices
-from edgeemo.train.teacher import fit_config
-
-
-def load_model(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[Regressor, dict[str, Any]]:
-    """Rebuild a teacher or student from a checkpoint, in eval mode."""
-    ck = load_checkpoint(checkpoint)
-    state = ck["state_dict"]
-    if ck["stage"] == "student":  # the student stage checkpoints {student, proj}
-        state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
-    model = build_model(ck["model_spec"])
-    model.load_state_dict(state)
-    return model.to(device).eval(), ck
-
-
-def load_backbone(model: Regressor, path: Path) -> None:
-    """Start ``model``'s backbone from a plain state dict (a pretraining stage's ``backbone.pt``)."""
-    if not path.is_file():
-        raise TrainingError(f"student weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.backbone.load_state_dict(state)
-    except (RuntimeError, OSError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise TrainingError(f"{path} does not fit the {model.spec['arch']} student backbone: {first}") from None
 
 
 @torch.no_grad()
@@ -70,7 +60,7 @@ def teacher_outputs(teacher: Regressor, windows: WindowSet, device: torch.device
     return np.concatenate(rows)
 
 
-class DistillStage:
+class DistillStage(ValenceArousalStage):
     """Student training against labels, teacher outputs and teacher features.
 
     Each batch target is ``[label (2) | teacher output (2) | teacher features (width)]``.
@@ -78,12 +68,22 @@ class DistillStage:
 
     name = "student"
 
-    def __init__(self, student: Regressor, teacher_width: int, cfg: TrainConfig, teacher_val_ccc: float) -> None:
+    def __init__(
+        self,
+        student: Regressor,
+        teacher_width: int,
+        cfg: StudentConfig,
+        ctx: StageContext,
+        teacher_val_ccc: float,
+        started_from: Path | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.ctx = ctx
+        self.started_from = started_from
         self.student = student
         self.proj = nn.Linear(student.width, teacher_width)
         self.model = nn.ModuleDict({"student": student, "proj": self.proj})
-        self.alpha, self.beta, self.gamma = cfg.alpha, cfg.beta, cfg.gamma
+        self.alpha, self.beta, self.gamma = cfg.task_weight, cfg.output_weight, cfg.feature_weight
         self.teacher_val_ccc = teacher_val_ccc
 
     def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -112,27 +112,38 @@ class DistillStage:
     def checkpoint_meta(self) -> dict[str, Any]:
         return {
             "model_spec": rebuild_spec(self.student.spec),
-            "feature_config": self.cfg.features.to_dict(),
-            "train_config": self.cfg.to_dict(),
+            "feature_config": self.ctx.features.to_dict(),
+            "stage_config": {"student": to_plain(self.cfg), "context": to_plain(self.ctx)},
+            "started_from": None if self.started_from is None else str(self.started_from),
             "teacher_val_ccc_mean": self.teacher_val_ccc,
-            "loss_weights": {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma},
+            "loss_weights": {"task": self.alpha, "output": self.beta, "feature": self.gamma},
         }
 
 
-def student_train_data(train: WindowSet, cached: np.ndarray, cfg: TrainConfig) -> Callable[[int], Dataset]:
+def student_train_data(train: WindowSet, cached: np.ndarray, ctx: StageContext) -> Callable[[int], Dataset]:
     targets = np.concatenate([train.targets, cached], axis=1)
 
     def make(epoch: int) -> Dataset:
-        return TorchWindows(train, epoch_window_indices(train, cfg.train_windows_per_song, cfg.seed, epoch), targets)
+        return TorchWindows(train, epoch_window_indices(train, ctx.windows_per_song, ctx.seed, epoch), targets)
 
     return make
 
 
 def train_student(
-    data: RunData, cfg: TrainConfig, teacher_checkpoint: Path, out_dir: Path, progress: bool = True
+    data: RunData,
+    cfg: StudentConfig,
+    ctx: StageContext,
+    teacher_checkpoint: Path,
+    out_dir: Path,
+    *,
+    backbone: Path | None = None,
+    progress: bool = True,
 ) -> FitResult:
-    """Distil the teacher at ``teacher_checkpoint`` into a MobileViT student (resumable)."""
-    device = resolve_device(cfg.device)
+    """Distil the teacher at ``teacher_checkpoint`` into a MobileViT student (resumable).
+
+    ``backbone``: the pretrain stage's student weights to start from.
+    """
+    device = resolve_device(ctx.device)
     teacher, _ = load_model(teacher_checkpoint, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -140,19 +151,25 @@ def train_student(
     t0 = time.perf_counter()
     cached = teacher_outputs(teacher, train, device)
     teacher_val = window_and_song_report(val, predict_windows(teacher, val, device))
-    print(
+    log(
         f"[student] cached teacher outputs for {len(train)} windows in {time.perf_counter() - t0:.1f} s; "
-        f"teacher val CCC {teacher_val['ccc_mean']:.3f}",
-        flush=True,
+        f"teacher val CCC {teacher_val['ccc_mean']:.3f}"
     )
-    torch.manual_seed(cfg.seed)
-    student = build_model(student_spec(cfg.student_arch, cfg.features.shape))
-    if cfg.student_weights:
-        load_backbone(student, Path(cfg.student_weights))
-    stage = DistillStage(student, teacher.width, cfg, teacher_val["ccc_mean"])
-    groups = param_groups(student, cfg.student_lr, 1.0, cfg.weight_decay)
-    groups.append({"name": "proj", "params": list(stage.proj.parameters()), "lr": cfg.student_lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.student_lr)
-    return fit(
-        stage, optimizer, student_train_data(train, cached, cfg), val, out_dir, fit_config(cfg, "student", progress)
+    torch.manual_seed(ctx.seed)
+    student = build_model(student_spec(cfg.arch, ctx.features.shape))
+    if backbone is not None:
+        load_backbone(student, Path(backbone))
+    stage = DistillStage(student, teacher.width, cfg, ctx, teacher_val["ccc_mean"], started_from=backbone)
+    groups = param_groups(student, cfg.lr, 1.0, cfg.weight_decay)
+    groups.append({"name": "proj", "params": list(stage.proj.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    fit_cfg = stage_fit_config(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        accum_steps=cfg.accum_steps,
+        patience=cfg.patience,
+        ctx=ctx,
+        progress=progress,
+        ema_decay=cfg.ema,
     )
+    return fit(stage, optimizer, student_train_data(train, cached, ctx), val, out_dir, fit_cfg)

@@ -6,16 +6,16 @@ discriminator D(x, valence, arousal), the training loop and its outputs, and
 generated windows to the teacher (it matches ``edgeemo.train.teacher.GanSampler``).
 
 The stabilised recipe, each rule a named piece of code driven by a
-:class:`edgeemo.presets.TrainConfig` field (and so by a CLI flag):
+:class:`edgeemo.config.GanConfig` field (and so by a CLI flag):
 
-- discriminator LR = ``gan_d_lr_mult`` (0.5) x generator LR ``gan_lr``; Adam, betas (0.5, 0.999)
+- discriminator LR = ``d_lr_mult`` (0.5) x generator LR ``lr``; Adam, betas (0.5, 0.999)
   (:func:`build_gan`);
-- label smoothing: D's targets are ``gan_real_label`` (0.9) for real and ``gan_fake_label`` (0.1)
+- label smoothing: D's targets are ``real_label`` (0.9) for real and ``fake_label`` (0.1)
   for generated windows (:func:`smoothed_targets`);
 - instance noise on both the real and the generated inputs of D, std
-  ``max(gan_noise_std * (1 - epoch/epochs), gan_noise_min)`` with a 0-based epoch (:func:`noise_std`);
-- per iteration, one D step when ``iteration % gan_d_every == 0`` (:func:`d_step_due`), then
-  ``gan_g_steps`` G steps;
+  ``max(noise_std * (1 - epoch/epochs), noise_min)`` with a 0-based epoch (:func:`noise_std`);
+- per iteration, one D step when ``iteration % d_every == 0`` (:func:`d_step_due`), then
+  ``g_steps`` G steps;
 - gradient-norm clipping at 1.0 on both nets (:func:`optimizer_step`).
 
 Per epoch it logs and records D_loss, G_loss, D_real, D_fake (mean D outputs), the noise
@@ -31,7 +31,6 @@ from __future__ import annotations
 import io
 import itertools
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,9 +43,10 @@ from torch import nn
 
 from edgeemo import __version__
 from edgeemo.atomic import atomic_write_bytes, atomic_write_json
+from edgeemo.config import GanConfig, StageContext, to_plain
 from edgeemo.data.windows import WindowSet
 from edgeemo.errors import TrainingError
-from edgeemo.presets import TrainConfig
+from edgeemo.log import log
 from edgeemo.progress import progress_iter
 from edgeemo.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_jsonl
 from edgeemo.train.loop import resolve_device, seed_everything
@@ -79,9 +79,9 @@ def d_step_due(iteration: int, d_every: int) -> bool:
     return iteration % d_every == 0
 
 
-def smoothed_targets(batch: int, real: bool, cfg: TrainConfig) -> torch.Tensor:
-    """D's label-smoothed targets: ``gan_real_label`` (0.9) for real, ``gan_fake_label`` (0.1) for generated."""
-    return torch.full((batch,), float(cfg.gan_real_label if real else cfg.gan_fake_label))
+def smoothed_targets(batch: int, real: bool, cfg: GanConfig) -> torch.Tensor:
+    """D's label-smoothed targets: ``real_label`` (0.9) for real, ``fake_label`` (0.1) for generated."""
+    return torch.full((batch,), float(cfg.real_label if real else cfg.fake_label))
 
 
 def clip_gradients(module: nn.Module, max_norm: float = CLIP_NORM) -> float:
@@ -110,23 +110,21 @@ def smoothing_floor(real_label: float, fake_label: float) -> float:
     return 0.5 * (h(real_label) + h(fake_label))
 
 
-def check_gan_config(cfg: TrainConfig) -> None:
-    """Raise :class:`TrainingError` (one line) for GAN settings the recipe cannot run with."""
+def check_gan_config(cfg: GanConfig, shape: tuple[int, int]) -> None:
+    """Raise :class:`TrainingError` (one line) for GAN settings the recipe cannot run with on ``shape`` windows."""
     problems = []
-    m, f = cfg.features.shape
+    m, f = shape
     if m % _BASE or f % _BASE:
         problems.append(f"n_mels and n_frames must be divisible by {_BASE}, got {m} x {f}")
-    for name in ("gan_epochs", "gan_d_every", "gan_g_steps", "gan_batch_size", "gan_latent_dim"):
+    for name in ("epochs", "d_every", "g_steps", "batch_size", "latent_dim"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if not (cfg.gan_lr > 0 and cfg.gan_d_lr_mult > 0):
-        problems.append(f"gan_lr and gan_d_lr_mult must be positive, got {cfg.gan_lr} and {cfg.gan_d_lr_mult}")
-    if not 0.0 <= cfg.gan_fake_label < cfg.gan_real_label <= 1.0:
-        problems.append(
-            f"need 0 <= gan_fake_label < gan_real_label <= 1, got {cfg.gan_fake_label}, {cfg.gan_real_label}"
-        )
-    if cfg.gan_noise_std < 0 or cfg.gan_noise_min < 0:
-        problems.append("gan_noise_std and gan_noise_min must not be negative")
+    if not (cfg.lr > 0 and cfg.d_lr_mult > 0):
+        problems.append(f"gan.lr and gan.d_lr_mult must be positive, got {cfg.lr} and {cfg.d_lr_mult}")
+    if not 0.0 <= cfg.fake_label < cfg.real_label <= 1.0:
+        problems.append(f"need 0 <= gan.fake_label < gan.real_label <= 1, got {cfg.fake_label}, {cfg.real_label}")
+    if cfg.noise_std < 0 or cfg.noise_min < 0:
+        problems.append("gan.noise_std and gan.noise_min must not be negative")
     if problems:
         raise TrainingError("GAN settings: " + "; ".join(problems))
 
@@ -190,12 +188,14 @@ class Discriminator(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1) / math.sqrt(h.shape[1])
 
 
-def build_gan(cfg: TrainConfig) -> tuple[Generator, Discriminator, torch.optim.Optimizer, torch.optim.Optimizer]:
+def build_gan(
+    cfg: GanConfig, shape: tuple[int, int]
+) -> tuple[Generator, Discriminator, torch.optim.Optimizer, torch.optim.Optimizer]:
     """G, D and their Adam optimisers (betas (0.5, 0.999)); D's LR is ``gan_d_lr_mult`` x G's."""
-    g = Generator(cfg.features.shape, cfg.gan_latent_dim)
-    d = Discriminator(cfg.features.shape)
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.gan_lr, betas=ADAM_BETAS)
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.gan_lr * cfg.gan_d_lr_mult, betas=ADAM_BETAS)
+    g = Generator(shape, cfg.latent_dim)
+    d = Discriminator(shape)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr * cfg.d_lr_mult, betas=ADAM_BETAS)
     return g, d, opt_g, opt_d
 
 
@@ -432,15 +432,11 @@ class GanResult:
     generator_path: Path
 
 
-def _echo(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def gan_recipe(cfg: TrainConfig) -> dict[str, Any]:
-    """The config subset a trained GAN depends on (compared on resume and reuse)."""
-    d = cfg.to_dict()
-    keep = {k: d[k] for k in d if k.startswith("gan_") and k != "gan_ratio"}
-    return keep | {"features": d["features"], "seed": cfg.seed, "train_windows_per_song": cfg.train_windows_per_song}
+def gan_recipe(cfg: GanConfig, ctx: StageContext) -> dict[str, Any]:
+    """The settings a trained GAN depends on (compared on resume and reuse): its section but the mixing ratio,
+    and the run's front end, seed and windows per song."""
+    keep = {k: v for k, v in to_plain(cfg).items() if k != "ratio"}
+    return keep | {"features": ctx.features.to_dict(), "seed": ctx.seed, "windows_per_song": ctx.windows_per_song}
 
 
 def _recipe_mismatch(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
@@ -451,13 +447,13 @@ def _recipe_mismatch(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
     return ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
 
 
-def _recipe_line(cfg: TrainConfig, g: Generator, d: Discriminator) -> str:
+def _recipe_line(cfg: GanConfig, g: Generator, d: Discriminator) -> str:
     return (
         f"[gan] G {count_parameters(g) / 1e3:.0f}k params, D {count_parameters(d) / 1e3:.0f}k | "
-        f"lr G {cfg.gan_lr:g}, D {cfg.gan_lr * cfg.gan_d_lr_mult:g} (x{cfg.gan_d_lr_mult:g}) | "
-        f"D targets real {cfg.gan_real_label:g} fake {cfg.gan_fake_label:g} | "
-        f"instance noise {cfg.gan_noise_std:g} -> {cfg.gan_noise_min:g} | "
-        f"D step every {cfg.gan_d_every} iteration(s), {cfg.gan_g_steps} G step(s) per iteration | "
+        f"lr G {cfg.lr:g}, D {cfg.lr * cfg.d_lr_mult:g} (x{cfg.d_lr_mult:g}) | "
+        f"D targets real {cfg.real_label:g} fake {cfg.fake_label:g} | "
+        f"instance noise {cfg.noise_std:g} -> {cfg.noise_min:g} | "
+        f"D step every {cfg.d_every} iteration(s), {cfg.g_steps} G step(s) per iteration | "
         f"grad clip {CLIP_NORM:g}"
     )
 
@@ -480,11 +476,11 @@ def _finite(value: torch.Tensor, what: str, epoch: int, iteration: int, last_pat
         )
 
 
-def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool = True) -> GanResult:
+def train_gan(train: WindowSet, cfg: GanConfig, ctx: StageContext, out_dir: Path, progress: bool = True) -> GanResult:
     """Train the conditional GAN on ``train``'s windows with the stabilised recipe; resume or reuse when possible.
 
-    Each epoch draws ``epoch_window_indices(train, cfg.train_windows_per_song, cfg.seed, epoch)``
-    (0-based epoch), shuffles it and iterates in batches of ``gan_batch_size`` with the
+    Each epoch draws ``epoch_window_indices(train, ctx.windows_per_song, ctx.seed, epoch)``
+    (0-based epoch), shuffles it and iterates in batches of ``cfg.batch_size`` with the
     windows' targets as conditions. Writes ``last.pt`` (every epoch), ``metrics.jsonl``,
     ``curves.png``, ``health.json``, ``samples.png`` and finally ``gen.pt`` to ``out_dir``.
     An existing ``gen.pt`` trained with the same settings is returned without training;
@@ -492,13 +488,13 @@ def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool 
     infinite loss raises :class:`TrainingError` naming the epoch; ``last.pt`` then still
     holds the last good epoch.
     """
-    check_gan_config(cfg)
+    check_gan_config(cfg, ctx.features.shape)
     if len(train) == 0:
         raise TrainingError("GAN: the training set has no windows")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen_path, last_path = out_dir / "gen.pt", out_dir / "last.pt"
-    recipe = gan_recipe(cfg)
+    recipe = gan_recipe(cfg, ctx)
     if gen_path.is_file():
         ck = load_checkpoint(gen_path)
         if ck.get("recipe") != recipe:
@@ -506,14 +502,14 @@ def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool 
                 f"{gen_path} was trained with other GAN settings ({_recipe_mismatch(ck.get('recipe'), recipe)}); "
                 "use --restart or a new run name"
             )
-        _echo(f"[gan] {gen_path} was trained with these settings; reusing it")
+        log(f"[gan] {gen_path} was trained with these settings; reusing it")
         return GanResult(ck["history"], ck["health"], float(ck["diversity_ratio"]), gen_path)
 
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    g, d, opt_g, opt_d = build_gan(cfg)
+    device = resolve_device(ctx.device)
+    torch.manual_seed(ctx.seed)
+    g, d, opt_g, opt_d = build_gan(cfg, ctx.features.shape)
     with torch.no_grad():  # start G at the data's mean level, so D cannot win on the offset alone
-        probe = np.random.default_rng(cfg.seed).choice(len(train), min(256, len(train)), replace=False)
+        probe = np.random.default_rng(ctx.seed).choice(len(train), min(256, len(train)), replace=False)
         g.out.bias.fill_(float(train.batch(probe).mean()))
     g.to(device)
     d.to(device)
@@ -531,17 +527,17 @@ def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool 
         opt_g.load_state_dict(ck["optimizer"])
         opt_d.load_state_dict(ck["optimizer_d"])
         history, start = list(ck["history"]), int(ck["epoch"])
-        if start < cfg.gan_epochs:
-            _echo(f"[gan] resuming from {last_path} at epoch {start + 1}/{cfg.gan_epochs}")
+        if start < cfg.epochs:
+            log(f"[gan] resuming from {last_path} at epoch {start + 1}/{cfg.epochs}")
     else:
-        _echo(_recipe_line(cfg, g, d))
-    bs, epochs = cfg.gan_batch_size, cfg.gan_epochs
+        log(_recipe_line(cfg, g, d))
+    bs, epochs = cfg.batch_size, cfg.epochs
     for epoch in range(start, epochs):  # 0-based here; recorded 1-based like the other stages
         t0 = time.perf_counter()
-        seed_everything(cfg.seed * 100_003 + 70_001 + epoch)
-        sigma = noise_std(epoch, epochs, cfg.gan_noise_std, cfg.gan_noise_min)
-        idx = epoch_window_indices(train, cfg.train_windows_per_song, cfg.seed, epoch)
-        idx = idx[np.random.default_rng([cfg.seed, epoch, 7]).permutation(len(idx))]
+        seed_everything(ctx.seed * 100_003 + 70_001 + epoch)
+        sigma = noise_std(epoch, epochs, cfg.noise_std, cfg.noise_min)
+        idx = epoch_window_indices(train, ctx.windows_per_song, ctx.seed, epoch)
+        idx = idx[np.random.default_rng([ctx.seed, epoch, 7]).permutation(len(idx))]
         n_iter = math.ceil(len(idx) / bs)
         sums = dict.fromkeys(("D_loss", "G_loss", "D_real", "D_fake", "D_grad_norm", "G_grad_norm"), 0.0)
         d_steps = g_steps = d_clipped = g_clipped = 0
@@ -552,9 +548,9 @@ def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool 
             real = torch.from_numpy(train.batch(b)).to(device)
             y = torch.from_numpy(np.ascontiguousarray(train.targets[b], dtype=np.float32)).to(device)
             n = real.shape[0]
-            if d_step_due(it, cfg.gan_d_every):
+            if d_step_due(it, cfg.d_every):
                 with torch.no_grad():
-                    fake = g(torch.randn(n, cfg.gan_latent_dim, device=device), y)
+                    fake = g(torch.randn(n, cfg.latent_dim, device=device), y)
                 both = torch.cat([real, fake])
                 out = d(both + sigma * torch.randn_like(both), torch.cat([y, y]))  # instance noise on real and fake
                 out_real, out_fake = out[:n], out[n:]
@@ -572,8 +568,8 @@ def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool 
                 sums["D_fake"] += torch.sigmoid(out_fake).mean().item()
             d.requires_grad_(False)  # G steps need gradients through D, not of D's weights
             try:
-                for _ in range(cfg.gan_g_steps):
-                    fake = g(torch.randn(n, cfg.gan_latent_dim, device=device), y)
+                for _ in range(cfg.g_steps):
+                    fake = g(torch.randn(n, cfg.latent_dim, device=device), y)
                     out = d(fake + sigma * torch.randn_like(fake), y)
                     loss_g = _bce(out, torch.ones(n, device=device))  # non-saturating G loss
                     _finite(loss_g, "G_loss", epoch + 1, it + 1, last_path)
@@ -621,7 +617,7 @@ def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool 
         )
         write_metrics_jsonl(out_dir / "metrics.jsonl", history)
         plot_gan_curves(history, out_dir / "curves.png")
-        _echo(
+        log(
             f"[gan] epoch {epoch + 1}/{epochs} D_loss {rec['D_loss']:.3f} G_loss {rec['G_loss']:.3f} | "
             f"D_real {rec['D_real']:.3f} D_fake {rec['D_fake']:.3f} | noise {sigma:.3f} | "
             f"D steps {d_steps} G steps {g_steps} | "
@@ -631,16 +627,16 @@ def train_gan(train: WindowSet, cfg: TrainConfig, out_dir: Path, progress: bool 
 
     # ---- after training: diversity, health, samples, gen.pt
     sampler = GanSampler(_generator_from(_spec(g), {k: v.cpu() for k, v in g.state_dict().items()}))
-    pick = np.random.default_rng([cfg.seed, 99]).choice(len(train), min(128, len(train)), replace=False)
+    pick = np.random.default_rng([ctx.seed, 99]).choice(len(train), min(128, len(train)), replace=False)
     real_div = diversity(train.batch(pick))
-    ratio = diversity(sampler(train.targets[pick], seed=cfg.seed)) / real_div if real_div > 0 else float("nan")
-    health = health_check(history, ratio, cfg.gan_real_label, cfg.gan_fake_label)
+    ratio = diversity(sampler(train.targets[pick], seed=ctx.seed)) / real_div if real_div > 0 else float("nan")
+    health = health_check(history, ratio, cfg.real_label, cfg.fake_label)
     health["real_diversity"] = real_div
     for msg in health["messages"]:
-        _echo(f"GAN health: {msg}")
-    _echo(f"GAN health: {'OK' if health['ok'] else 'WARNING: outside the healthy ranges (training continues)'}")
+        log(f"GAN health: {msg}")
+    log(f"GAN health: {'OK' if health['ok'] else 'WARNING: outside the healthy ranges (training continues)'}")
     atomic_write_json(out_dir / "health.json", health)
-    plot_samples(sampler, train, out_dir / "samples.png", seed=cfg.seed)
+    plot_samples(sampler, train, out_dir / "samples.png", seed=ctx.seed)
     save_checkpoint(
         gen_path,
         {

@@ -14,7 +14,6 @@ extra per-epoch figures (e.g. retention).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -28,9 +27,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgeemo import __version__
+from edgeemo.config import StageContext
 from edgeemo.data.windows import WindowSet
 from edgeemo.errors import TrainingError
 from edgeemo.evaluation import predict_windowset, window_and_song_report
+from edgeemo.log import log
 from edgeemo.progress import progress_iter
 from edgeemo.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_jsonl
 from edgeemo.train.ema import WeightEma
@@ -53,34 +54,63 @@ class FitConfig:
     ema_decay: float = 0.0  # > 0: validate, keep and export an EMA of the weights (train/ema.py)
 
 
+def stage_fit_config(
+    *,
+    epochs: int,
+    batch_size: int,
+    accum_steps: int,
+    patience: int | None,
+    ctx: StageContext,
+    progress: bool = True,
+    ema_decay: float = 0.0,
+) -> FitConfig:
+    """The shared loop's settings for a stage with these values and the run-wide seed and device."""
+    return FitConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        accum_steps=accum_steps,
+        patience=patience,
+        seed=ctx.seed,
+        device=ctx.device,
+        progress=progress,
+        ema_decay=ema_decay,
+    )
+
+
 class Stage(Protocol):
     """What a trainable stage gives the loop."""
 
     name: str
     model: nn.Module  # everything whose state is checkpointed (may include projection layers)
+    score_key: str  # the validation figure model selection maximises
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     def predict(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def validate(self, val: WindowSet | None, device: torch.device, batch_size: int) -> dict[str, float]: ...
 
     def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]: ...
 
     def checkpoint_meta(self) -> dict[str, Any]: ...
 
 
-def _validate(stage: Stage, val: WindowSet | None, device: torch.device, batch_size: int) -> tuple[dict, str]:
-    """Validation figures and the key of the selection score.
+class ValenceArousalStage:
+    """Shared part of the stages whose model predicts (valence, arousal): validation is window/song CCC on the
+    validation windows, and selection maximises ``ccc_mean``."""
 
-    A stage may define ``validate(device) -> metrics`` and ``score_key`` (higher is better)
-    for targets other than (valence, arousal), e.g. pretraining on embeddings; the default is
-    window/song CCC on ``val`` with ``ccc_mean`` as the score.
-    """
-    custom = getattr(stage, "validate", None)
-    if custom is not None:
-        return custom(device), stage.score_key  # type: ignore[attr-defined]
-    assert val is not None
-    preds = predict_windows(stage.predict, val, device, batch_size)
-    return window_and_song_report(val, preds), "ccc_mean"
+    score_key = "ccc_mean"
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def validate(self, val: WindowSet | None, device: torch.device, batch_size: int) -> dict[str, float]:
+        if val is None:
+            raise TrainingError(f"{getattr(self, 'name', 'stage')}: no validation windows")
+        return window_and_song_report(val, predict_windows(self.predict, val, device, batch_size))
+
+    def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
+        return {}
 
 
 @dataclass
@@ -122,10 +152,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int, min_frac: float) -> Callable
         return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
-
-
-def _echo(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -175,8 +201,8 @@ def fit(
     """Train ``stage`` with the shared recipe, resuming from ``out_dir/last.pt`` if present.
 
     ``train_data(epoch)`` returns that epoch's training Dataset (it may mix in generated
-    windows). Selection metric: validation ``ccc_mean`` (window level), or the stage's own
-    ``score_key`` when it defines ``validate`` (see :func:`_validate`).
+    windows). Selection: the stage's ``validate`` figures, maximising its ``score_key``
+    (window-level ``ccc_mean`` for the (valence, arousal) stages).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +239,7 @@ def fit(
         best_epoch, best_score, since_best = ck["best_epoch"], ck["best_score"], ck["since_best"]
         start_epoch = ck["epoch"] + 1
         if start_epoch <= cfg.epochs:
-            _echo(f"[{stage.name}] resuming from {last_path} at epoch {start_epoch}/{cfg.epochs}")
+            log(f"[{stage.name}] resuming from {last_path} at epoch {start_epoch}/{cfg.epochs}")
     stopped_early = bool(history and history[-1].get("stopped_early"))
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stopped_early:
@@ -258,7 +284,7 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + float(v) * bs
         model.eval()
         with ema.swapped_in(model) if ema is not None else nullcontext({}) as raw_state:
-            val_metrics, score_key = _validate(stage, val, device, cfg.eval_batch_size)
+            val_metrics, score_key = stage.validate(val, device, cfg.eval_batch_size), stage.score_key
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         extras = stage.epoch_extras(val_metrics)
         score = val_metrics[score_key]
@@ -305,7 +331,7 @@ def fit(
             )
         else:
             val_txt = " | ".join(f"{k}: {v:.3f}" for k, v in val_metrics.items())
-        _echo(
+        log(
             f"[{stage.name}] epoch {epoch}/{cfg.epochs} {loss_txt} | {val_txt}{extra_txt} | "
             f"best {best_score:.3f} @{best_epoch} | {record['seconds']:.1f} s"
             + (" | early stop" if stopped_early else "")

@@ -1,6 +1,8 @@
-"""Model construction from plain specs: the ViT teacher and the MobileViT student.
+"""Models: building the ViT teacher and the MobileViT student from plain specs, loading them back.
 
-A *spec* is a JSON-able dict saved in every checkpoint, so any checkpoint rebuilds
+Owns construction, partial fine-tuning, optimiser groups, and loading (a whole model from
+any stage's checkpoint with :func:`load_model`; a backbone from a weights file with
+:func:`load_backbone`). A *spec* is a JSON-able dict saved in every checkpoint, so any checkpoint rebuilds
 its model with :func:`build_model` alone. Both roles are a timm backbone (1 input
 channel, no classifier) plus a regression head to (valence, arousal). Outputs are
 linear while training and clamped to [-1, 1] in eval mode: a tanh would squash the
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from edgeemo.errors import TrainingError
+from edgeemo.train.checkpoint import load_checkpoint
 from edgeemo.train.stem import STEMS, ConvStem, install_conv_stem
 
 
@@ -228,3 +231,27 @@ def param_groups(model: Regressor, lr: float, backbone_lr_mult: float, weight_de
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_model(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[Regressor, dict[str, Any]]:
+    """Rebuild a teacher or student from a checkpoint, in eval mode."""
+    ck = load_checkpoint(checkpoint)
+    state = ck["state_dict"]
+    if ck["stage"] == "student":  # the student stage checkpoints {student, proj}
+        state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+    model = build_model(ck["model_spec"])
+    model.load_state_dict(state)
+    return model.to(device).eval(), ck
+
+
+def load_backbone(model: Regressor, path: Path) -> None:
+    """Start ``model``'s backbone from a plain state dict (a pretraining stage's ``backbone.pt``)."""
+    if not path.is_file():
+        raise TrainingError(f"backbone weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.backbone.load_state_dict(state)
+    except (RuntimeError, OSError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        role = model.spec.get("role", "model")
+        raise TrainingError(f"{path} does not fit the {model.spec['arch']} {role} backbone: {first}") from None

@@ -9,10 +9,8 @@ parameters, wall time per stage).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,23 +20,27 @@ import numpy as np
 
 from edgeemo import __version__
 from edgeemo.atomic import atomic_write_json
+from edgeemo.config import RunConfig, StageContext, from_flat
 from edgeemo.errors import EdgeemoError, TrainingError
 from edgeemo.evaluation import window_and_song_report
+from edgeemo.log import log
 from edgeemo.metrics import retention
-from edgeemo.presets import TrainConfig
 from edgeemo.train.checkpoint import history_seconds, read_json
-from edgeemo.train.rundata import DataSource, RunData, prepare_run_data
+from edgeemo.train.rundata import RunData, prepare_run_data
 
 STAGES = ("pretrain", "gan", "teacher", "student")
 
 
 @dataclass
 class Run:
-    """A run directory with its resolved config and data sources."""
+    """A run directory with its resolved config."""
 
     dir: Path
-    cfg: TrainConfig
-    sources: list[DataSource]
+    cfg: RunConfig
+
+    @property
+    def ctx(self) -> StageContext:
+        return StageContext.of(self.cfg)
 
     def stage_dir(self, stage: str) -> Path:
         return self.dir / stage
@@ -48,80 +50,94 @@ class Run:
         return read_json(p) if p.is_file() else None
 
 
-def open_run(run_dir: Path, cfg: TrainConfig | None, sources: list[DataSource] | None, restart: bool = False) -> Run:
+def read_run_config(path: Path) -> RunConfig:
+    """A run's ``config.json`` (or the flat ``train_config`` + ``sources`` that edgeemo 0.1 wrote)."""
+    saved = read_json(path)
+    if "config" in saved:
+        return RunConfig.from_dict(saved["config"], strict=True)
+    if "train_config" in saved:
+        return from_flat(saved["train_config"], saved.get("sources"))
+    raise EdgeemoError(f"{path} holds no run config")
+
+
+def open_run(run_dir: Path, cfg: RunConfig | None, restart: bool = False) -> Run:
     """Create or reopen ``run_dir``. An existing run must have the same config unless ``restart``."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if restart and run_dir.exists():
         shutil.rmtree(run_dir)
     if cfg_path.is_file():
-        saved = read_json(cfg_path)
-        saved_cfg = TrainConfig.from_dict(saved["train_config"])
-        saved_sources = [DataSource(**s) for s in saved["sources"]]
-        if cfg is not None and cfg.to_dict() != saved_cfg.to_dict():
-            diff = [k for k, v in cfg.to_dict().items() if saved_cfg.to_dict().get(k) != v]
+        saved_cfg = read_run_config(cfg_path)
+        if cfg is not None and cfg != saved_cfg:
+            diff = changed_fields(saved_cfg.to_dict(), cfg.to_dict())
             raise EdgeemoError(
-                f"run {run_dir} exists with a different config ({', '.join(diff)}); "
-                "use --restart to start over or --name for a new run"
+                f"run {run_dir} exists with a different config ({', '.join(diff[:6])}"
+                f"{', ...' if len(diff) > 6 else ''}); use --restart to start over or --name for a new run"
             )
-        if sources is not None and [s.to_dict() for s in sources] != [s.to_dict() for s in saved_sources]:
-            raise EdgeemoError(f"run {run_dir} was trained on other data; use --restart or a new --name")
-        return Run(run_dir, saved_cfg, saved_sources)
+        return Run(run_dir, saved_cfg)
     if cfg is None:
         raise EdgeemoError(f"no run at {run_dir} (missing config.json); start one with `edgeemo train-all`")
-    sources = sources or [DataSource("builtin")]
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
-        cfg_path,
-        {"edgeemo_version": __version__, "train_config": cfg.to_dict(), "sources": [s.to_dict() for s in sources]},
+        cfg_path, {"edgeemo_version": __version__, "config_digest": cfg.digest(), "config": cfg.to_dict()}
     )
-    return Run(run_dir, cfg, sources)
+    return Run(run_dir, cfg)
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two config dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(prefix + k)
+    return out
 
 
 def run_gan(run: Run, data: RunData, progress: bool = True) -> dict[str, Any] | None:
-    if run.cfg.gan_ratio <= 0 or run.cfg.gan_epochs <= 0:
+    if not run.cfg.uses_gan:
         return None
     done = run.done("gan")
     if done:
-        _log(f"[gan] done earlier ({run.stage_dir('gan')}), skipping")
+        log(f"[gan] done earlier ({run.stage_dir('gan')}), skipping")
         return done
     from edgeemo.train.gan import train_gan
 
-    result = train_gan(data.windows("train"), run.cfg, run.stage_dir("gan"), progress=progress)
+    result = train_gan(data.windows("train"), run.cfg.gan, run.ctx, run.stage_dir("gan"), progress=progress)
     done = {
         "seconds": history_seconds(result.history),
         "health": result.health,
         "diversity_ratio": result.diversity_ratio,
-        "generator": str(result.generator_path),
+        "generator": str(result.generator_path.relative_to(run.dir)),
     }
     atomic_write_json(run.stage_dir("gan") / "done.json", done)
     return done
 
 
-def _gan_sampler(run: Run, device: str) -> Any:
-    if run.cfg.gan_ratio <= 0 or run.cfg.gan_epochs <= 0:
+def _gan_sampler(run: Run) -> Any:
+    if not run.cfg.uses_gan:
         return None
     from edgeemo.train.gan import GanSampler
 
     path = run.stage_dir("gan") / "gen.pt"
     if not path.is_file():
-        raise TrainingError(f"--gan-ratio {run.cfg.gan_ratio} needs a trained GAN ({path} is missing): run train-gan")
-    return GanSampler.load(path, device="cpu" if device == "auto" else device)
+        raise TrainingError(f"gan.ratio {run.cfg.gan.ratio} needs a trained GAN ({path} is missing): run train-gan")
+    return GanSampler.load(path, device="cpu" if run.cfg.device == "auto" else run.cfg.device)
 
 
 def run_pretrain(run: Run, data: RunData, progress: bool = True) -> dict[str, Any] | None:
-    """Pretrain the teacher on ``cfg.unlabeled`` (nothing to do when no folder is named)."""
-    if not run.cfg.unlabeled:
+    """Pretrain the teacher on ``pretrain.unlabeled`` (nothing to do when no folder is named)."""
+    if not run.cfg.pretrain.unlabeled:
         return None
     done = run.done("pretrain")
     if done:
-        _log(f"[pretrain] done earlier ({run.stage_dir('pretrain')}), skipping")
+        log(f"[pretrain] done earlier ({run.stage_dir('pretrain')}), skipping")
         return done
+    from edgeemo.train.models import student_spec
     from edgeemo.train.pretrain import pretrain_from_folders
+    from edgeemo.train.teacher import config_teacher_spec
 
     # the labelled validation/test songs of this run never reach training, not even without labels
     exclude = [s.path for split in ("val", "test") for s in data.splits[split]]
@@ -131,9 +147,13 @@ def run_pretrain(run: Run, data: RunData, progress: bool = True) -> dict[str, An
         for s in data.splits["train"]
         if s.start_s == 0 and s.end_s is None
     }
+    shape = run.cfg.features.shape
     done = pretrain_from_folders(
-        run.cfg,
+        run.cfg.pretrain,
+        run.ctx,
         run.stage_dir("pretrain"),
+        teacher_spec=config_teacher_spec(run.cfg.teacher, shape, from_scratch=True),
+        student_spec=student_spec(run.cfg.student.arch, shape),
         exclude=exclude,
         cache_dir=data.cache_dir,
         progress=progress,
@@ -143,34 +163,35 @@ def run_pretrain(run: Run, data: RunData, progress: bool = True) -> dict[str, An
     return done
 
 
-def teacher_config(run: Run) -> TrainConfig:
-    """The run's config for the teacher stage: it starts from the pretrained backbone when there is one."""
-    if not run.cfg.unlabeled:
-        return run.cfg
-    return dataclasses.replace(run.cfg, teacher_weights=str(run.stage_dir("pretrain") / "backbone.pt"))
-
-
-def student_config(run: Run) -> TrainConfig:
-    """The run's config for the student stage: it starts from its pretrained backbone when pretraining made one."""
-    if not (run.cfg.unlabeled and run.cfg.student_pretrain):
-        return run.cfg
-    path = run.stage_dir("pretrain") / "student" / "backbone.pt"
+def pretrained_backbone(run: Run, role: str) -> Path | None:
+    """The pretrain stage's backbone file ``role`` starts from (None when the run does not pretrain it)."""
+    if not run.cfg.pretrain.unlabeled or (role == "student" and not run.cfg.pretrain.student):
+        return None
+    path = run.stage_dir("pretrain") / ("backbone.pt" if role == "teacher" else "student/backbone.pt")
     if not path.is_file():
-        raise TrainingError(f"student_pretrain is set but the pretrain stage wrote no {path}; rerun it (--restart)")
-    return dataclasses.replace(run.cfg, student_weights=str(path))
+        raise TrainingError(f"the {role} starts from {path}, which the pretrain stage did not write; rerun it")
+    return path
 
 
 def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
     done = run.done("teacher")
     if done:
-        _log(f"[teacher] done earlier ({run.stage_dir('teacher')}), skipping")
+        log(f"[teacher] done earlier ({run.stage_dir('teacher')}), skipping")
         return done
-    if run.cfg.unlabeled and not run.done("pretrain"):
+    if run.cfg.pretrain.unlabeled and not run.done("pretrain"):
         raise TrainingError(f"the teacher starts from the pretrain stage, which has not finished ({run.dir}); run it")
     from edgeemo.train.teacher import train_teacher
 
-    cfg = teacher_config(run)
-    result = train_teacher(data, cfg, run.stage_dir("teacher"), _gan_sampler(run, run.cfg.device), progress)
+    result = train_teacher(
+        data,
+        run.cfg.teacher,
+        run.ctx,
+        run.stage_dir("teacher"),
+        backbone=pretrained_backbone(run, "teacher"),
+        gan_sampler=_gan_sampler(run),
+        gan_ratio=run.cfg.gan.ratio,
+        progress=progress,
+    )
     done = {"seconds": history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
     atomic_write_json(run.stage_dir("teacher") / "done.json", done)
     return done
@@ -179,14 +200,22 @@ def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
 def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
     done = run.done("student")
     if done:
-        _log(f"[student] done earlier ({run.stage_dir('student')}), skipping")
+        log(f"[student] done earlier ({run.stage_dir('student')}), skipping")
         return done
     teacher_ckpt = run.stage_dir("teacher") / "best.pt"
     if not run.done("teacher") or not teacher_ckpt.is_file():
         raise TrainingError(f"distillation needs a finished teacher ({teacher_ckpt}); run train-teacher first")
     from edgeemo.train.distill import train_student
 
-    result = train_student(data, student_config(run), teacher_ckpt, run.stage_dir("student"), progress)
+    result = train_student(
+        data,
+        run.cfg.student,
+        run.ctx,
+        teacher_ckpt,
+        run.stage_dir("student"),
+        backbone=pretrained_backbone(run, "student"),
+        progress=progress,
+    )
     done = {"seconds": history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
     atomic_write_json(run.stage_dir("student") / "done.json", done)
     return done
@@ -196,9 +225,8 @@ def evaluate_run(run: Run, data: RunData, split: str = "test") -> dict[str, Any]
     """Teacher and student ``best.pt`` on a split: metrics, retention, parameters; predictions for plots."""
     import torch
 
-    from edgeemo.train.distill import load_model
     from edgeemo.train.loop import predict_windows
-    from edgeemo.train.models import count_params
+    from edgeemo.train.models import count_params, load_model
 
     windows = data.windows(split)
     out: dict[str, Any] = {"split": split, "windows": len(windows), "songs": len(windows.songs)}
@@ -296,7 +324,7 @@ def train_all(
 ) -> dict[str, Any]:
     """Run the stages in order, skipping finished ones; returns (and writes) ``summary.json``."""
     t0 = time.perf_counter()
-    data = prepare_run_data(run.dir, run.cfg, run.sources, cache_dir)
+    data = prepare_run_data(run.dir, run.cfg.data, cache_dir)
     for split in ("train", "val", "test"):
         data.windows(split, progress=progress)
     seconds: dict[str, float] = {"features": time.perf_counter() - t0}
@@ -311,7 +339,8 @@ def train_all(
     summary = {
         "edgeemo_version": __version__,
         "run": str(run.dir),
-        "preset": run.cfg.preset,
+        "recipe": run.cfg.recipe,
+        "config_digest": run.cfg.digest(),
         "data": data.describe(),
         "seconds": seconds,
         "test": {k: v for k, v in test.items() if not k.startswith("_")},

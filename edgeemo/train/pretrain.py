@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,18 +28,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from edgeemo.config import PretrainConfig, StageContext, resolve_path, to_plain
 from edgeemo.data.unlabeled import find_unlabeled, holdout_split, window_indices
 from edgeemo.errors import AudioError, DataError, TrainingError
 from edgeemo.features import FeatureConfig, frame_windows, log_mel
 from edgeemo.filehash import content_digest
-from edgeemo.presets import TrainConfig
+from edgeemo.log import log
 from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio, resample
 from edgeemo.train.checkpoint import history_seconds, load_checkpoint, save_checkpoint
-from edgeemo.train.loop import FitConfig, FitResult, fit
-from edgeemo.train.models import Regressor, build_model, rebuild_spec, student_spec
+from edgeemo.train.loop import FitResult, fit, stage_fit_config
+from edgeemo.train.models import Regressor, build_model, rebuild_spec
 from edgeemo.train.probe import EmotionProbe, fit_probe
-from edgeemo.train.teacher import config_teacher_spec
 
 TARGET_KEYS = ("penultimate", "tags")  # musicnn outputs the teacher learns to predict, in this order
 EMBEDDER_SAMPLE_RATE = 16000
@@ -85,19 +84,9 @@ class PretrainWindows(Dataset):
         return torch.from_numpy(self.data.x[i].astype(np.float32))[None], torch.from_numpy(self.data.y[i])
 
 
-def _file_key(path: Path, features: FeatureConfig, cfg: TrainConfig, embedder_id: str) -> str:
+def _file_key(path: Path, features: FeatureConfig, cfg: PretrainConfig, embedder_id: str) -> str:
     """Cache key of a file's pretraining examples: its content (not path or mtime) and the settings they use."""
-    ident = f"{content_digest(path)}|{features.digest()}|{cfg.pretrain_hop_s}|{cfg.pretrain_max_windows}|{embedder_id}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:24]
-
-
-def _legacy_file_key(path: Path, features: FeatureConfig, cfg: TrainConfig, embedder_id: str) -> str:
-    """The key edgeemo <= session 5 used (path, size, mtime): entries under it are adopted, not recomputed."""
-    st = path.stat()
-    ident = (
-        f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{features.digest()}|{cfg.pretrain_hop_s}|"
-        f"{cfg.pretrain_max_windows}|{embedder_id}"
-    )
+    ident = f"{content_digest(path)}|{features.digest()}|{cfg.hop_s}|{cfg.max_windows}|{embedder_id}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
@@ -120,14 +109,13 @@ def _played_at(signal: np.ndarray, sample_rate: int, speed: float) -> np.ndarray
 
 
 def file_examples(
-    path: Path, cfg: TrainConfig, embedder: Embedder, speed: float = 1.0
+    path: Path, cfg: PretrainConfig, features: FeatureConfig, embedder: Embedder, speed: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Windows and targets of one file: ``(x (k, n_mels, n_frames) float16, y (k, D) float32, n_embedding_dims)``.
 
     With ``speed`` != 1 both come from the file played ``speed`` times faster (the teacher
     signal hears exactly what the network sees: a consistent augmentation).
     """
-    features = cfg.features
     signal16k = _played_at(load_audio(path, EMBEDDER_SAMPLE_RATE), EMBEDDER_SAMPLE_RATE, speed)
     signal = (
         signal16k
@@ -135,7 +123,7 @@ def file_examples(
         else _played_at(load_audio(path, features.sample_rate), features.sample_rate, speed)
     )
     frames = log_mel(signal, features)
-    idx = window_indices(frames.shape[1], features, cfg.pretrain_hop_s, cfg.pretrain_max_windows)
+    idx = window_indices(frames.shape[1], features, cfg.hop_s, cfg.max_windows)
     if idx.size == 0:
         raise AudioError(f"shorter than one window ({features.window_seconds:.2f} s)", path=path)
     x = frame_windows(frames, features)[idx].astype(np.float16)
@@ -149,7 +137,8 @@ def file_examples(
 
 def build_pretrain_set(
     files: Sequence[Path],
-    cfg: TrainConfig,
+    cfg: PretrainConfig,
+    ctx: StageContext,
     embedder: Embedder,
     embedder_id: str,
     cache_dir: Path | None = None,
@@ -167,8 +156,8 @@ def build_pretrain_set(
     for path in progress_iter(files, progress, desc, unit="file", tty_only=False):
         path = Path(path)
         try:
-            speeds = [1.0] + (speed_factors(path, speed_copies, cfg.seed) if speed_copies else [])
-            got = [_cached_examples(path, cfg, embedder, embedder_id, cache_dir, s) for s in speeds]
+            speeds = [1.0] + (speed_factors(path, speed_copies, ctx.seed) if speed_copies else [])
+            got = [_cached_examples(path, cfg, ctx.features, embedder, embedder_id, cache_dir, s) for s in speeds]
         except AudioError as exc:
             failed.append(str(exc))
             continue
@@ -187,26 +176,28 @@ def build_pretrain_set(
 
 
 def _cached_examples(
-    path: Path, cfg: TrainConfig, embedder: Embedder, embedder_id: str, cache_dir: Path | None, speed: float
+    path: Path,
+    cfg: PretrainConfig,
+    features: FeatureConfig,
+    embedder: Embedder,
+    embedder_id: str,
+    cache_dir: Path | None,
+    speed: float,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`file_examples`, read from or written to ``cache_dir/pretrain`` when there is one."""
     if cache_dir is None:
-        return file_examples(path, cfg, embedder, speed)
-    key = _file_key(path, cfg.features, cfg, embedder_id)
+        return file_examples(path, cfg, features, embedder, speed)
+    key = _file_key(path, features, cfg, embedder_id)
     if speed != 1.0:
         key = hashlib.sha256(f"{key}|speed{speed!r}".encode()).hexdigest()[:24]
     cache = Path(cache_dir) / "pretrain" / f"{key}.npz"
-    if speed == 1.0:
-        legacy = cache.with_name(f"{_legacy_file_key(path, cfg.features, cfg, embedder_id)}.npz")
-        if not cache.is_file() and legacy.is_file():
-            legacy.replace(cache)
     if cache.is_file():
         try:
             with np.load(cache) as z:
                 return z["x"], z["y"], int(z["n_emb"])
         except (OSError, ValueError, KeyError):
             pass  # damaged cache entry: recompute
-    got = file_examples(path, cfg, embedder, speed)
+    got = file_examples(path, cfg, features, embedder, speed)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, x=got[0], y=got[1], n_emb=got[2])
@@ -231,7 +222,7 @@ class PretrainModel(nn.Module):
 
 class PretrainStage:
     """Embedding distillation: standardised penultimate (MSE) + tags (BCE on logits vs probabilities),
-    plus, with an :class:`EmotionProbe`, ``pretrain_probe_weight`` x the probe term."""
+    plus, with an :class:`EmotionProbe`, ``probe_weight`` x the probe term."""
 
     name = "pretrain"
     score_key = "emb_r2"
@@ -241,7 +232,8 @@ class PretrainStage:
         model: PretrainModel,
         dims: tuple[int, int],
         stats: tuple[np.ndarray, np.ndarray],
-        cfg: TrainConfig,
+        cfg: PretrainConfig,
+        ctx: StageContext,
         val: PretrainSet | None,
         probe: EmotionProbe | None = None,
     ) -> None:
@@ -251,6 +243,7 @@ class PretrainStage:
         self.mean = torch.as_tensor(stats[0], dtype=torch.float32)
         self.std = torch.as_tensor(stats[1], dtype=torch.float32)
         self.cfg = cfg
+        self.ctx = ctx
         self.val = val
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -259,11 +252,11 @@ class PretrainStage:
         z_true = (y[:, :n] - self.mean.to(y.device)) / self.std.to(y.device)
         emb = nn.functional.mse_loss(pred[:, :n], z_true)
         tags = nn.functional.binary_cross_entropy_with_logits(pred[:, n:], y[:, n:].clamp(0, 1))
-        loss = emb + self.cfg.pretrain_tag_weight * tags
+        loss = emb + self.cfg.tag_weight * tags
         logs = {"emb_mse": emb.item(), "tag_bce": tags.item()}
         if self.probe is not None:
             probe = self.probe.loss(pred[:, :n], z_true)
-            loss = loss + self.cfg.pretrain_probe_weight * probe
+            loss = loss + self.cfg.probe_weight * probe
             logs["probe_mse"] = probe.item()
         return loss, {"loss": loss.item(), **logs}
 
@@ -271,7 +264,8 @@ class PretrainStage:
         return self.model(x)
 
     @torch.no_grad()
-    def validate(self, device: torch.device) -> dict[str, float]:
+    def validate(self, val: Any, device: torch.device, batch_size: int) -> dict[str, float]:
+        """Embedding/tag figures on the held-out unlabeled files (``val`` windows are unused: there are none)."""
         if self.val is None or len(self.val) == 0:
             raise TrainingError("pretraining needs held-out unlabeled files to validate on")
         preds = []
@@ -291,8 +285,8 @@ class PretrainStage:
     def checkpoint_meta(self) -> dict[str, Any]:
         return {
             "model_spec": rebuild_spec(self.model.teacher.spec),
-            "feature_config": self.cfg.features.to_dict(),
-            "train_config": self.cfg.to_dict(),
+            "feature_config": self.ctx.features.to_dict(),
+            "stage_config": {"pretrain": to_plain(self.cfg), "context": to_plain(self.ctx)},
             "target_keys": list(TARGET_KEYS),
             "target_dims": list(self.dims),
             "target_mean": self.mean.numpy(),
@@ -333,59 +327,38 @@ def target_stats(data: PretrainSet) -> tuple[np.ndarray, np.ndarray]:
     return emb.mean(0).astype(np.float32), np.maximum(emb.std(0), 1e-3).astype(np.float32)
 
 
-def pretrain_spec(cfg: TrainConfig, role: str = "teacher") -> dict[str, Any]:
-    """The spec of the network ``role`` (``teacher`` or ``student``) of ``cfg``, from scratch."""
-    if role == "student":
-        return student_spec(cfg.student_arch, cfg.features.shape)
-    return config_teacher_spec(cfg, from_scratch=True)
-
-
-def build_pretrain_model(cfg: TrainConfig, out_dims: int, role: str = "teacher") -> PretrainModel:
-    """The ``role`` architecture of ``cfg`` from scratch (all blocks train), with the projection head."""
-    return PretrainModel(build_model(pretrain_spec(cfg, role)), out_dims)
-
-
-def pretrain_fit_config(cfg: TrainConfig, progress: bool = True) -> FitConfig:
-    return FitConfig(
-        epochs=cfg.pretrain_epochs,
-        batch_size=cfg.pretrain_batch_size,
-        accum_steps=1,
-        patience=cfg.patience,
-        seed=cfg.seed,
-        device=cfg.device,
-        progress=progress,
-    )
-
-
 def train_pretrain(
     train: PretrainSet,
     val: PretrainSet,
-    cfg: TrainConfig,
+    cfg: PretrainConfig,
+    ctx: StageContext,
+    spec: dict[str, Any],
     out_dir: Path,
     progress: bool = True,
-    role: str = "teacher",
     probe: EmotionProbe | None = None,
 ) -> FitResult:
-    """Pretrain ``role``'s network (or resume) into ``out_dir``; writes ``backbone.pt`` (the best epoch's backbone).
+    """Pretrain the network ``spec`` describes, from scratch (or resume), into ``out_dir``; writes ``backbone.pt``
+    (the best epoch's backbone).
 
-    With ``probe`` the loss adds ``cfg.pretrain_probe_weight`` x its term (see :mod:`edgeemo.train.probe`).
+    With ``probe`` the loss adds ``cfg.probe_weight`` x its term (see :mod:`edgeemo.train.probe`).
     """
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(ctx.seed)
     dims = train.dims
-    model = build_pretrain_model(cfg, sum(dims), role)
+    model = PretrainModel(build_model(spec), sum(dims))
     head_params = [p for n, p in model.named_parameters() if not n.startswith("teacher.")]
     optimizer = torch.optim.AdamW(
         [
-            {"params": list(model.teacher.backbone.parameters()), "lr": cfg.pretrain_lr},
-            {"params": head_params, "lr": cfg.pretrain_lr},
+            {"params": list(model.teacher.backbone.parameters()), "lr": cfg.lr},
+            {"params": head_params, "lr": cfg.lr},
         ],
-        lr=cfg.pretrain_lr,
+        lr=cfg.lr,
         weight_decay=cfg.weight_decay,
     )
-    stage = PretrainStage(model, dims, target_stats(train), cfg, val, probe)
-    result = fit(
-        stage, optimizer, lambda epoch: PretrainWindows(train), None, out_dir, pretrain_fit_config(cfg, progress)
+    stage = PretrainStage(model, dims, target_stats(train), cfg, ctx, val, probe)
+    fit_cfg = stage_fit_config(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, accum_steps=1, patience=cfg.patience, ctx=ctx, progress=progress
     )
+    result = fit(stage, optimizer, lambda epoch: PretrainWindows(train), None, out_dir, fit_cfg)
     write_backbone(Path(out_dir) / "best.pt", Path(out_dir) / "backbone.pt")
     return result
 
@@ -402,9 +375,12 @@ def write_backbone(checkpoint: Path, out: Path) -> Path:
 
 
 def pretrain_from_folders(
-    cfg: TrainConfig,
+    cfg: PretrainConfig,
+    ctx: StageContext,
     out_dir: Path,
     *,
+    teacher_spec: dict[str, Any],
+    student_spec: dict[str, Any] | None = None,
     exclude: Sequence[Path] = (),
     cache_dir: Path | None = None,
     progress: bool = True,
@@ -414,15 +390,18 @@ def pretrain_from_folders(
 ) -> dict[str, Any]:
     """The whole stage: find the files of ``cfg.unlabeled``, hold out some, build examples, train.
 
+    ``teacher_spec`` is the network pretrained (from scratch); with ``cfg.student`` the
+    network ``student_spec`` describes learns the same targets too.
+
     ``labels`` (resolved path -> song ``(valence, arousal)`` of the run's labelled training
-    songs) feeds the emotion probe when ``cfg.pretrain_probe_weight`` > 0.
+    songs) feeds the emotion probe when ``cfg.probe_weight`` > 0.
 
     Returns the stage's ``done.json`` record (files, hours, windows, held-out figures,
     seconds). ``embedder`` defaults to MSD-musicnn loaded from ``cfg.musicnn_weights``
     (or the cache ``edgeemo pretrained import-musicnn`` wrote).
     """
-    found = find_unlabeled(cfg.unlabeled, exclude=exclude)
-    train_files, val_files = holdout_split(found.files, cfg.pretrain_val_fraction, cfg.seed)
+    found = find_unlabeled([resolve_path(d) for d in cfg.unlabeled], exclude=exclude)
+    train_files, val_files = holdout_split(found.files, cfg.val_fraction, ctx.seed)
     if not val_files:
         raise DataError(f"pretraining needs at least 2 unlabeled files (found {len(found.files)})")
     teacher_signal: dict[str, Any] = {"name": "custom"}
@@ -434,48 +413,46 @@ def pretrain_from_folders(
         teacher_signal = musicnn_signal_info(model)
         embedder_id = teacher_signal["id"]
     embedder_id = embedder_id or "custom"
-    print(
+    log(
         f"[pretrain] {len(found.files)} unlabeled files ({found.hours():.2f} h): {len(train_files)} train, "
         f"{len(val_files)} held out; {found.excluded} excluded (labelled val/test songs), "
-        f"{len(found.skipped)} skipped",
-        file=sys.stderr,
-        flush=True,
+        f"{len(found.skipped)} skipped"
     )
     t0 = time.perf_counter()
     train = build_pretrain_set(
-        train_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/train", cfg.pretrain_speed_copies
+        train_files, cfg, ctx, embedder, embedder_id, cache_dir, progress, "pretrain data/train", cfg.speed_copies
     )
-    val = build_pretrain_set(val_files, cfg, embedder, embedder_id, cache_dir, progress, "pretrain data/held-out")
+    val = build_pretrain_set(val_files, cfg, ctx, embedder, embedder_id, cache_dir, progress, "pretrain data/held-out")
     data_seconds = time.perf_counter() - t0
     probe, probe_info = None, {}
-    if cfg.pretrain_probe_weight > 0:
+    if cfg.probe_weight > 0:
         mean, std = target_stats(train)
         z = (train.y[:, : train.dims[0]] - mean) / std
-        probe = fit_probe(z, train.file_of, train.files, labels or {}, cfg.pretrain_probe_ridge)
+        probe = fit_probe(z, train.file_of, train.files, labels or {}, cfg.probe_ridge)
         probe_info = {
             "emotion_probe": {
-                "weight": cfg.pretrain_probe_weight,
-                "ridge": cfg.pretrain_probe_ridge,
+                "weight": cfg.probe_weight,
+                "ridge": cfg.probe_ridge,
                 "songs": probe.n_songs,
                 "windows": probe.n_windows,
                 "fit_r2": [round(v, 4) for v in probe.fit_r2],
             }
         }
-        print(
+        log(
             f"[pretrain] emotion probe on {probe.n_songs} labelled songs ({probe.n_windows} windows): "
-            f"in-sample R² valence {probe.fit_r2[0]:.3f}, arousal {probe.fit_r2[1]:.3f}",
-            file=sys.stderr,
-            flush=True,
+            f"in-sample R² valence {probe.fit_r2[0]:.3f}, arousal {probe.fit_r2[1]:.3f}"
         )
-    result = train_pretrain(train, val, cfg, out_dir, progress, probe=probe)
+    result = train_pretrain(train, val, cfg, ctx, teacher_spec, out_dir, progress, probe=probe)
     student: dict[str, Any] = {}
-    if cfg.student_pretrain:
+    if cfg.student:
+        if student_spec is None:
+            raise TrainingError("pretrain.student is set but no student architecture was given")
         student_dir = Path(out_dir) / "student"
-        print(f"[pretrain] the student ({cfg.student_arch}) learns the same targets", file=sys.stderr, flush=True)
-        got = train_pretrain(train, val, cfg, student_dir, progress, role="student", probe=probe)
+        log(f"[pretrain] the student ({student_spec['arch']}) learns the same targets")
+        got = train_pretrain(train, val, cfg, ctx, student_spec, student_dir, progress, probe=probe)
         student = {
             "student": {
-                "arch": cfg.student_arch,
+                "arch": student_spec["arch"],
                 "best_epoch": got.best_epoch,
                 "val": got.best_metrics,
                 "seconds": round(history_seconds(got.history), 2),
@@ -488,6 +465,7 @@ def pretrain_from_folders(
         "best_epoch": result.best_epoch,
         "val": result.best_metrics,
         "folders": list(cfg.unlabeled),
+        "files_digest": files_digest([*train_files, *val_files]),
         "files": {"train": train.n_files, "held_out": val.n_files},
         "hours": {"train": round(found.hours(train_files), 3), "held_out": round(found.hours(val_files), 3)},
         "windows": {"train": len(train), "held_out": len(val)},
@@ -498,6 +476,11 @@ def pretrain_from_folders(
         **probe_info,
         **student,
     }
+
+
+def files_digest(files: Sequence[Path]) -> str:
+    """sha256 (16 hex) over the sorted content digests of ``files``: which audio a stage read, not where."""
+    return hashlib.sha256("\n".join(sorted(content_digest(Path(f)) for f in files)).encode()).hexdigest()[:16]
 
 
 def musicnn_signal_info(model: Any) -> dict[str, Any]:

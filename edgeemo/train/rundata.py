@@ -9,32 +9,22 @@ every stage and ``edgeemo evaluate`` use the same songs, and building the window
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeemo.atomic import atomic_write_json
+from edgeemo.config import DataConfig, DataSource
 from edgeemo.data.split import SPLITS, split_songs
 from edgeemo.data.types import Song, SongSet
 from edgeemo.data.windows import WindowSet, build_windows, default_cache_dir
 from edgeemo.errors import DataError
-from edgeemo.presets import TrainConfig
+from edgeemo.log import log
 
 
-@dataclass
-class DataSource:
-    """One dataset of a run: ``kind`` is builtin | deam | manifest | quadrants."""
-
-    kind: str
-    path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path}
-
-
-def load_source(source: DataSource, cfg: TrainConfig, cache_dir: Path | None = None) -> SongSet:
+def load_source(source: DataSource, cfg: DataConfig, cache_dir: Path | None = None) -> SongSet:
     """Load one data source into a SongSet."""
     if source.kind == "builtin":
         from edgeemo.data.synth import builtin_corpus
@@ -53,13 +43,11 @@ def load_source(source: DataSource, cfg: TrainConfig, cache_dir: Path | None = N
     opts: dict[str, Any] = {}
     if source.kind == "quadrants":
         opts = {"magnitude": cfg.quadrant_magnitude, "use_confidence": cfg.quadrant_confidence}
-    return load_dataset(Path(source.path), kind=source.kind, **opts)
+    return load_dataset(source.resolved(), kind=source.kind, **opts)
 
 
-def load_sources(sources: list[DataSource], cfg: TrainConfig, cache_dir: Path | None = None) -> SongSet:
-    if not sources:
-        sources = [DataSource("builtin")]
-    sets = [load_source(s, cfg, cache_dir) for s in sources]
+def merge_songsets(sets: list[SongSet]) -> SongSet:
+    """The sources of a run in one SongSet (each dataset is still split on its own, by ``split_songs``)."""
     out = sets[0]
     for s in sets[1:]:
         out = out + s
@@ -70,27 +58,35 @@ def load_sources(sources: list[DataSource], cfg: TrainConfig, cache_dir: Path | 
 class RunData:
     """Songs per split and their windows (built lazily; cached on disk)."""
 
-    songset: SongSet
+    parts: list[SongSet]
     splits: dict[str, list[Song]]
-    cfg: TrainConfig
+    cfg: DataConfig
     cache_dir: Path
-    _windows: dict[str, WindowSet] | None = None
+    built: dict[str, WindowSet] = field(default_factory=dict)
 
     def windows(self, split: str, progress: bool = True) -> WindowSet:
-        if self._windows is None:
-            self._windows = {}
-        if split not in self._windows:
-            self._windows[split] = build_windows(
+        if split not in self.built:
+            self.built[split] = build_windows(
                 self.splits[split], self.cfg.features, self.cache_dir, progress=progress, desc=f"features/{split}"
             )
-        return self._windows[split]
+        return self.built[split]
+
+    @property
+    def songset(self) -> SongSet:
+        return merge_songsets(self.parts)
 
     def describe(self) -> dict[str, Any]:
+        """Dataset names, descriptions, song counts and content digests (for summaries and model cards)."""
+        songset = self.songset
         return {
-            "dataset": self.songset.name,
-            "description": self.songset.description,
+            "dataset": songset.name,
+            "description": songset.description,
             "songs": {k: len(v) for k, v in self.splits.items()},
-            "skipped": len(self.songset.skipped),
+            "skipped": len(songset.skipped),
+            "sources": [
+                {**src.to_dict(), "name": part.name, "songs": len(part), "digest": part.digest()}
+                for src, part in zip(self.cfg.sources, self.parts, strict=True)
+            ],
         }
 
 
@@ -98,16 +94,15 @@ def split_file(run_dir: Path) -> Path:
     return Path(run_dir) / "split.json"
 
 
-def prepare_run_data(
-    run_dir: Path, cfg: TrainConfig, sources: list[DataSource], cache_dir: Path | None = None
-) -> RunData:
+def prepare_run_data(run_dir: Path, cfg: DataConfig, cache_dir: Path | None = None) -> RunData:
     """Load the sources and split them; the split is written once to ``split.json`` and reused after."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    songset = load_sources(sources, cfg, cache_dir)
+    parts = [load_source(s, cfg, cache_dir) for s in cfg.sources]
+    songset = merge_songsets(parts)
     for line in songset.skipped[:5]:
-        print(f"skipped: {line}", flush=True)
+        log(f"skipped: {line}")
     if len(songset.skipped) > 5:
-        print(f"skipped: ... and {len(songset.skipped) - 5} more", flush=True)
+        log(f"skipped: ... and {len(songset.skipped) - 5} more")
     path = split_file(run_dir)
     by_id = {s.id: s for s in songset.songs}
     if path.is_file():
@@ -122,7 +117,7 @@ def prepare_run_data(
     else:
         splits = split_songs(songset, cfg.split_fractions, cfg.split_seed)
         atomic_write_json(path, {k: [s.id for s in v] for k, v in splits.items()})
-    return RunData(songset=songset, splits=splits, cfg=cfg, cache_dir=cache_dir)
+    return RunData(parts=parts, splits=splits, cfg=cfg, cache_dir=cache_dir)
 
 
 def epoch_window_indices(windows: WindowSet, per_song: int | None, seed: int, epoch: int) -> np.ndarray:

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from edgeemo.config import TEACHER_LOSSES, StageContext, TeacherConfig, to_plain
 from edgeemo.errors import TrainingError
-from edgeemo.presets import TrainConfig
 from edgeemo.train.augment import Augment, augment_batch
 from edgeemo.train.datasets import ArrayWindows, TorchWindows
-from edgeemo.train.loop import FitConfig, FitResult, fit
+from edgeemo.train.loop import FitResult, ValenceArousalStage, fit, stage_fit_config
 from edgeemo.train.models import (
     Regressor,
     build_model,
@@ -29,7 +29,7 @@ from edgeemo.train.models import (
 )
 from edgeemo.train.rundata import RunData, epoch_window_indices
 
-LOSSES = ("mse", "ccc", "mix")
+LOSSES = TEACHER_LOSSES
 
 
 def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -51,51 +51,65 @@ def regression_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torc
     raise TrainingError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
 
 
-def config_teacher_spec(cfg: TrainConfig, *, from_scratch: bool = False) -> dict[str, Any]:
-    """The teacher architecture ``cfg`` describes; ``from_scratch`` leaves out its pretrained weights."""
+def config_teacher_spec(
+    cfg: TeacherConfig, shape: tuple[int, int], *, weights: str | Path | None = None, from_scratch: bool = False
+) -> dict[str, Any]:
+    """The teacher architecture ``cfg`` describes for ``shape`` windows.
+
+    ``weights``: a backbone file to start from instead of ``cfg.weights`` (the pretrain stage's);
+    ``from_scratch`` leaves out any pretrained weights.
+    """
+    start = weights if weights is not None else cfg.weights
     return teacher_spec(
-        cfg.teacher_arch,
-        cfg.features.shape,
-        depth=cfg.teacher_depth,
-        pool=cfg.teacher_pool,
-        patch=cfg.teacher_patch,
-        stem=cfg.teacher_stem,
-        drop_path=cfg.teacher_drop_path,
-        pretrained=cfg.teacher_pretrained and not from_scratch,
-        weights=None if from_scratch else cfg.teacher_weights,
+        cfg.arch,
+        shape,
+        depth=cfg.depth,
+        pool=cfg.pool,
+        patch=cfg.patch,
+        stem=cfg.stem,
+        drop_path=cfg.drop_path,
+        pretrained=cfg.pretrained and not from_scratch,
+        weights=None if from_scratch or start is None else str(start),
     )
 
 
-def config_augment(cfg: TrainConfig) -> Augment:
-    """The teacher's batch augmentation of ``cfg``; a setting the windows cannot take is a TrainingError."""
-    aug = Augment(cfg.augment_shift, cfg.augment_freq_mask, cfg.augment_time_mask)
+def config_augment(cfg: TeacherConfig, shape: tuple[int, int]) -> Augment:
+    """The teacher's batch augmentation; a setting ``shape`` windows cannot take is a TrainingError."""
+    aug = Augment(cfg.augment_shift, cfg.freq_mask, cfg.time_mask)
     try:
-        aug.check(cfg.features.n_mels, cfg.features.n_frames)
+        aug.check(*shape)
     except ValueError as e:
         raise TrainingError(str(e)) from None
     return aug
 
 
-def build_teacher(cfg: TrainConfig) -> Regressor:
-    """The teacher of ``cfg``, frozen for partial fine-tuning when it starts from pretrained weights."""
-    model = build_model(config_teacher_spec(cfg))
-    if cfg.teacher_pretrained or cfg.teacher_weights:
-        freeze_for_finetuning(model, cfg.teacher_trainable_blocks)
+def build_teacher(cfg: TeacherConfig, shape: tuple[int, int], backbone: Path | None = None) -> Regressor:
+    """The teacher of ``cfg``, frozen for partial fine-tuning when it starts from pretrained weights.
+
+    ``backbone``: the pretrain stage's weights file, which the teacher then starts from.
+    """
+    model = build_model(config_teacher_spec(cfg, shape, weights=backbone))
+    if cfg.pretrained or cfg.weights or backbone is not None:
+        freeze_for_finetuning(model, cfg.trainable_blocks)
     return model
 
 
-class TeacherStage:
+class TeacherStage(ValenceArousalStage):
     """Supervised regression of (valence, arousal)."""
 
     name = "teacher"
 
-    def __init__(self, model: Regressor, loss_kind: str, cfg: TrainConfig) -> None:
-        if loss_kind not in LOSSES:
-            raise TrainingError(f"unknown loss {loss_kind!r}; choose one of {', '.join(LOSSES)}")
+    def __init__(
+        self, model: Regressor, cfg: TeacherConfig, ctx: StageContext, started_from: Path | None = None
+    ) -> None:
+        if cfg.loss not in LOSSES:
+            raise TrainingError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
         self.model = model
-        self.loss_kind = loss_kind
+        self.loss_kind = cfg.loss
         self.cfg = cfg
-        self.augment = config_augment(cfg)
+        self.ctx = ctx
+        self.started_from = started_from
+        self.augment = config_augment(cfg, ctx.features.shape)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         x = augment_batch(x, self.augment)
@@ -105,14 +119,12 @@ class TeacherStage:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
-        return {}
-
     def checkpoint_meta(self) -> dict[str, Any]:
         return {
             "model_spec": rebuild_spec(self.model.spec),
-            "feature_config": self.cfg.features.to_dict(),
-            "train_config": self.cfg.to_dict(),
+            "feature_config": self.ctx.features.to_dict(),
+            "stage_config": {"teacher": to_plain(self.cfg), "context": to_plain(self.ctx)},
+            "started_from": None if self.started_from is None else str(self.started_from),
         }
 
 
@@ -120,18 +132,18 @@ GanSampler = Callable[[np.ndarray, int], np.ndarray]  # (labels (k, 2), seed) ->
 
 
 def teacher_train_data(
-    data: RunData, cfg: TrainConfig, gan_sampler: GanSampler | None = None
+    data: RunData, ctx: StageContext, gan_sampler: GanSampler | None = None, gan_ratio: float = 0.0
 ) -> Callable[[int], Dataset]:
-    """Per-epoch training set: a fresh draw of real windows, plus GAN windows at ``cfg.gan_ratio``."""
+    """Per-epoch training set: a fresh draw of real windows, plus GAN windows at ``gan_ratio`` of them."""
     train = data.windows("train")
 
     def make(epoch: int) -> Dataset:
-        idx = epoch_window_indices(train, cfg.train_windows_per_song, cfg.seed, epoch)
+        idx = epoch_window_indices(train, ctx.windows_per_song, ctx.seed, epoch)
         real: Dataset = TorchWindows(train, idx)
-        n_fake = round(cfg.gan_ratio * len(idx)) if gan_sampler is not None else 0
+        n_fake = round(gan_ratio * len(idx)) if gan_sampler is not None else 0
         if n_fake == 0:
             return real
-        rng = np.random.default_rng([cfg.seed, epoch, 7])
+        rng = np.random.default_rng([ctx.seed, epoch, 7])
         labels = train.targets[rng.choice(len(train), n_fake)]  # conditioning follows the real label distribution
         fake = ArrayWindows(gan_sampler(labels, int(rng.integers(2**31))), labels)
         return ConcatDataset([real, fake])
@@ -139,48 +151,36 @@ def teacher_train_data(
     return make
 
 
-def fit_config(cfg: TrainConfig, stage: str, progress: bool = True) -> FitConfig:
-    if stage == "teacher":
-        return FitConfig(
-            epochs=cfg.teacher_epochs,
-            batch_size=cfg.batch_size,
-            accum_steps=cfg.accum_steps,
-            patience=cfg.patience,
-            seed=cfg.seed,
-            device=cfg.device,
-            progress=progress,
-        )
-    return FitConfig(
-        epochs=cfg.student_epochs,
-        batch_size=cfg.student_batch_size,
-        accum_steps=cfg.student_accum_steps,
-        patience=cfg.patience,
-        seed=cfg.seed,
-        device=cfg.device,
-        progress=progress,
-        ema_decay=cfg.student_ema,
-    )
-
-
 def train_teacher(
     data: RunData,
-    cfg: TrainConfig,
+    cfg: TeacherConfig,
+    ctx: StageContext,
     out_dir: Path,
+    *,
+    backbone: Path | None = None,
     gan_sampler: GanSampler | None = None,
+    gan_ratio: float = 0.0,
     progress: bool = True,
 ) -> FitResult:
-    """Train (or resume) the teacher into ``out_dir`` (``best.pt``, ``last.pt``, ``metrics.jsonl``, ``curves.png``)."""
-    torch.manual_seed(cfg.seed)
-    model = build_teacher(cfg)
+    """Train (or resume) the teacher into ``out_dir`` (``best.pt``, ``last.pt``, ``metrics.jsonl``, ``curves.png``).
+
+    ``backbone``: the pretrain stage's weights to start from; ``gan_sampler``: generated windows
+    joining each epoch at ``gan_ratio`` of the real ones.
+    """
+    torch.manual_seed(ctx.seed)
+    model = build_teacher(cfg, ctx.features.shape, backbone)
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.teacher_lr, cfg.teacher_backbone_lr_mult, cfg.weight_decay), lr=cfg.teacher_lr
+        param_groups(model, cfg.head_lr, cfg.backbone_lr_mult, cfg.weight_decay), lr=cfg.head_lr
     )
-    stage = TeacherStage(model, cfg.teacher_loss, cfg)
+    stage = TeacherStage(model, cfg, ctx, started_from=backbone)
+    fit_cfg = stage_fit_config(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        accum_steps=cfg.accum_steps,
+        patience=cfg.patience,
+        ctx=ctx,
+        progress=progress,
+    )
     return fit(
-        stage,
-        optimizer,
-        teacher_train_data(data, cfg, gan_sampler),
-        data.windows("val"),
-        out_dir,
-        fit_config(cfg, "teacher", progress),
+        stage, optimizer, teacher_train_data(data, ctx, gan_sampler, gan_ratio), data.windows("val"), out_dir, fit_cfg
     )

@@ -1,0 +1,171 @@
+"""The recipe registry: named, versioned, frozen run configs (``edgeemo recipes``); torch-free.
+
+A recipe is a :class:`~edgeemo.config.RunConfig` under a name, with a version and a one-line
+description, registered with :func:`register_recipe` (as timm registers models). Each
+built-in recipe pins the digest of its resolved config: if a default in
+:mod:`edgeemo.config` changes, the recipe's config changes, :func:`get_recipe` refuses it and
+the tests fail, so an old name never silently means something new. A new behaviour is a
+new recipe name or version.
+
+Built in: ``tiny`` (CPU, CI, minutes: the main job), ``small`` (CPU, about an hour), ``base``
+(the paper recipe for a GPU: ViT-B/16 -> MobileViT-S at 128 x 256), and the recipe of every
+shipped bundle (``4q-m1sp``, the reference bundle's).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edgeemo.config import DataSource, RunConfig, from_flat
+from edgeemo.errors import EdgeemoError
+from edgeemo.features import FeatureConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A registered recipe: its name, version, one-line description, resolved config and pinned digest."""
+
+    name: str
+    version: int
+    description: str
+    config: RunConfig
+    digest: str | None = None
+
+    def check(self) -> None:
+        """Refuse a recipe whose resolved config no longer has its pinned digest."""
+        if self.digest is not None and self.config.digest() != self.digest:
+            raise EdgeemoError(
+                f"recipe {self.name} v{self.version} resolves to config {self.config.digest()}, not its pinned "
+                f"{self.digest}: a default it relies on changed; pin the old value in the recipe or register a new one"
+            )
+
+
+_REGISTRY: dict[str, Recipe] = {}
+
+
+def register_recipe(
+    name: str, description: str, *, version: int = 1, digest: str | None = None
+) -> Callable[[Callable[[], RunConfig]], Callable[[], RunConfig]]:
+    """Decorator: register the config a function returns as recipe ``name`` (a name is registered once)."""
+
+    def wrap(fn: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
+        if name in _REGISTRY:
+            raise EdgeemoError(f"recipe {name!r} is already registered")
+        cfg = fn().replace({"recipe": name})
+        _REGISTRY[name] = Recipe(name, version, description, cfg, digest)
+        return fn
+
+    return wrap
+
+
+def list_recipes() -> list[Recipe]:
+    """Every registered recipe, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe ``name`` (checked against its pinned digest); unknown names are a one-line error."""
+    if name not in _REGISTRY:
+        raise EdgeemoError(f"unknown recipe {name!r}; `edgeemo recipes` lists them ({', '.join(_REGISTRY)})")
+    recipe = _REGISTRY[name]
+    recipe.check()
+    return recipe
+
+
+def recipe_config(name: str) -> RunConfig:
+    return get_recipe(name).config
+
+
+def show_recipe(name: str) -> str:
+    """``edgeemo recipes show NAME``: header lines then the resolved config as JSON."""
+    r = get_recipe(name)
+    head = f"# {r.name} v{r.version}: {r.description}\n# config digest {r.config.digest()}\n"
+    return head + json.dumps(r.config.to_dict(), indent=2) + "\n"
+
+
+def recipes_table() -> str:
+    """``edgeemo recipes``: one line per recipe."""
+    rows = list_recipes()
+    width = max(len(r.name) for r in rows)
+    return "\n".join(f"{r.name:<{width}}  v{r.version}  {r.config.digest()}  {r.description}" for r in rows)
+
+
+# ----------------------------------------------------------------------------- built-in recipes
+BASE_FEATURES = FeatureConfig(n_mels=128, hop_length=250, n_frames=256)  # 128 x 256, 4.03 s
+
+
+def _with(**sections: dict[str, Any]) -> RunConfig:
+    """Defaults with per-section overrides: ``_with(teacher={"epochs": 3})``."""
+    return RunConfig().replace({f"{s}.{k}": v for s, fields in sections.items() for k, v in fields.items()})
+
+
+@register_recipe(
+    "tiny",
+    "CPU/CI main job, minutes: conv-stem ViT-Tiny (8x32 patches) -> MobileViT-XXS, 64x128 windows, 800 built-in songs",
+    digest="b4b6fe63442fdffe",
+)
+def tiny() -> RunConfig:
+    return _with(
+        data={"corpus_n": 800, "windows_per_song": 4},
+        teacher={"patch": (8, 32), "stem": "conv", "head_lr": 1e-3, "backbone_lr_mult": 0.1, "epochs": 12},
+        gan={"epochs": 15},
+        student={"arch": "mobilevit_xxs", "epochs": 12},
+    )
+
+
+@register_recipe(
+    "small",
+    "CPU, about an hour: ViT-Small -> MobileViT-XXS at 128x256",
+    digest="853e4b09a595780a",
+)
+def small() -> RunConfig:
+    return _with(
+        data={"features": BASE_FEATURES, "windows_per_song": 6},
+        teacher={"arch": "vit_small_patch16_224", "head_lr": 5e-4, "epochs": 20},
+        student={"arch": "mobilevit_xxs", "epochs": 20},
+    )
+
+
+@register_recipe(
+    "base",
+    "the paper recipe for a GPU: ViT-B/16 (pretrained when asked) -> MobileViT-S at 128x256",
+    digest="b6573249e6f386a5",
+)
+def base() -> RunConfig:
+    return _with(
+        data={"features": BASE_FEATURES, "windows_per_song": None},
+        teacher={"arch": "vit_base_patch16_224", "head_lr": 3e-5, "epochs": 30},
+        student={"arch": "mobilevit_s", "epochs": 30},
+    )
+
+
+@register_recipe(
+    "4q-m1sp",
+    "the reference bundle (export/reference): 4Q + 400 built-in songs, teacher and student pretrained on musicnn's "
+    "outputs over 4q-dev and the 4.47 h Debian corpus, patch-stem ViT-Tiny -> MobileViT-XXS, int8",
+    digest="0c461948f4376933",
+)
+def reference_4q_m1sp() -> RunConfig:
+    # edgeemo 0.1's tiny preset as it was when this bundle was trained, plus the bundle's recorded --set lines
+    cfg = from_flat(
+        {
+            "preset": "tiny",
+            "teacher_arch": "vit_tiny_patch16_224",
+            "teacher_lr": 1e-3,
+            "teacher_backbone_lr_mult": 0.1,
+            "teacher_epochs": 12,
+            "gan_epochs": 15,
+            "student_arch": "mobilevit_xxs",
+            "student_epochs": 12,
+            "unlabeled": ["$EDGEEMO_DATA/4q-dev", "$EDGEEMO_CACHE/unlabeled/debian"],
+            "pretrain_hop_s": 4.0,
+            "pretrain_max_windows": 20,
+            "student_pretrain": True,
+            "teacher_patch": None,
+        },
+        sources=[DataSource("builtin").to_dict(), DataSource("quadrants", "$EDGEEMO_DATA/4q-dev").to_dict()],
+    )
+    return cfg.replace({"export.int8": True})
