@@ -65,7 +65,8 @@ def plot_prediction(pred: Any, out_png: str | Path, *, title: str | None = None)
     ax_va.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel="valence", ylabel="arousal", aspect="equal")
     name = title or (Path(pred.path).name if getattr(pred, "path", None) else "signal")
     extra = " (padded: shorter than one window)" if getattr(pred, "padded", False) else ""
-    fig.suptitle(f"{name}: {pred.summary.get('quadrant') or '-'}{extra}")
+    mood = f"{pred.summary.get('quadrant')} {pred.summary.get('mood')}" if pred.summary.get("quadrant") else "-"
+    fig.suptitle(f"{name}: {mood}{extra}")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     try:
