@@ -398,7 +398,8 @@ def test_cli_predict_good_and_bad_files(tmp_path_factory, clips, model):
     assert res.exit_code == 1
     assert "mean" in res.stdout and str(clips["16k"]) in res.stdout
     err_lines = res.stderr.strip().splitlines()
-    assert len(err_lines) == 1 and err_lines[0].startswith("error: ") and "corrupt.mp3" in err_lines[0]
+    assert len(err_lines) == 2 and err_lines[0].startswith("error: ") and "corrupt.mp3" in err_lines[0]
+    assert err_lines[1] == "1 of 2 input(s) failed"
 
     res = runner.invoke(main, ["predict", str(clips["16k"]), str(clips["short"]), "--bundle", bundle, "-h"])
     assert res.exit_code == 0

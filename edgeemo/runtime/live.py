@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import queue
-import shutil
 import sys
 import time
 from collections import deque
@@ -28,6 +26,7 @@ from edgeemo.errors import EdgeemoError
 from edgeemo.mood import MOOD_OF_QUADRANT, mood_name, quadrant_code
 from edgeemo.runtime.mic import END
 from edgeemo.runtime.stream import PredictionChunk
+from edgeemo.runtime.terminal import fit_width, terminal_size
 
 RECORD_FIELDS = ("time_s", "valence", "arousal", "quadrant", "mood")
 MIN_WIDTH = 60  # the panel is laid out for terminals at least this wide
@@ -113,28 +112,6 @@ def va_plane(
     lines = ["".join(row) for row in grid]
     lines[cy] += " valence"
     return [" " * (cx - 4) + "arousal +", *lines]
-
-
-def fit_width(text: str, width: int) -> str:
-    """``text`` cut to ``width`` characters, the middle elided with ``…`` (keeps a path's start and file name)."""
-    if width <= 0:
-        return ""
-    if len(text) <= width:
-        return text
-    if width < 8:
-        return text[:width]
-    keep = width - 1
-    head = keep // 2
-    return text[:head] + "…" + text[len(text) - (keep - head) :]
-
-
-def terminal_size(out: IO[str]) -> tuple[int, int]:
-    """(columns, lines) of the terminal behind ``out``; else ``$COLUMNS``/``$LINES`` or 80 x 24."""
-    try:
-        size = os.get_terminal_size(out.fileno())
-    except (AttributeError, OSError, ValueError):  # not a file, or not a terminal
-        size = shutil.get_terminal_size((80, 24))
-    return max(1, size.columns), max(1, size.lines)
 
 
 class LiveView:

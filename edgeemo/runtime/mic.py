@@ -364,14 +364,11 @@ class FileSource(_ThreadSource):
         self.name = str(path)
 
     def _blocks(self) -> Iterator[np.ndarray]:
-        import soundfile as sf
+        from edgeemo.runtime.decoders import open_audio
 
-        try:
-            with sf.SoundFile(str(self.path)) as f:
-                while True:
-                    data = f.read(self.block, dtype="float32", always_2d=True)
-                    if data.shape[0] == 0:
-                        return
-                    yield data
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"decoding failed ({' '.join(str(exc).split())})", path=self.path) from None
+        with open_audio(self.path) as f:  # AudioError for decoding failures, reported through .error
+            while True:
+                data = f.read(self.block)
+                if data.shape[0] == 0:
+                    return
+                yield data

@@ -15,19 +15,25 @@ import numpy as np
 
 from edgeemo.errors import EdgeemoError
 
+PLOT_HINT = "plotting needs matplotlib, which is not installed: pip install 'edgeemo[plot]'"
 
-def _matplotlib() -> tuple[Any, Any]:
+
+def require_matplotlib() -> tuple[Any, Any]:
+    """matplotlib's ``(Figure, FigureCanvasAgg)``, or a one-line :class:`EdgeemoError` naming the ``plot`` extra."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ModuleNotFoundError:
-        raise EdgeemoError("plotting needs matplotlib, which is not installed: pip install matplotlib") from None
+    except ImportError:
+        raise EdgeemoError(PLOT_HINT) from None
     return Figure, FigureCanvasAgg
+
+
+_matplotlib = require_matplotlib  # older name, used by evaluate's confusion plot
 
 
 def plot_prediction(pred: Any, out_png: str | Path, *, title: str | None = None) -> Path:
     """Save the valence/arousal trajectory of ``pred`` as a PNG; returns the path."""
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = require_matplotlib()
     out_png = Path(out_png)
     fig = figure_cls(figsize=(11, 4.5), dpi=100)
     canvas_cls(fig)
