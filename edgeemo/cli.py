@@ -186,7 +186,7 @@ SMOOTHING_OPTION = click.option(
 )
 @click.option("--plot", "plot_png", type=click.Path(path_type=Path), help="Save a trajectory PNG (one per file).")
 @SMOOTHING_OPTION
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads.")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads (1..64).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
 def predict(
     inputs: tuple[str, ...],
@@ -209,8 +209,10 @@ def predict(
     from edgeemo.atomic import atomic_write_json, atomic_write_text
     from edgeemo.runtime import EmotionModel
     from edgeemo.runtime.batch import Progress, expand_inputs, predict_input, sidecar_paths
+    from edgeemo.runtime.limits import check_threads
     from edgeemo.runtime.output import PredictionWriter
 
+    threads = check_threads(threads)
     if out_dir is not None and not sidecar:
         raise EdgeemoError("--out-dir says where the sidecars go: use it with --sidecar")
     if out_path is not None:

@@ -187,3 +187,8 @@ def test_closed_pipe_is_quiet(tree, bundle):
         " cat err.txt; rm -f err.txt"
     )
     assert "Traceback" not in res.stdout and "BrokenPipe" not in res.stdout
+
+
+def test_thread_count_is_bounded(tree, bundle):
+    res = _cli("predict", str(tree / "a.wav"), "--bundle", str(bundle), "--threads", "1000")
+    assert res.exit_code == 2 and res.stderr == "error: threads 1000 is outside 1..64\n" and res.stdout == ""
