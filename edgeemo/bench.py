@@ -1,6 +1,7 @@
 """``edgeemo bench``: one table of size, latency, throughput, streaming real-time factor, memory, import time.
 
-Owns the measurement protocol: 1 thread everywhere (``torch.set_num_threads(1)``,
+Owns the measurement protocol (torch only for the optional ``--run`` rows, imported
+there, so the runtime-only install benchmarks its bundles): 1 thread everywhere (``torch.set_num_threads(1)``,
 onnxruntime ``intra_op_num_threads=1``), warm-up runs, then the median and p95 of at
 least 50 single-window runs; batch-8 throughput; the streaming real-time factor of
 the runtime including decoding-free feature extraction (synthetic audio pushed in
@@ -86,8 +87,9 @@ def runtime_process(bundle: Path, model: str, seconds: float = 60.0) -> dict[str
 
 
 def run_bench(bundle: Path | None = None, run_dir: Path | None = None, runs: int = 50) -> dict[str, Any]:
+    """Benchmark a bundle's ONNX models through the runtime (and, with ``run_dir``, the run's torch models)."""
     from edgeemo.bundle import default_bundle_path, verify_bundle
-    from edgeemo.exporting.onnx import onnx_predictor
+    from edgeemo.runtime import EmotionModel
 
     bundle_path = Path(bundle) if bundle else default_bundle_path()
     b = verify_bundle(bundle_path)
@@ -117,14 +119,20 @@ def run_bench(bundle: Path | None = None, run_dir: Path | None = None, runs: int
                 **_latency(fn, x1, x8, runs),
             }
     params = b.card.get("models", {}).get("student", {}).get("params")
-    for label, name in (("student onnx fp32", "model.onnx"), ("student onnx int8", "model.int8.onnx")):
+    for label, name, int8 in (
+        ("student onnx fp32", "model.onnx", False),
+        ("student onnx int8", "model.int8.onnx", True),
+    ):
         path = bundle_path / name
         if not path.is_file():
+            continue
+        model = EmotionModel.load(bundle_path, threads=1, prefer_int8=int8)  # the runtime's own session and checks
+        if model.model_file != name:  # the card's default model is not this file
             continue
         rows[label] = {
             "params": params,
             "file_mb": path.stat().st_size / 1e6,
-            **_latency(onnx_predictor(path, threads=1), x1, x8, runs),
+            **_latency(model.predict_windows, x1, x8, runs),
             **{
                 f"runtime_{k}": v for k, v in runtime_process(bundle_path, "int8" if "int8" in name else "fp32").items()
             },

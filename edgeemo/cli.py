@@ -8,8 +8,8 @@ stderr and exit code 2; Ctrl-C exits 130 without a traceback.
 
 from __future__ import annotations
 
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -87,6 +87,22 @@ def _plot_paths(png: Path, files: list[Path]) -> list[Path]:
     ]
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """Fail before any work when ``path`` cannot be an output file (a folder, or in a missing folder)."""
+    if path.is_dir():
+        raise EdgeemoError(f"{option} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise EdgeemoError(f"{option} {path}: folder {path.parent} does not exist")
+
+
+def atomic_write_output(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(path)`` (an atomic writer); an OS failure (disk full, ``ulimit -f``) becomes one line."""
+    try:
+        write(path)
+    except OSError as exc:
+        raise EdgeemoError(f"cannot write {path} ({exc.strerror or exc}); any previous file is unchanged") from None
+
+
 SMOOTHING_OPTION = click.option(
     "--smoothing",
     type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -97,55 +113,101 @@ SMOOTHING_OPTION = click.option(
 
 
 @main.command("predict")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="FILE|FOLDER|PATTERN|-...")
 @click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), help="Bundle folder [reference bundle].")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "summary"]),
+    default="table",
+    show_default=True,
+    help="table/csv/json: every window; summary: one CSV row per file.",
+)
 @click.option("--out", "out_path", type=click.Path(path_type=Path), help="Write the output here instead of stdout.")
+@click.option("--sidecar", is_flag=True, help="Also write FILE.edgeemo.json (summary + windows) for each file.")
+@click.option(
+    "--out-dir",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Put the sidecars here, in the inputs' folder layout [next to each file].",
+)
 @click.option("--plot", "plot_png", type=click.Path(path_type=Path), help="Save a trajectory PNG (one per file).")
 @SMOOTHING_OPTION
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime threads.")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads (1..64).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
 def predict(
-    files: tuple[Path, ...],
+    inputs: tuple[str, ...],
     bundle_dir: Path | None,
     fmt: str,
     out_path: Path | None,
+    sidecar: bool,
+    out_dir: Path | None,
     plot_png: Path | None,
     smoothing: float,
     threads: int,
+    progress: bool | None,
 ) -> None:
-    """Valence/arousal per window and a summary for each audio FILE (bad files are reported and skipped)."""
+    """Valence/arousal of audio files: per window, or one summary row per file (--format summary).
+
+    Inputs are files, folders (searched recursively for audio), glob patterns (quote them;
+    ** recurses) and - (audio bytes on stdin). Files that cannot be read are reported and
+    skipped; the exit code is then 1.
+    """
+    from edgeemo.atomic import atomic_write_json, atomic_write_text
     from edgeemo.runtime import EmotionModel
-    from edgeemo.runtime.model import format_predictions
+    from edgeemo.runtime.batch import Progress, expand_inputs, predict_input, sidecar_paths
+    from edgeemo.runtime.limits import check_threads
+    from edgeemo.runtime.output import PredictionWriter
 
+    threads = check_threads(threads)
+    if out_dir is not None and not sidecar:
+        raise EdgeemoError("--out-dir says where the sidecars go: use it with --sidecar")
+    if out_path is not None:
+        check_output_file(out_path, "--out")
     if plot_png is not None:
-        from edgeemo.runtime.plot import _matplotlib
+        from edgeemo.runtime.plot import require_matplotlib
 
-        _matplotlib()  # fail before predicting anything when matplotlib is missing
+        require_matplotlib()  # fail before predicting anything when matplotlib is missing
+    items, problems = expand_inputs(inputs)
+    sidecars = sidecar_paths(items, out_dir) if sidecar else []
+    plots = _plot_paths(plot_png, [Path(i.name if i.path is None else i.path) for i in items]) if plot_png else []
+    failed = len(problems)
+    for line in problems:
+        click.echo(f"error: {line}", err=True)
+    if not items:
+        sys.exit(1)
     model = EmotionModel.load(bundle_dir, threads=threads)
-    plots = _plot_paths(plot_png, list(files)) if plot_png is not None else []
-    preds, failed = [], 0
-    for i, file in enumerate(files):
+    writer = PredictionWriter(fmt, stream=None if out_path is not None else click.get_text_stream("stdout"))
+    bar = Progress(len(items), sys.stderr, progress)
+    for i, item in enumerate(items):
+        bar.show(item.name)
         try:
-            pred = model.predict_file(file, smoothing=smoothing)
+            pred = predict_input(model, item, click.get_binary_stream("stdin"), smoothing)
+            if sidecar:
+                atomic_write_output(sidecars[i], lambda p, pred=pred: atomic_write_json(p, pred.to_dict()))
             if plot_png is not None:
                 from edgeemo.runtime.plot import plot_prediction
 
                 plot_prediction(pred, plots[i])
         except EdgeemoError as exc:
+            bar.clear()
             click.echo(f"error: {exc}", err=True)
             failed += 1
+            bar.advance()
             continue
-        preds.append(pred)
-    text = format_predictions(preds, fmt)
+        bar.clear()
+        writer.add(pred)
+        bar.advance()
+    bar.clear()
+    writer.close()
     if out_path is not None:
-        try:
-            out_path.write_text(text)
-        except OSError as exc:
-            raise EdgeemoError(f"cannot write {out_path} ({exc.strerror})") from None
-        click.echo(f"wrote {len(preds)} prediction(s) to {out_path}", err=True)
-    elif text:
-        click.echo(text, nl=not text.endswith("\n"))
+        if writer.count:
+            atomic_write_output(out_path, lambda p: atomic_write_text(p, writer.text()))
+            click.echo(f"wrote {writer.count} prediction(s) to {out_path}", err=True)
+        else:
+            click.echo(f"nothing written to {out_path}: no input could be predicted", err=True)
     if failed:
+        click.echo(f"{failed} of {len(items) + len(problems)} input(s) failed", err=True)
         sys.exit(1)
 
 
@@ -221,8 +283,11 @@ def evaluate_cmd(
     Songs with quadrant labels (4Q) also get song-level quadrant accuracy, macro-F1,
     valence/arousal AUC, per-class F1 and the confusion matrix.
     """
+    from edgeemo.atomic import atomic_write_json
     from edgeemo.evaluate_cli import evaluate_model
 
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     report = evaluate_model(
         model_path,
         run_dir=run_dir,
@@ -233,7 +298,8 @@ def evaluate_cmd(
     )
     click.echo(report["table"])
     if json_out:
-        json_out.write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
+        metrics = {k: v for k, v in report.items() if k != "table"}
+        atomic_write_output(json_out, lambda p: atomic_write_json(p, metrics))
     sys.exit(0)
 
 
@@ -244,12 +310,15 @@ def evaluate_cmd(
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the numbers as JSON.")
 def bench_cmd(bundle_dir: Path | None, run_dir: Path | None, runs: int, json_out: Path | None) -> None:
     """Size, 1-thread latency, throughput, streaming RTF, peak RSS and import time in one table."""
+    from edgeemo.atomic import atomic_write_json
     from edgeemo.bench import markdown, run_bench
 
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     result = run_bench(bundle_dir, run_dir, runs)
     click.echo(markdown(result))
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
+        atomic_write_output(json_out, lambda p: atomic_write_json(p, result))
 
 
 def _add_commands() -> None:

@@ -132,9 +132,9 @@ def write_song_predictions(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_confusion(q: QuadrantEvaluation, path: Path, *, title: str = "") -> Path:
     """The confusion matrix (counts, rows true, columns predicted) as a PNG; matplotlib is imported here."""
-    from edgeemo.runtime.plot import _matplotlib
+    from edgeemo.runtime.plot import require_matplotlib
 
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = require_matplotlib()
     from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
@@ -185,9 +185,9 @@ def evaluate_model(
         if out is not None:
             _check_writable(Path(out), option)
     if confusion_png is not None:
-        from edgeemo.runtime.plot import _matplotlib
+        from edgeemo.runtime.plot import require_matplotlib
 
-        _matplotlib()  # fail before scoring anything when matplotlib is missing
+        require_matplotlib()  # fail before scoring anything when matplotlib is missing
     predict, cfg, label = load_predictor(Path(model_path))
     songs, what = _songs(Path(model_path), run_dir, split, data_path)
     if confusion_png is not None and not any(s.quadrant for s in songs):

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgeemo.data.windows import WindowSet
 from edgeemo.metrics import QUADRANT_LABELS, confusion_matrix, quadrant_of, quadrant_report, regression_report
+from edgeemo.mood import mood_of_code
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (B, 1, n_mels, n_frames) float32 -> (B, 2)
 
@@ -80,9 +81,11 @@ SONG_PREDICTION_FIELDS = (
     "valence_true",
     "arousal_true",
     "quadrant_true",
+    "mood_true",
     "valence_pred",
     "arousal_pred",
     "quadrant_pred",
+    "mood_pred",
     "n_windows",
 )
 
@@ -104,9 +107,11 @@ def song_predictions(windows: WindowSet, preds: np.ndarray) -> list[dict[str, An
             "valence_true": float(s.valence),
             "arousal_true": float(s.arousal),
             "quadrant_true": s.quadrant or "",
+            "mood_true": mood_of_code(s.quadrant or ""),
             "valence_pred": float(means[i, 0]),
             "arousal_pred": float(means[i, 1]),
             "quadrant_pred": str(pred_q[i]),
+            "mood_pred": mood_of_code(str(pred_q[i])),
             "n_windows": int(counts[i]),
         }
         for i, s in enumerate(windows.songs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeemo.errors import DataError
+from edgeemo.mood import quadrant_code
 
 DIMS = ("valence", "arousal")
 
@@ -100,14 +101,12 @@ def quadrant_of(valence: np.ndarray, arousal: np.ndarray) -> np.ndarray:
 
     Q1 = (+v, +a) happy, Q2 = (-v, +a) tense, Q3 = (-v, -a) sad, Q4 = (+v, -a) calm; a
     coordinate of exactly 0 counts as positive (so (0, 0) is Q1). The sign rule is
-    :func:`edgeemo.runtime.stream.quadrant_label`, evaluated once per sign pattern and
-    broadcast here; it is imported when called, so importing this module needs only numpy.
+    :func:`edgeemo.mood.quadrant_code`, evaluated once per sign pattern and
+    broadcast here.
     """
-    from edgeemo.runtime.stream import quadrant_label  # torch-free; the one definition of the mapping
-
     v, a = _pair(valence, arousal)
     # table[v >= 0][a >= 0]; -1 stands for "negative", 0 for "non-negative"
-    table = np.array([[quadrant_label(sv, sa) for sa in (-1.0, 0.0)] for sv in (-1.0, 0.0)])
+    table = np.array([[quadrant_code(sv, sa) for sa in (-1.0, 0.0)] for sv in (-1.0, 0.0)])
     return table[(v >= 0).astype(np.intp), (a >= 0).astype(np.intp)]
 
 

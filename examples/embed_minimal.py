@@ -10,4 +10,4 @@ from edgeemo.runtime import EmotionModel
 model = EmotionModel.load(sys.argv[2] if len(sys.argv) > 2 else None)  # None: the reference bundle
 pred = model.predict_file(sys.argv[1])
 s = pred.summary
-print(f"{sys.argv[1]}: valence {s['valence']:+.2f}, arousal {s['arousal']:+.2f} -> {s['quadrant']}")
+print(f"{sys.argv[1]}: valence {s['valence']:+.2f}, arousal {s['arousal']:+.2f} -> {s['quadrant']} {s['mood']}")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import soundfile as sf
 
-from edgeemo.runtime import EmotionModel, quadrant
+from edgeemo.runtime import EmotionModel, mood_name
 
 
 class MoodWatcher:
@@ -45,7 +45,7 @@ class MoodWatcher:
 
     def _handle(self, windows) -> None:
         for t, v, a in windows:
-            q = quadrant(v, a)
+            q = mood_name(v, a)
             if q == self.mood:
                 self._candidate, self._count = None, 0
                 continue

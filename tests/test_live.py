@@ -23,6 +23,7 @@ pytest.importorskip("onnx")  # building the test bundle
 
 from edgeemo.cli import main
 from edgeemo.errors import EdgeemoError
+from edgeemo.mood import mood_name, quadrant_code
 from edgeemo.runtime import EmotionModel, mic
 from edgeemo.runtime.live import LiveSummary, level_dbfs, run_live, va_plane
 from tests.runtime_fixtures import SMALL_CFG, cached_bundle, mood_clip, write_clip
@@ -41,8 +42,11 @@ def model(bundle) -> EmotionModel:
 def _read_record(path: Path) -> np.ndarray:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert rows and list(rows[0]) == ["time", "valence", "arousal", "quadrant"]
-    return np.array([[float(r["time"]), float(r["valence"]), float(r["arousal"])] for r in rows])
+    assert rows and list(rows[0]) == ["time_s", "valence", "arousal", "quadrant", "mood"]
+    for r in rows:
+        v, a = float(r["valence"]), float(r["arousal"])
+        assert (r["quadrant"], r["mood"]) == (quadrant_code(v, a), mood_name(v, a))
+    return np.array([[float(r["time_s"]), float(r["valence"]), float(r["arousal"])] for r in rows])
 
 
 # --- fake sounddevice --------------------------------------------------------------------
@@ -197,7 +201,8 @@ def test_view_helpers():
     assert any("@" in line for line in plane) and any("calm" in line for line in plane)
     assert level_dbfs(np.full(100, 0.5)) == pytest.approx(-6.02, abs=0.01) and level_dbfs(np.zeros(10)) == -120
     s = LiveSummary(seconds=2.0, windows=4, valence=[0.5, 0.5, -0.5, -0.5], arousal=[0.5, -0.5, -0.5, -0.5])
-    assert s.quadrant_share() == {"happy": 0.25, "tense": 0.0, "sad": 0.5, "calm": 0.25}
+    assert s.quadrant_share() == {"Q1": 0.25, "Q2": 0.0, "Q3": 0.5, "Q4": 0.25}
+    assert "Q3 sad 50%" in s.text() and "(Q4 calm)" in s.text()  # mean (0, -0.25): exactly 0 counts as positive
 
 
 # --- device selection and errors ---------------------------------------------------------------
@@ -438,3 +443,31 @@ def test_live_capture_through_pulseaudio(pulse_server, bundle, tmp_path):
     assert len(ref) >= 6 and -1.0 < offset < 3.0
     assert np.median(err) <= 0.005 and err.max() <= 0.02, (offset, err.max(), np.median(err))
     np.testing.assert_allclose(got.mean(axis=0), ref.mean(axis=0), atol=0.005)
+
+
+class _PairLike:
+    """Like sounddevice's ``default.device``: an (input, output) pair object that is not a tuple."""
+
+    def __init__(self, pair):
+        self._pair = pair
+
+    def __getitem__(self, i):
+        return self._pair[i]
+
+
+@pytest.mark.parametrize(
+    ("default", "starred"), [(_PairLike([2, 1]), 2), ([0, 1], 0), (2, 2), ("USB Mic", 2), (_PairLike([-1, -1]), None)]
+)
+def test_list_devices_stars_the_default_input(fake_sd, default, starred):
+    fake = fake_sd()
+    fake.default = SimpleNamespace(device=default)
+    fake.query_devices = lambda device=None, kind=None: (
+        fake.devices if device is None else next(d for d in fake.devices if d["name"] == device)
+    )
+    text = mic.devices_table(mic.input_devices())
+    stars = [line for line in text.splitlines() if line.startswith("*")]
+    if starred is None:
+        assert not stars and text.endswith("(no default input device)")
+    else:
+        assert len(stars) == 1 and stars[0].split()[1] == str(starred) and text.endswith("(* = default input)")
+        assert mic.resolve_device(None)["index"] == starred

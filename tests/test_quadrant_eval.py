@@ -188,6 +188,8 @@ def test_evaluate_4q_writes_predictions_and_confusion(bundle, mini_4q, tmp_path)
         assert float(r["valence_pred"]) == pytest.approx(pred.summary["valence"], abs=1e-4)
         assert float(r["arousal_pred"]) == pytest.approx(pred.summary["arousal"], abs=1e-4)
         assert r["quadrant_pred"] == quadrant_label(float(r["valence_pred"]), float(r["arousal_pred"]))
+        assert r["quadrant_pred"] == pred.summary["quadrant"] and r["mood_pred"] == pred.summary["mood"]
+        assert r["mood_true"] == {"Q1": "happy", "Q2": "tense", "Q3": "sad", "Q4": "calm"}[song.quadrant]
 
     # the reported quadrant metrics are those of the written predictions
     report = json.loads(js.read_text())["quadrants"]

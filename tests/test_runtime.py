@@ -22,7 +22,7 @@ pytest.importorskip("onnx")  # building the test bundle
 from edgeemo.cli import main
 from edgeemo.errors import AudioError, EdgeemoError
 from edgeemo.features import FeatureConfig
-from edgeemo.runtime import EmotionModel, Prediction, quadrant, quadrant_label
+from edgeemo.runtime import EmotionModel, Prediction, mood_name, quadrant, quadrant_code, quadrant_label
 from edgeemo.runtime.audio import StreamResampler
 from tests.runtime_fixtures import (
     SMALL_CFG,
@@ -93,7 +93,8 @@ def test_predict_file_matches_numpy_reference(model, clips):
     assert np.ptp(pred.valence) > 0.1 and np.ptp(pred.arousal) > 0.1  # the clip moves around the plane
     s = pred.summary
     assert s["valence"] == pytest.approx(ref[:, 0].mean(), abs=1e-6)
-    assert s["quadrant"] == quadrant(s["valence"], s["arousal"]) and s["windows"] == len(ref)
+    assert s["quadrant"] == quadrant_code(s["valence"], s["arousal"]) and s["windows"] == len(ref)
+    assert s["mood"] == mood_name(s["valence"], s["arousal"])
     assert s["duration_s"] == pytest.approx(9.0)
 
 
@@ -273,21 +274,31 @@ def test_push_accepts_int_pcm_and_channels(model):
 
 
 def test_quadrants():
-    assert [quadrant(0.5, 0.5), quadrant(-0.5, 0.5), quadrant(-0.5, -0.5), quadrant(0.5, -0.5)] == [
-        "happy",
-        "tense",
-        "sad",
-        "calm",
-    ]
-    assert quadrant_label(0.0, 0.0) == "Q1" and quadrant(0.0, -0.1) == "calm"
+    points = [(0.5, 0.5), (-0.5, 0.5), (-0.5, -0.5), (0.5, -0.5)]
+    assert [quadrant_code(v, a) for v, a in points] == ["Q1", "Q2", "Q3", "Q4"]
+    assert [mood_name(v, a) for v, a in points] == ["happy", "tense", "sad", "calm"]
+    assert quadrant_code(0.0, 0.0) == "Q1" and mood_name(0.0, -0.1) == "calm" and quadrant_code(-1e-9, 0.0) == "Q2"
+    with pytest.raises(ValueError, match="NaN"):
+        quadrant_code(float("nan"), 0.5)
+    # the older names still answer what they always did
+    assert [quadrant_label(v, a) for v, a in points] == ["Q1", "Q2", "Q3", "Q4"]
+    assert [quadrant(v, a) for v, a in points] == ["happy", "tense", "sad", "calm"]
 
 
 def test_prediction_serialisation(model, clips):
     pred = model.predict_file(clips["16k"])
     d = json.loads(json.dumps(pred.to_dict()))
     assert d["path"] == str(clips["16k"]) and len(d["windows"]) == len(pred)
-    assert d["summary"]["quadrant"] in {"happy", "tense", "sad", "calm"}
+    s = d["summary"]
+    assert s["quadrant"] == quadrant_code(s["valence"], s["arousal"]) and s["mood"] == mood_name(
+        s["valence"], s["arousal"]
+    )
+    assert [(w["quadrant"], w["mood"]) for w in d["windows"]] == [
+        (quadrant_code(w["valence"], w["arousal"]), mood_name(w["valence"], w["arousal"])) for w in d["windows"]
+    ]
     rows = pred.to_csv_rows()
+    assert list(rows[0]) == ["file", "time_s", "valence", "arousal", "quadrant", "mood"]
+    assert {r["quadrant"] for r in rows} <= {"Q1", "Q2", "Q3", "Q4"} and rows[0]["mood"] == pred.moods()[0]
     assert len(rows) == len(pred) and float(rows[0]["valence"]) == pytest.approx(pred.valence[0], abs=1e-6)
     assert isinstance(pred, Prediction)
 
@@ -387,7 +398,8 @@ def test_cli_predict_good_and_bad_files(tmp_path_factory, clips, model):
     assert res.exit_code == 1
     assert "mean" in res.stdout and str(clips["16k"]) in res.stdout
     err_lines = res.stderr.strip().splitlines()
-    assert len(err_lines) == 1 and err_lines[0].startswith("error: ") and "corrupt.mp3" in err_lines[0]
+    assert len(err_lines) == 2 and err_lines[0].startswith("error: ") and "corrupt.mp3" in err_lines[0]
+    assert err_lines[1] == "1 of 2 input(s) failed"
 
     res = runner.invoke(main, ["predict", str(clips["16k"]), str(clips["short"]), "--bundle", bundle, "-h"])
     assert res.exit_code == 0

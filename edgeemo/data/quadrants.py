@@ -23,8 +23,9 @@ import numpy as np
 from edgeemo.data.deam import synth_clip, write_audio
 from edgeemo.data.types import Song, SongSet
 from edgeemo.errors import DataError
+from edgeemo.mood import QUADRANT_SIGNS
 
-QUADRANT_SIGNS: dict[str, tuple[int, int]] = {"Q1": (1, 1), "Q2": (-1, 1), "Q3": (-1, -1), "Q4": (1, -1)}
+__all__ = ["QUADRANT_SIGNS", "load_quadrants", "normalise_artist", "normalise_quadrant", "write_miniature_quadrants"]
 AUDIO_DIR = "audio"
 AUDIO_SUFFIXES = (".mp3", ".wav")
 ID_COLUMNS = ("song", "id")

@@ -12,12 +12,16 @@ sounddevice only in :mod:`edgeemo.runtime.mic`). Never torch, timm, librosa or m
 
 from edgeemo.bundle import Bundle, default_bundle_path, verify_bundle
 from edgeemo.errors import AudioError, BundleError, EdgeemoError
+from edgeemo.mood import MOOD_NAMES, MOOD_OF_QUADRANT, QUADRANT_CODES, mood_name, quadrant_code
 from edgeemo.runtime.model import CSV_FIELDS, EmotionModel, Prediction
 from edgeemo.runtime.stream import QUADRANTS, PredictionChunk, StreamingPredictor, quadrant, quadrant_label
 
 __all__ = [
     "CSV_FIELDS",
+    "MOOD_NAMES",
+    "MOOD_OF_QUADRANT",
     "QUADRANTS",
+    "QUADRANT_CODES",
     "AudioError",
     "Bundle",
     "BundleError",
@@ -27,7 +31,9 @@ __all__ = [
     "PredictionChunk",
     "StreamingPredictor",
     "default_bundle_path",
+    "mood_name",
     "quadrant",
+    "quadrant_code",
     "quadrant_label",
     "verify_bundle",
 ]

@@ -1,7 +1,9 @@
-"""Audio decoding, downmixing, resampling and validation (soundfile + soxr, no torch).
+"""Audio decoding, downmixing, resampling and validation (soundfile / PyAV + soxr, no torch).
 
 Owns everything between a file (or a stream of samples at any rate) and a mono
-float32 signal at the model's sample rate. Bad input raises
+float32 signal at the model's sample rate; the decoders themselves (which library
+reads which format, and the one-line errors for unusable paths) are
+:mod:`edgeemo.runtime.decoders`. Bad input raises
 :class:`edgeemo.errors.AudioError` with one line naming the file and the problem.
 Long files are decoded and resampled block by block (:func:`iter_audio_blocks`), so
 an hour of audio never sits in memory whole.
@@ -17,6 +19,23 @@ import soundfile as sf
 import soxr
 
 from edgeemo.errors import AudioError
+from edgeemo.runtime.decoders import AudioReader, audio_extensions, open_audio
+from edgeemo.runtime.limits import check_sample_rate
+
+__all__ = [
+    "SILENCE_PEAK",
+    "AudioReader",
+    "StreamResampler",
+    "audio_extensions",
+    "audio_info",
+    "check_finite",
+    "iter_audio_blocks",
+    "load_audio",
+    "open_audio",
+    "resample",
+    "to_mono",
+    "write_wav",
+]
 
 SILENCE_PEAK = 1e-5  # -100 dBFS: a file whose peak stays below this is "all silent"
 _BLOCK_SECONDS = 10.0
@@ -49,8 +68,10 @@ class StreamResampler:
         if sr_in <= 0 or sr_out <= 0:
             raise AudioError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
         self.sr_in, self.sr_out = int(sr_in), int(sr_out)
-        self._stream = None if self.sr_in == self.sr_out else soxr.ResampleStream(
-            self.sr_in, self.sr_out, 1, dtype="float32", quality="HQ"
+        self._stream = (
+            None
+            if self.sr_in == self.sr_out
+            else soxr.ResampleStream(self.sr_in, self.sr_out, 1, dtype="float32", quality="HQ")
         )
 
     def push(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
@@ -71,26 +92,10 @@ def check_finite(signal: np.ndarray, source: str | Path) -> None:
         raise AudioError(f"{bad} NaN/inf sample(s) in the audio", path=source)
 
 
-def _open(path: str | Path) -> sf.SoundFile:
-    p = Path(path)
-    if not p.exists():
-        raise AudioError("no such file", path=p)
-    if p.is_dir():
-        raise AudioError("is a directory, not an audio file", path=p)
-    if p.stat().st_size == 0:
-        raise AudioError("empty file (0 bytes)", path=p)
-    try:
-        return sf.SoundFile(str(p))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        reason = str(exc).split(":")[-1].strip() or "unknown decoder error"
-        raise AudioError(f"unsupported or corrupt audio ({reason})", path=p) from None
-
-
 def audio_info(path: str | Path) -> tuple[int, float, int]:
-    """``(sample_rate, duration_s, channels)`` of a file, from its header."""
-    with _open(path) as f:
-        frames = f.frames if f.frames and f.frames > 0 else 0
-        return f.samplerate, frames / f.samplerate, f.channels
+    """``(sample_rate, duration_s, channels)`` of a file, from its header (duration 0.0 when unknown)."""
+    with open_audio(path) as f:
+        return f.samplerate, (f.frames or 0) / f.samplerate, f.channels
 
 
 def iter_audio_blocks(
@@ -103,44 +108,42 @@ def iter_audio_blocks(
 ) -> Iterator[np.ndarray]:
     """Decode a file block by block as mono float32 at ``sample_rate``.
 
-    Raises :class:`AudioError` for a missing, corrupt, zero-length or NaN-holding file.
+    Raises :class:`AudioError` for a missing, unreadable, corrupt, zero-length or
+    NaN-holding file, or one whose header rate is outside the documented range.
     Silence is not checked here (a stream may legitimately be quiet); see :func:`load_audio`.
     """
-    f = _open(path)
-    with f:
+    sample_rate = check_sample_rate(sample_rate, "target sample rate")
+    with open_audio(path) as f:
         sr_in = f.samplerate
         resampler = StreamResampler(sr_in, sample_rate)
-        try:
-            if start_s > 0:
-                first = round(start_s * sr_in)
-                if f.frames > 0 and first >= f.frames:  # not a 1-sample "excerpt" of the last sample
-                    raise AudioError(
-                        f"start_s {start_s:g} is past the end of the audio ({f.frames / sr_in:.3f} s)", path=path
-                    )
-                f.seek(min(first, max(f.frames - 1, 0)))
-            remaining = None if end_s is None else max(0, round((end_s - start_s) * sr_in))
-            block = max(1, int(block_s * sr_in))
-            got_any = False
-            while remaining is None or remaining > 0:
-                n = block if remaining is None else min(block, remaining)
-                data = f.read(n, dtype="float32", always_2d=True)
-                if data.shape[0] == 0:
-                    break
-                if remaining is not None:
-                    remaining -= data.shape[0]
-                mono = to_mono(data)
-                check_finite(mono, path)
-                got_any = True
-                out = resampler.push(mono)
-                if out.size:
-                    yield out
-            if not got_any:
-                raise AudioError("no audio samples (zero-length or truncated file)", path=path)
-            tail = resampler.push(np.zeros(0, np.float32), last=True)
-            if tail.size:
-                yield tail
-        except sf.LibsndfileError as exc:
-            raise AudioError(f"decoding failed ({exc})", path=path) from None
+        if start_s > 0:
+            first = round(start_s * sr_in)
+            if f.frames and first >= f.frames:  # not a 1-sample "excerpt" of the last sample
+                raise AudioError(
+                    f"start_s {start_s:g} is past the end of the audio ({f.frames / sr_in:.3f} s)", path=path
+                )
+            f.skip(min(first, max(f.frames - 1, 0)) if f.frames else first)
+        remaining = None if end_s is None else max(0, round((end_s - start_s) * sr_in))
+        block = max(1, int(block_s * sr_in))
+        got_any = False
+        while remaining is None or remaining > 0:
+            n = block if remaining is None else min(block, remaining)
+            data = f.read(n)
+            if data.shape[0] == 0:
+                break
+            if remaining is not None:
+                remaining -= data.shape[0]
+            mono = to_mono(data)
+            check_finite(mono, path)
+            got_any = True
+            out = resampler.push(mono)
+            if out.size:
+                yield out
+        if not got_any:
+            raise AudioError("no audio samples (zero-length or truncated file)", path=path)
+        tail = resampler.push(np.zeros(0, np.float32), last=True)
+        if tail.size:
+            yield tail
 
 
 def load_audio(

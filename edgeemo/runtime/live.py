@@ -23,10 +23,13 @@ from typing import IO, Any
 import numpy as np
 
 from edgeemo.errors import EdgeemoError
+from edgeemo.mood import MOOD_OF_QUADRANT, mood_name, quadrant_code
 from edgeemo.runtime.mic import END
-from edgeemo.runtime.stream import QUADRANT_WORDS, PredictionChunk, quadrant
+from edgeemo.runtime.stream import PredictionChunk
+from edgeemo.runtime.terminal import fit_width, terminal_size
 
-RECORD_FIELDS = ("time", "valence", "arousal", "quadrant")
+RECORD_FIELDS = ("time_s", "valence", "arousal", "quadrant", "mood")
+MIN_WIDTH = 60  # the panel is laid out for terminals at least this wide
 _REDRAW_S = 0.1
 _STALL_GRACE_S = 5.0  # with --duration: give up this long after the expected end if audio stops arriving
 
@@ -59,18 +62,19 @@ class LiveSummary:
         return float(np.mean(self.arousal)) if self.arousal else math.nan
 
     def quadrant_share(self) -> dict[str, float]:
-        """Share of windows (= of time: windows are evenly spaced) in each quadrant."""
-        words = [quadrant(v, a) for v, a in zip(self.valence, self.arousal, strict=True)]
-        n = max(1, len(words))
-        return {w: words.count(w) / n for w in QUADRANT_WORDS}
+        """Share of windows (= of time: windows are evenly spaced) in each quadrant, keyed ``Q1``..``Q4``."""
+        codes = [quadrant_code(v, a) for v, a in zip(self.valence, self.arousal, strict=True)]
+        n = max(1, len(codes))
+        return {q: codes.count(q) / n for q in MOOD_OF_QUADRANT}
 
     def text(self) -> str:
         head = f"summary: {self.seconds:.1f} s of audio, {self.windows} window(s), dropped blocks {self.dropped}"
         if not self.windows:
             return head + " (too short for a prediction)"
         mv, ma = self.mean_valence, self.mean_arousal
-        share = ", ".join(f"{w} {p:.0%}" for w, p in self.quadrant_share().items())
-        return f"{head}\n  mean valence {mv:+.3f}, arousal {ma:+.3f} ({quadrant(mv, ma)}); time share: {share}"
+        share = ", ".join(f"{q} {MOOD_OF_QUADRANT[q]} {p:.0%}" for q, p in self.quadrant_share().items())
+        mean_q = f"{quadrant_code(mv, ma)} {mood_name(mv, ma)}"
+        return f"{head}\n  mean valence {mv:+.3f}, arousal {ma:+.3f} ({mean_q}); time share: {share}"
 
 
 # ----------------------------------------------------------------------------- view
@@ -111,13 +115,29 @@ def va_plane(
 
 
 class LiveView:
-    """Renders the live state: a redrawn panel on a TTY, one line per prediction otherwise."""
+    """Renders the live state: a redrawn panel on a TTY, one line per prediction otherwise.
 
-    def __init__(self, out: IO[str], tty: bool, source_name: str, sample_rate: int, window_s: float = 4.0) -> None:
+    The panel is redrawn in place: every line is cut to the terminal's width (less one
+    column, so no terminal wraps it), the ASCII plane is left out when the terminal has
+    too few lines for it, and a change of size clears what the old layout left behind.
+    ``size`` fixes (columns, lines) instead of asking the terminal each redraw.
+    """
+
+    def __init__(
+        self,
+        out: IO[str],
+        tty: bool,
+        source_name: str,
+        sample_rate: int,
+        window_s: float = 4.0,
+        size: tuple[int, int] | None = None,
+    ) -> None:
         self.out, self.tty = out, tty
         self.window_s = window_s
         self.source_name, self.sample_rate = source_name, sample_rate
+        self.size = size
         self._lines_drawn = 0
+        self._last_size: tuple[int, int] | None = None
         self._last_draw = 0.0
         self.trail: deque[tuple[float, float]] = deque(maxlen=12)
         self.v: float | None = None
@@ -130,10 +150,37 @@ class LiveView:
         if not self.tty:
             extra = " (padded)" if padded else ""
             self.out.write(
-                f"{t:8.2f}s  valence {v:+.3f}  arousal {a:+.3f}  {quadrant(v, a):<5}  "
+                f"{t:8.2f}s  valence {v:+.3f}  arousal {a:+.3f}  {quadrant_code(v, a)} {mood_name(v, a):<5}  "
                 f"level {level:6.1f} dBFS  dropped {dropped}{extra}\n"
             )
             self.out.flush()
+
+    def panel(self, elapsed: float, level: float, dropped: int, windows: int, width: int, height: int) -> list[str]:
+        """The panel's lines for a terminal of ``width`` x ``height``, each at most ``width - 1`` long."""
+        cols = max(1, width - 1)
+        mins, secs = divmod(elapsed, 60)
+        bar_n = max(10, min(30, cols - 25))
+        filled = round(min(1.0, max(0.0, (level + 60.0) / 60.0)) * bar_n)
+        if self.v is None or self.a is None:
+            mood = f"listening (first prediction after {self.window_s:.1f} s)"
+            va = "valence   --     arousal   --"
+        else:
+            mood = f"{quadrant_code(self.v, self.a)} {mood_name(self.v, self.a).upper()}"
+            va = f"valence {self.v:+.3f}   arousal {self.a:+.3f}"
+        rate = f" @ {self.sample_rate} Hz"
+        title = "edgeemo live  "
+        source = fit_width(self.source_name, max(1, cols - len(title) - len(rate)))
+        lines = [
+            f"{title}{source}{rate}",
+            f"elapsed {int(mins):02d}:{secs:04.1f}   windows {windows}   dropped blocks {dropped}",
+            f"{va}   mood: {mood}",
+            f"level {level:6.1f} dBFS [{'#' * filled}{'.' * (bar_n - filled)}]",
+        ]
+        plane = va_plane(self.v, self.a, list(self.trail))
+        if height - 1 >= len(lines) + len(plane) + 1:
+            lines.extend(plane)
+        lines.append("Ctrl-C to stop")
+        return [fit_width(line, cols) for line in lines[: max(1, height - 1)]]
 
     def redraw(self, elapsed: float, level: float, dropped: int, windows: int, force: bool = False) -> None:
         if not self.tty:
@@ -142,32 +189,20 @@ class LiveView:
         if not force and now - self._last_draw < _REDRAW_S:
             return
         self._last_draw = now
-        mins, secs = divmod(elapsed, 60)
-        bar_n = 30
-        filled = round(min(1.0, max(0.0, (level + 60.0) / 60.0)) * bar_n)
-        if self.v is None or self.a is None:
-            mood = f"listening (first prediction after {self.window_s:.1f} s)"
-            va = "valence   --     arousal   --"
-        else:
-            mood = quadrant(self.v, self.a).upper()
-            va = f"valence {self.v:+.3f}   arousal {self.a:+.3f}"
-        lines = [
-            f"edgeemo live  {self.source_name} @ {self.sample_rate} Hz   elapsed {int(mins):02d}:{secs:04.1f}   "
-            f"windows {windows}   dropped blocks {dropped}",
-            f"{va}   mood: {mood}",
-            f"level {level:6.1f} dBFS [{'#' * filled}{'.' * (bar_n - filled)}]",
-            *va_plane(self.v, self.a, list(self.trail)),
-            "Ctrl-C to stop",
-        ]
+        size = self.size or terminal_size(self.out)
+        lines = self.panel(elapsed, level, dropped, windows, *size)
         buf = []
         if self._lines_drawn:
             buf.append(f"\x1b[{self._lines_drawn}F")
+            if size != self._last_size:
+                buf.append("\x1b[J")  # the old layout's leftovers (a resize may have wrapped them)
         else:
             buf.append("\x1b[?25l")
         buf.extend(f"{line}\x1b[K\n" for line in lines)
         self.out.write("".join(buf))
         self.out.flush()
         self._lines_drawn = len(lines)
+        self._last_size = size
 
     def close(self) -> None:
         if self.tty and self._lines_drawn:
@@ -190,7 +225,7 @@ def run_live(
     """Run ``source`` (a :mod:`edgeemo.runtime.mic` source) through ``model`` until it ends,
     ``duration`` seconds of audio were consumed, or Ctrl-C; returns (and prints) a summary.
 
-    ``record`` writes ``time,valence,arousal,quadrant`` rows (window centre times from
+    ``record`` writes ``time_s,valence,arousal,quadrant,mood`` rows (window centre times from
     the start of the stream); ``on_window(t, v, a)`` is called for every new window.
     """
     out = out or sys.stdout
@@ -219,7 +254,7 @@ def run_live(
             summary.valence.append(v)
             summary.arousal.append(a)
             if writer is not None and record_file is not None:
-                writer.writerow([f"{t:.3f}", f"{v:.6f}", f"{a:.6f}", quadrant(v, a)])
+                writer.writerow([f"{t:.3f}", f"{v:.6f}", f"{a:.6f}", quadrant_code(v, a), mood_name(v, a)])
                 record_file.flush()
             if on_window is not None:
                 on_window(t, v, a)

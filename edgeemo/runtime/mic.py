@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeemo.errors import AudioError, EdgeemoError
+from edgeemo.runtime.limits import check_sample_rate
 
 END = None  # queue sentinel: the source has finished
 DEFAULT_BLOCK_S = 0.05
@@ -68,19 +69,43 @@ def format_devices(devices: list[dict[str, Any]]) -> str:
     return ", ".join(f"{d['index']} {d['name']!r} ({d['channels']} ch, {d['samplerate']:g} Hz)" for d in devices)
 
 
+def default_input_index(sd: Any) -> int | None:
+    """Index of PortAudio's default input device, or None when there is none.
+
+    ``sd.default.device`` is an (input, output) pair object (not a tuple), a single
+    index, or a device name; PortAudio reports "no default" as -1.
+    """
+    dev = sd.default.device
+    try:
+        value = dev if isinstance(dev, (int, str)) or dev is None else dev[0]
+    except (TypeError, IndexError, KeyError):
+        return None
+    if isinstance(value, str):
+        try:
+            return int(sd.query_devices(value, kind="input")["index"])
+        except Exception:  # an unknown or output-only name: no usable default
+            return None
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        index = int(value)
+    except (TypeError, ValueError):
+        return None
+    return index if index >= 0 else None
+
+
 def devices_table(devices: list[dict[str, Any]]) -> str:
-    """Multi-line listing for ``edgeemo live --list-devices``."""
+    """Multi-line listing for ``edgeemo live --list-devices``, the default input starred."""
     if not devices:
         return "no audio input devices found"
-    sd = import_sounddevice()
-    default = sd.default.device[0] if isinstance(sd.default.device, (list, tuple)) else sd.default.device
+    default = default_input_index(import_sounddevice())
     lines = [f"{'':2}{'index':>5}  {'name':<40}{'ch':>4}{'rate':>9}  host API"]
     for d in devices:
         mark = "*" if d["index"] == default else " "
         lines.append(
             f"{mark:2}{d['index']:>5}  {d['name'][:40]:<40}{d['channels']:>4}{d['samplerate']:>9.0f}  {d['hostapi']}"
         )
-    lines.append("(* = default input)")
+    lines.append("(* = default input)" if any(d["index"] == default for d in devices) else "(no default input device)")
     return "\n".join(lines)
 
 
@@ -91,8 +116,7 @@ def resolve_device(spec: str | int | None) -> dict[str, Any]:
         raise EdgeemoError("no audio input devices found (is a sound card or sound server available?)")
     listing = format_devices(devices)
     if spec is None or (isinstance(spec, str) and not spec.strip()):
-        sd = import_sounddevice()
-        default = sd.default.device[0] if isinstance(sd.default.device, (list, tuple)) else sd.default.device
+        default = default_input_index(import_sounddevice())
         match = [d for d in devices if d["index"] == default]
         if not match:
             raise EdgeemoError(f"no default input device; pick one with --device: {listing}")
@@ -185,9 +209,10 @@ class MicSource(_QueueSource):
         self._sd = import_sounddevice()
         self.device = resolve_device(device)
         self.name = f"{self.device['name']} (device {self.device['index']})"
-        self.sample_rate = int(samplerate or round(self.device["samplerate"]))
-        if self.sample_rate <= 0:
-            raise EdgeemoError(f"bad sample rate {self.sample_rate} for device {self.name}")
+        self.sample_rate = check_sample_rate(
+            samplerate if samplerate is not None else round(self.device["samplerate"]),
+            f"sample rate of input device {self.name}",
+        )
         self.channels = 1
         self.block_s = block_s
         self.overflows = 0
@@ -245,7 +270,7 @@ class _ThreadSource(_QueueSource):
 
     def __init__(self, sample_rate: int, channels: int, realtime: bool, block_s: float, max_queue: int) -> None:
         super().__init__(max_queue)
-        self.sample_rate = int(sample_rate)
+        self.sample_rate = check_sample_rate(sample_rate)
         self.channels = channels
         self.realtime = realtime
         self.block = max(1, round(self.sample_rate * block_s))
@@ -339,14 +364,11 @@ class FileSource(_ThreadSource):
         self.name = str(path)
 
     def _blocks(self) -> Iterator[np.ndarray]:
-        import soundfile as sf
+        from edgeemo.runtime.decoders import open_audio
 
-        try:
-            with sf.SoundFile(str(self.path)) as f:
-                while True:
-                    data = f.read(self.block, dtype="float32", always_2d=True)
-                    if data.shape[0] == 0:
-                        return
-                    yield data
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"decoding failed ({' '.join(str(exc).split())})", path=self.path) from None
+        with open_audio(self.path) as f:  # AudioError for decoding failures, reported through .error
+            while True:
+                data = f.read(self.block)
+                if data.shape[0] == 0:
+                    return
+                yield data

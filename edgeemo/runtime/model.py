@@ -20,11 +20,12 @@ import numpy as np
 from edgeemo.bundle import FP32_NAME, INPUT_NAME, OUTPUT_NAME, Bundle, _verify, default_bundle_path
 from edgeemo.errors import AudioError, BundleError, EdgeemoError
 from edgeemo.features import FeatureConfig
+from edgeemo.mood import mood_name, quadrant_code
 from edgeemo.runtime.audio import SILENCE_PEAK, iter_audio_blocks
-from edgeemo.runtime.stream import PredictionChunk, StreamingPredictor, check_smoothing, quadrant
+from edgeemo.runtime.stream import PredictionChunk, StreamingPredictor, check_smoothing
 
 MAX_BATCH = 64  # windows per ONNX run (bounds memory when a long signal is pushed at once)
-CSV_FIELDS = ("file", "time_s", "valence", "arousal", "quadrant")
+CSV_FIELDS = ("file", "time_s", "valence", "arousal", "quadrant", "mood")
 
 
 @dataclass
@@ -53,7 +54,8 @@ class Prediction:
         self.summary = {
             "valence": mv,
             "arousal": ma,
-            "quadrant": quadrant(mv, ma) if n else None,
+            "quadrant": quadrant_code(mv, ma) if n else None,
+            "mood": mood_name(mv, ma) if n else None,
             "windows": n,
             "duration_s": float(self.duration_s),
             "padded": bool(self.padded),
@@ -63,7 +65,12 @@ class Prediction:
         return int(self.times.size)
 
     def quadrants(self) -> list[str]:
-        return [quadrant(v, a) for v, a in zip(self.valence, self.arousal, strict=True)]
+        """``"Q1"``..``"Q4"`` per window."""
+        return [quadrant_code(v, a) for v, a in zip(self.valence, self.arousal, strict=True)]
+
+    def moods(self) -> list[str]:
+        """``"happy"``/``"tense"``/``"sad"``/``"calm"`` per window."""
+        return [mood_name(v, a) for v, a in zip(self.valence, self.arousal, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: path, summary and the per-window series."""
@@ -72,16 +79,27 @@ class Prediction:
             "summary": dict(self.summary),
             "smoothing": self.smoothing,
             "windows": [
-                {"time_s": round(float(t), 4), "valence": float(v), "arousal": float(a), "quadrant": q}
-                for t, v, a, q in zip(self.times, self.valence, self.arousal, self.quadrants(), strict=True)
+                {"time_s": round(float(t), 4), "valence": float(v), "arousal": float(a), "quadrant": q, "mood": m}
+                for t, v, a, q, m in zip(
+                    self.times, self.valence, self.arousal, self.quadrants(), self.moods(), strict=True
+                )
             ],
         }
 
     def to_csv_rows(self) -> list[dict[str, Any]]:
         """One dict per window with keys :data:`CSV_FIELDS` (for ``csv.DictWriter``)."""
         return [
-            {"file": self.path or "", "time_s": f"{t:.3f}", "valence": f"{v:.6f}", "arousal": f"{a:.6f}", "quadrant": q}
-            for t, v, a, q in zip(self.times, self.valence, self.arousal, self.quadrants(), strict=True)
+            {
+                "file": self.path or "",
+                "time_s": f"{t:.3f}",
+                "valence": f"{v:.6f}",
+                "arousal": f"{a:.6f}",
+                "quadrant": q,
+                "mood": m,
+            }
+            for t, v, a, q, m in zip(
+                self.times, self.valence, self.arousal, self.quadrants(), self.moods(), strict=True
+            )
         ]
 
 
@@ -232,9 +250,9 @@ def format_predictions(preds: list[Prediction], fmt: str = "table") -> str:
         padded = ", padded: shorter than one window" if p.padded else ""
         smooth = f", smoothing {p.smoothing:g}" if p.smoothing else ""
         lines = [f"{p.path}  ({s['duration_s']:.1f} s, {s['windows']} window(s){padded}{smooth})"]
-        lines.append(f"  {'time_s':>8}  {'valence':>8}  {'arousal':>8}  mood")
-        for t, v, a, q in zip(p.times, p.valence, p.arousal, p.quadrants(), strict=True):
-            lines.append(f"  {t:8.2f}  {v:+8.3f}  {a:+8.3f}  {q}")
-        lines.append(f"  {'mean':>8}  {s['valence']:+8.3f}  {s['arousal']:+8.3f}  {s['quadrant']}")
+        lines.append(f"  {'time_s':>8}  {'valence':>8}  {'arousal':>8}  quadrant  mood")
+        for t, v, a, q, m in zip(p.times, p.valence, p.arousal, p.quadrants(), p.moods(), strict=True):
+            lines.append(f"  {t:8.2f}  {v:+8.3f}  {a:+8.3f}  {q:<8}  {m}")
+        lines.append(f"  {'mean':>8}  {s['valence']:+8.3f}  {s['arousal']:+8.3f}  {s['quadrant']:<8}  {s['mood']}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + ("\n" if blocks else "")

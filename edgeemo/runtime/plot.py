@@ -15,19 +15,24 @@ import numpy as np
 
 from edgeemo.errors import EdgeemoError
 
+PLOT_HINT = "plotting needs matplotlib, which is not installed: pip install 'edgeemo[plot]'"
 
-def _matplotlib() -> tuple[Any, Any]:
+
+def require_matplotlib() -> tuple[Any, Any]:
+    """matplotlib's ``(Figure, FigureCanvasAgg)``, or a one-line :class:`EdgeemoError` naming the ``plot`` extra."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ModuleNotFoundError:
-        raise EdgeemoError("plotting needs matplotlib, which is not installed: pip install matplotlib") from None
+    except ImportError:
+        raise EdgeemoError(PLOT_HINT) from None
     return Figure, FigureCanvasAgg
+
+
 
 
 def plot_prediction(pred: Any, out_png: str | Path, *, title: str | None = None) -> Path:
     """Save the valence/arousal trajectory of ``pred`` as a PNG; returns the path."""
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = require_matplotlib()
     out_png = Path(out_png)
     fig = figure_cls(figsize=(11, 4.5), dpi=100)
     canvas_cls(fig)
@@ -65,7 +70,8 @@ def plot_prediction(pred: Any, out_png: str | Path, *, title: str | None = None)
     ax_va.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel="valence", ylabel="arousal", aspect="equal")
     name = title or (Path(pred.path).name if getattr(pred, "path", None) else "signal")
     extra = " (padded: shorter than one window)" if getattr(pred, "padded", False) else ""
-    fig.suptitle(f"{name}: {pred.summary.get('quadrant') or '-'}{extra}")
+    mood = f"{pred.summary.get('quadrant')} {pred.summary.get('mood')}" if pred.summary.get("quadrant") else "-"
+    fig.suptitle(f"{name}: {mood}{extra}")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeemo.errors import AudioError, EdgeemoError
 from edgeemo.features import FeatureConfig, LogMelStream, frame_windows, log_mel, pad_to_window
+from edgeemo.mood import MOOD_NAMES, MOOD_OF_QUADRANT, mood_name, quadrant_code
 from edgeemo.runtime.audio import StreamResampler, to_mono
 
 if TYPE_CHECKING:
@@ -29,21 +30,10 @@ if TYPE_CHECKING:
 
 MAX_SAMPLE_ABS = 1000.0  # float audio is nominally in [-1, 1]; 60 dB above full scale means a scaling bug
 MAX_CHANNELS = 64
-QUADRANTS: dict[str, str] = {"Q1": "happy", "Q2": "tense", "Q3": "sad", "Q4": "calm"}
-QUADRANT_WORDS = tuple(QUADRANTS.values())
-
-
-def quadrant_label(valence: float, arousal: float) -> str:
-    """``"Q1"``..``"Q4"`` of Russell's plane; exactly 0 counts as positive."""
-    if valence >= 0:
-        return "Q1" if arousal >= 0 else "Q4"
-    return "Q2" if arousal >= 0 else "Q3"
-
-
-def quadrant(valence: float, arousal: float) -> str:
-    """Mood word of a (valence, arousal) point: Q1 (+v,+a) ``happy``, Q2 (-v,+a) ``tense``,
-    Q3 (-v,-a) ``sad``, Q4 (+v,-a) ``calm``. A coordinate of exactly 0 counts as positive."""
-    return QUADRANTS[quadrant_label(valence, arousal)]
+QUADRANTS: dict[str, str] = MOOD_OF_QUADRANT  # quadrant code -> mood name (the vocabulary is edgeemo.mood)
+QUADRANT_WORDS = MOOD_NAMES
+quadrant_label = quadrant_code  # older name of quadrant_code, kept for code written against it
+quadrant = mood_name  # older name of mood_name (it returns the mood word, not the code)
 
 
 @dataclass
@@ -68,7 +58,12 @@ class PredictionChunk:
             yield float(t), float(v), float(a)
 
     def quadrants(self) -> list[str]:
-        return [quadrant(v, a) for v, a in zip(self.valence, self.arousal, strict=True)]
+        """``"Q1"``..``"Q4"`` per window."""
+        return [quadrant_code(v, a) for v, a in zip(self.valence, self.arousal, strict=True)]
+
+    def moods(self) -> list[str]:
+        """``"happy"``/``"tense"``/``"sad"``/``"calm"`` per window."""
+        return [mood_name(v, a) for v, a in zip(self.valence, self.arousal, strict=True)]
 
     @staticmethod
     def concat(chunks: list[PredictionChunk]) -> PredictionChunk:
