@@ -11,11 +11,11 @@ from click.testing import CliRunner
 
 from edgeemo.cli import main
 from edgeemo.data.check import check_dataset, detect_kind, load_dataset
-from edgeemo.data.deam import STATIC_DIR, STATIC_FILES, write_miniature_deam
+from edgeemo.data.deam import STATIC_DIR, STATIC_FILES
 from edgeemo.data.manifest import write_manifest
-from edgeemo.data.quadrants import write_miniature_quadrants
 from edgeemo.errors import DataError
 from edgeemo.runtime.audio import write_wav
+from tests.data_fixtures import write_miniature_deam, write_miniature_quadrants
 from tests.realdata import SHARED_DATA
 
 REAL = SHARED_DATA

@@ -14,10 +14,10 @@ from edgeemo.data.deam import (
     STATIC_DIR,
     STATIC_FILES,
     load_deam,
-    write_miniature_deam,
 )
 from edgeemo.errors import DataError
 from edgeemo.runtime.audio import audio_info, load_audio, write_wav
+from tests.data_fixtures import write_miniature_deam
 from tests.realdata import SHARED_DATA
 
 REAL = SHARED_DATA

@@ -28,7 +28,7 @@ LOOSE = {"min_compression": 1.0, "min_retention": -10.0, "max_int8_drop": 1.0}
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export_run")
-    from edgeemo.data.quadrants import write_miniature_quadrants
+    from tests.data_fixtures import write_miniature_quadrants
 
     quads = write_miniature_quadrants(root / "mini4q", n_per_quadrant=3, n_artists=8, seconds=4.0)
     sources = [DataSource("builtin").to_dict(), DataSource("quadrants", str(quads)).to_dict()]

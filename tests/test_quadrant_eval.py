@@ -12,13 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from edgeemo.cli import main
-from edgeemo.data.quadrants import load_quadrants, write_miniature_quadrants
+from edgeemo.data.quadrants import load_quadrants
 from edgeemo.data.types import Song
 from edgeemo.data.windows import WindowSet
 from edgeemo.errors import DataError
 from edgeemo.evaluation import SONG_PREDICTION_FIELDS, song_predictions, song_quadrant_report
 from edgeemo.metrics import classification_report, confusion_matrix, quadrant_of, quadrant_report, roc_auc
 from edgeemo.runtime import EmotionModel, quadrant_label
+from tests.data_fixtures import write_miniature_quadrants
 from tests.runtime_fixtures import SMALL_CFG, cached_bundle, mood_clip, write_clip
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeemo.data.quadrants import load_quadrants, write_miniature_quadrants
+from edgeemo.data.quadrants import load_quadrants
 from edgeemo.errors import DataError
 from edgeemo.runtime.audio import load_audio, write_wav
+from tests.data_fixtures import write_miniature_quadrants
 from tests.realdata import SHARED_DATA
 
 REAL_4Q = SHARED_DATA / "4q-dev"

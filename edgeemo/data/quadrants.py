@@ -1,6 +1,6 @@
 """Quadrant-labelled datasets (the 4Q / MERGE layout): songs tagged Q1..Q4 of Russell's plane.
 
-Owns reading such a folder into a :class:`SongSet` and writing a miniature one. The
+Owns reading such a folder into a :class:`SongSet`. The
 layout is a CSV (``annotations.csv`` by default) with a song id column (``song`` or
 ``id``), ``quadrant`` (Q1..Q4), optionally ``pquad`` (the share of the song's mood tags
 in that quadrant, a confidence), ``artist`` and ``file`` (audio path relative to the
@@ -18,26 +18,15 @@ import csv
 import math
 from pathlib import Path
 
-import numpy as np
-
-from edgeemo.data.deam import synth_clip, write_audio
 from edgeemo.data.types import Song, SongSet
 from edgeemo.errors import DataError
 from edgeemo.mood import QUADRANT_SIGNS
 
-__all__ = ["QUADRANT_SIGNS", "load_quadrants", "normalise_artist", "normalise_quadrant", "write_miniature_quadrants"]
+__all__ = ["QUADRANT_SIGNS", "load_quadrants", "normalise_artist", "normalise_quadrant"]
 AUDIO_DIR = "audio"
 AUDIO_SUFFIXES = (".mp3", ".wav")
 ID_COLUMNS = ("song", "id")
 CONFIDENCE_COLUMN = "pquad"
-
-_MOODS = {
-    "Q1": ["Happy", "Cheerful", "Exuberant", "Fun", "Rousing", "Energetic"],
-    "Q2": ["Aggressive", "Tense", "Angry", "Fierce", "Hostile", "Nervous"],
-    "Q3": ["Sad", "Gloomy", "Melancholy", "Bittersweet", "Wistful", "Somber"],
-    "Q4": ["Calm", "Relaxed", "Peaceful", "Gentle", "Soothing", "Serene"],
-}
-_GENRES = ["Pop/Rock", "Electronic", "Jazz", "Classical", "International", "Blues", "R&B", "Country"]
 
 
 def normalise_quadrant(value: str) -> str | None:
@@ -165,49 +154,3 @@ def load_quadrants(
         description=f"quadrants {path.name} ({len(songs)} songs: {spread}; targets ±{magnitude:g}{conf_note})",
         skipped=skipped,
     )
-
-
-def write_miniature_quadrants(
-    root: str | Path,
-    n_per_quadrant: int = 3,
-    n_artists: int = 4,
-    seconds: float = 8.0,
-    seed: int = 0,
-    sample_rate: int = 22050,
-) -> Path:
-    """Write a small folder in the 4Q layout (``annotations.csv`` + ``audio/<id>.mp3``); returns ``root``."""
-    if n_per_quadrant < 1 or n_artists < 1:
-        raise DataError(f"need n_per_quadrant >= 1 and n_artists >= 1, got {n_per_quadrant}, {n_artists}")
-    root = Path(root)
-    (root / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    artists = [f"Artist {chr(ord('A') + i % 26)}{'' if i < 26 else i // 26}" for i in range(n_artists)]
-    rows = []
-    k = 0
-    for quadrant, (sv, sa) in QUADRANT_SIGNS.items():
-        for _ in range(n_per_quadrant):
-            k += 1
-            song_id = f"MT{k:010d}"
-            pquad = float(rng.choice([0.5, 0.6, 2 / 3, 0.75, 0.8, 1.0]))
-            v, a = sv * rng.uniform(0.3, 0.9), sa * rng.uniform(0.3, 0.9)
-            audio = write_audio(root / AUDIO_DIR / song_id, synth_clip(v, a, seconds, sample_rate, rng), sample_rate)
-            moods = rng.choice(_MOODS[quadrant], size=int(rng.integers(2, 5)), replace=False)
-            genres = rng.choice(_GENRES, size=int(rng.integers(1, 3)), replace=False)
-            rows.append(
-                {
-                    "song": song_id,
-                    "quadrant": quadrant,
-                    "pquad": repr(pquad),
-                    "artist": artists[(k - 1) % n_artists],
-                    "title": f"Song {k}",
-                    "moods": "; ".join(moods),
-                    "genres": "; ".join(genres),
-                    "file": f"{AUDIO_DIR}/{audio.name}",
-                }
-            )
-    path = root / "annotations.csv"
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
