@@ -44,131 +44,44 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeemo import metrics
+from edgeemo.clipfeatures import LIBROSA_SR, bundle_window_fn, librosa_features, limit_threads
 from edgeemo.data.types import Song
 from edgeemo.data.windows import default_cache_dir
+from edgeemo.peer_models import (  # noqa: F401 (re-exported: tests and linear_probe.py use them as peers.*)
+    LR_GRID,
+    POSITIVE,
+    SVC_GRID,
+    PeerModel,
+    SearchResult,
+    binary_scores,
+    evaluate_peer,
+    fit_peer,
+    grouped_folds,
+    grouped_search,
+    macro_f1,
+    make_lr,
+    make_svc,
+    param_grid,
+    peer_metrics,
+    score_auc,
+    score_macro_f1,
+)
 
-LIBROSA_SR = 22050
 MUSICNN_SR = 16000
 PEERS = ("librosa", "musicnn")
 LIBROSA_FEATURE = "librosa-v1"
 MUSICNN_FEATURE = "msd-musicnn-v1"
 MUSICNN_VARIANTS = ("penultimate", "mean_pool+max_pool")
-SVC_GRID: dict[str, list[Any]] = {"C": [0.3, 1, 3, 10, 30], "gamma": ["scale", 0.003, 0.01, 0.03]}
-LR_GRID: dict[str, list[Any]] = {"C": [0.01, 0.03, 0.1, 0.3, 1, 3]}
-POSITIVE = {"valence": ("Q1", "Q4"), "arousal": ("Q1", "Q2")}
 TABLE_COLUMNS = ("system", "quadrant acc", "macro-F1", "V-AUC", "A-AUC", "CPU ms / 30 s clip (1 core)")
 
 
-# --- pure helpers ------------------------------------------------------------------------------
-def param_grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination of ``grid`` values, in a fixed order (first key varies slowest)."""
-    out: list[dict[str, Any]] = [{}]
-    for key, values in grid.items():
-        out = [{**p, key: v} for p in out for v in values]
-    return out
-
-
-def grouped_folds(groups: Sequence[str], n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """GroupKFold ``(train, validation)`` index pairs: a group (artist) never falls on both sides."""
-    from sklearn.model_selection import GroupKFold
-
-    groups = np.asarray(groups)
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
-        raise ValueError(f"{n_splits}-fold grouped CV needs at least {n_splits} groups, got {n_groups}")
-    dummy = np.zeros((len(groups), 1))
-    return [(tr, va) for tr, va in GroupKFold(n_splits=n_splits).split(dummy, groups=groups)]
-
-
-def macro_f1(truth: Sequence[str], pred: Sequence[str]) -> float:
-    """Macro-F1 over Q1..Q4 (:func:`edgeemo.metrics.classification_report`)."""
-    return metrics.classification_report(np.asarray(truth), np.asarray(pred))["macro_f1"]
-
-
-def _nan_mean(values: Iterable[float]) -> float:
-    vals = [v for v in values if not math.isnan(v)]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-@dataclass
-class SearchResult:
-    """Outcome of :func:`grouped_search`: the chosen parameters, their CV score and every candidate's."""
-
-    params: dict[str, Any]
-    score: float
-    scores: list[tuple[dict[str, Any], float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"params": self.params, "cv_score": self.score}
-
-
-def grouped_search(
-    x: np.ndarray,
-    y: np.ndarray,
-    groups: Sequence[str],
-    make_model: Callable[[dict[str, Any]], Any],
-    grid: dict[str, Sequence[Any]],
-    score: Callable[[Any, np.ndarray, np.ndarray], float],
-    n_splits: int = 5,
-) -> SearchResult:
-    """Choose the ``grid`` point with the best mean ``score(model, x_val, y_val)`` over grouped folds.
-
-    ``make_model(params)`` returns an unfitted estimator (scaling included). Ties go to the
-    earlier grid point; a fold whose score is NaN (e.g. one class only) is left out of the mean.
-    """
-    folds = grouped_folds(groups, n_splits)
-    scores: list[tuple[dict[str, Any], float]] = []
-    for params in param_grid(grid):
-        fold_scores = []
-        for tr, va in folds:
-            model = make_model(params).fit(x[tr], y[tr])
-            fold_scores.append(score(model, x[va], y[va]))
-        scores.append((params, _nan_mean(fold_scores)))
-    best = max(range(len(scores)), key=lambda i: (-math.inf if math.isnan(scores[i][1]) else scores[i][1], -i))
-    return SearchResult(scores[best][0], scores[best][1], scores)
-
-
-def score_macro_f1(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    return macro_f1(y, model.predict(x))
-
-
-def binary_scores(model: Any, x: np.ndarray) -> np.ndarray:
-    """A continuous score for the positive class: ``decision_function`` if any, else P(positive)."""
-    if hasattr(model, "decision_function"):
-        return np.asarray(model.decision_function(x), dtype=np.float64)
-    return np.asarray(model.predict_proba(x)[:, 1], dtype=np.float64)
-
-
-def score_auc(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    return metrics.roc_auc(np.asarray(y, dtype=bool), binary_scores(model, x))
-
-
-def peer_metrics(
-    truth: Sequence[str], pred: Sequence[str], valence: np.ndarray, arousal: np.ndarray
-) -> dict[str, float]:
-    """Song-level metrics with the keys of :func:`edgeemo.metrics.quadrant_report`.
-
-    Accuracy and F1 of the 4-class prediction ``pred``, AUCs of the binary scores.
-    """
-    t = np.asarray(truth)
-    cls = metrics.classification_report(t, np.asarray(pred))
-    return {
-        "quadrant_accuracy": cls["accuracy"],
-        "quadrant_macro_f1": cls["macro_f1"],
-        "valence_auc": metrics.roc_auc(np.isin(t, POSITIVE["valence"]), valence),
-        "arousal_auc": metrics.roc_auc(np.isin(t, POSITIVE["arousal"]), arousal),
-        **{f"f1_{q}": cls[f"f1_{q}"] for q in metrics.QUADRANT_LABELS},
-        "n_songs": int(t.size),
-    }
-
-
+# --- tables --------------------------------------------------------------------------------------
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
@@ -205,48 +118,6 @@ def _json_safe(obj: Any) -> Any:
 
 
 # --- features ----------------------------------------------------------------------------------
-def librosa_features(y: np.ndarray, sr: int = LIBROSA_SR) -> np.ndarray:
-    """The handcrafted clip vector (118 values) of a mono signal.
-
-    MFCC-20 mean+std, delta-MFCC std, chroma_stft mean+std, spectral centroid / bandwidth /
-    rolloff / flatness mean+std, spectral contrast (7 bands) mean+std, zero-crossing rate and
-    RMS mean+std, tempo, onset-strength mean, tonnetz mean.
-    """
-    import librosa
-
-    y = np.asarray(y, dtype=np.float32)
-    mag = np.abs(librosa.stft(y, n_fft=2048, hop_length=512))
-    power = mag**2
-    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr)), n_mfcc=20)
-    chroma = librosa.feature.chroma_stft(S=power, sr=sr)
-    spectral = [
-        librosa.feature.spectral_centroid(S=mag, sr=sr),
-        librosa.feature.spectral_bandwidth(S=mag, sr=sr),
-        librosa.feature.spectral_rolloff(S=mag, sr=sr),
-        librosa.feature.spectral_flatness(S=mag),
-        librosa.feature.spectral_contrast(S=mag, sr=sr),
-    ]
-    onset = librosa.onset.onset_strength(y=y, sr=sr)
-    tempo = librosa.feature.tempo(onset_envelope=onset, sr=sr)
-    parts = [
-        mfcc.mean(1),
-        mfcc.std(1),
-        librosa.feature.delta(mfcc).std(1),
-        chroma.mean(1),
-        chroma.std(1),
-        *(f for s in spectral for f in (s.mean(1), s.std(1))),
-        *(
-            f
-            for s in (librosa.feature.zero_crossing_rate(y), librosa.feature.rms(S=mag))
-            for f in (s.mean(1), s.std(1))
-        ),
-        np.atleast_1d(tempo).astype(np.float64)[:1],
-        np.array([onset.mean()]),
-        librosa.feature.tonnetz(y=y, sr=sr).mean(1),
-    ]
-    return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
-
-
 def musicnn_clip_embeddings(patches: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Clip vectors of each :data:`MUSICNN_VARIANTS` from per-patch embeddings (mean over patches)."""
     return {
@@ -306,61 +177,6 @@ def musicnn_matrices(songs: Sequence[Song], cache: FeatureCache, embedder: Any) 
     return {v: np.stack([r[v] for r in rows]) for v in MUSICNN_VARIANTS}
 
 
-# --- peers -------------------------------------------------------------------------------------
-def make_svc(params: dict[str, Any]) -> Any:
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
-
-    return make_pipeline(StandardScaler(), SVC(kernel="rbf", **params))
-
-
-def make_lr(params: dict[str, Any]) -> Any:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, **params))
-
-
-@dataclass
-class PeerModel:
-    """A fitted peer: the 4-class model plus the two binary models that give valence and arousal scores."""
-
-    quadrant: Any
-    valence: Any
-    arousal: Any
-    search: dict[str, SearchResult]
-
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.quadrant.predict(x), binary_scores(self.valence, x), binary_scores(self.arousal, x)
-
-
-def fit_peer(
-    x: np.ndarray,
-    quadrants: Sequence[str],
-    groups: Sequence[str],
-    make_model: Callable[[dict[str, Any]], Any],
-    grid: dict[str, Sequence[Any]],
-    n_splits: int,
-    quadrant_search: SearchResult | None = None,
-) -> PeerModel:
-    """Grouped search then refit on all of ``x``: 4-class by macro-F1, valence/arousal sign by AUC."""
-    q = np.asarray(quadrants)
-    search = {"quadrant": quadrant_search or grouped_search(x, q, groups, make_model, grid, score_macro_f1, n_splits)}
-    fitted = {"quadrant": make_model(search["quadrant"].params).fit(x, q)}
-    for dim, pos in POSITIVE.items():
-        yb = np.isin(q, pos).astype(int)
-        search[dim] = grouped_search(x, yb, groups, make_model, grid, score_auc, n_splits)
-        fitted[dim] = make_model(search[dim].params).fit(x, yb)
-    return PeerModel(fitted["quadrant"], fitted["valence"], fitted["arousal"], search)
-
-
-def evaluate_peer(model: PeerModel, x: np.ndarray, quadrants: Sequence[str]) -> dict[str, float]:
-    pred, val, aro = model.predict(x)
-    return peer_metrics(quadrants, pred, val, aro)
-
-
 # --- timing ------------------------------------------------------------------------------------
 def median_ms(fn: Callable[[np.ndarray], Any], signals: Sequence[np.ndarray], repeats: int = 1) -> dict[str, float]:
     """Median CPU and wall time of ``fn(signal)`` in ms over ``signals`` (each run ``repeats`` times, after a warm-up).
@@ -382,22 +198,6 @@ def median_ms(fn: Callable[[np.ndarray], Any], signals: Sequence[np.ndarray], re
 def timing_fields(ms: dict[str, float]) -> dict[str, float]:
     """Row fields of a :func:`median_ms` result: ``ms_per_clip`` (CPU, the table's figure) and ``wall_ms_per_clip``."""
     return {"ms_per_clip": ms["cpu"], "wall_ms_per_clip": ms["wall"]}
-
-
-def limit_threads() -> None:
-    """One thread for BLAS/OpenMP (threadpoolctl) and torch, if present."""
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
 
 
 # --- edgeemo -----------------------------------------------------------------------------------
@@ -429,13 +229,11 @@ def edgeemo_predictors(run_dir: Path, bundle: Path) -> list[tuple[str, Callable[
 
 
 def edgeemo_clip_fn(predict: Callable[[np.ndarray], np.ndarray], cfg: Any) -> Callable[[np.ndarray], str]:
-    """Decoded signal at ``cfg.sample_rate`` -> quadrant: log-mel, every window, mean, sign rule."""
-    from edgeemo.features import frame_windows, log_mel, pad_to_window
+    """Decoded signal at ``cfg.sample_rate`` -> quadrant: every window (:func:`bundle_window_fn`), mean, sign rule."""
+    windows = bundle_window_fn(predict, cfg)
 
     def run(signal: np.ndarray) -> str:
-        sig, _ = pad_to_window(signal, cfg)
-        windows = np.ascontiguousarray(frame_windows(log_mel(sig, cfg), cfg)[:, None], dtype=np.float32)
-        va = np.asarray(predict(windows)).mean(0)
+        va = windows(signal)["va"].mean(0)
         return str(metrics.quadrant_of(va[:1], va[1:])[0])
 
     return run

@@ -323,10 +323,11 @@ def bench_cmd(bundle_dir: Path | None, run_dir: Path | None, runs: int, json_out
 
 def _add_commands() -> None:
     """The training, recipe and pretrained-model commands live in their own modules (no import of this one)."""
+    from edgeemo.cli_cv import cv_cmd
     from edgeemo.cli_pretrained import pretrained
     from edgeemo.cli_train import COMMANDS
 
-    for command in (*COMMANDS, pretrained):
+    for command in (*COMMANDS, pretrained, cv_cmd):
         main.add_command(command)
 
 

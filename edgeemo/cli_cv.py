@@ -1,0 +1,111 @@
+"""The ``edgeemo cv`` command: artist-grouped k-fold cross-validation of peers and edgeemo bundles.
+
+Owns the flags, the printing and the report file only; the protocol is :mod:`edgeemo.cv`
+and the systems :mod:`edgeemo.cv_systems`. Imports nothing heavy at import time (the
+command is registered on the main group by ``edgeemo.cli``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from edgeemo.errors import EdgeemoError
+
+
+def _default_work(data: Path, folds: int, seed: int) -> Path:
+    return Path("runs") / "cv" / f"{data.resolve().name}-k{folds}-seed{seed}"
+
+
+@click.command("cv")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    default=Path("../shared/data/4q-dev"),
+    show_default=True,
+    help="Quadrant-labelled dataset (4Q layout: annotations.csv with an artist column).",
+)
+@click.option(
+    "--system",
+    "systems",
+    multiple=True,
+    help="System to run (repeatable): librosa-svm, musicnn-lr, yamnet-lr, musicnn+yamnet-lr, "
+    "bundle-lr:PATH, bundle:PATH [librosa-svm, musicnn-lr, yamnet-lr].",
+)
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold split.")
+@click.option("--no-stratify", is_flag=True, help="Grouped folds without quadrant stratification.")
+@click.option(
+    "--work",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Per-fold records (resume from here) [runs/cv/<data>-k<folds>-seed<seed>].",
+)
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the report here.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N songs (a quick smoke run).")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-fold lines.")
+def cv_cmd(
+    data_path: Path,
+    systems: tuple[str, ...],
+    folds: int,
+    seed: int,
+    no_stratify: bool,
+    work: Path | None,
+    json_out: Path | None,
+    limit: int | None,
+    quiet: bool,
+) -> None:
+    """Artist-grouped k-fold CV: mean ± sd over folds of song-level acc, macro-F1, V-AUC, A-AUC per system.
+
+    Every fold's test artists are absent from its training songs; each system is fitted on the
+    training part only. Clip features are cached in ~/.cache/edgeemo/clipfeatures ($EDGEEMO_CACHE),
+    keyed by file content, and each finished fold is recorded under --work, so a re-run (or an
+    interrupted one) recomputes nothing it already has.
+    """
+    from edgeemo.atomic import atomic_write_json
+    from edgeemo.clipfeatures import default_feature_cache, limit_threads
+    from edgeemo.cv import format_table, grouped_folds, report, run_system
+    from edgeemo.cv_systems import DEFAULT_SYSTEMS, make_system
+    from edgeemo.data.quadrants import load_quadrants
+
+    started = time.perf_counter()
+    limit_threads()
+    songset = load_quadrants(data_path)
+    songs = songset.songs[:limit] if limit else songset.songs
+    if not songs:
+        raise EdgeemoError(f"{data_path}: no songs with audio")
+    cache = default_feature_cache()
+    specs = systems or DEFAULT_SYSTEMS
+    made = [make_system(s, cache, progress=not quiet) for s in specs]  # bad specs fail before any work
+    split = grouped_folds(songs, folds, seed, stratify=not no_stratify)
+    work = work or _default_work(data_path, folds, seed)
+
+    def log(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    log(
+        f"{len(songs)} songs, {len({s.group for s in songs})} artists, {folds} folds (seed {seed}); "
+        f"fold records in {work}"
+    )
+    results = [run_system(system, songs, split, work, log=log) for system in made]
+    click.echo(format_table(results))
+    if json_out is not None:
+        atomic_write_json(
+            json_out,
+            report(
+                results,
+                songs,
+                split,
+                dataset=str(data_path),
+                seed=seed,
+                stratified=not no_stratify,
+                systems=list(specs),
+                command="edgeemo " + " ".join(sys.argv[1:]),
+                seconds=time.perf_counter() - started,
+            ),
+        )
+        log(f"wrote {json_out}")
