@@ -34,7 +34,7 @@ def _default_work(data: Path, folds: int, seed: int) -> Path:
     "systems",
     multiple=True,
     help="System to run (repeatable): librosa-svm, musicnn-lr, yamnet-lr, musicnn+yamnet-lr, "
-    "bundle-lr:PATH, bundle:PATH [librosa-svm, musicnn-lr, yamnet-lr].",
+    "bundle-lr:PATH, bundle:PATH, checkpoint-lr:PATH.pt [librosa-svm, musicnn-lr, yamnet-lr].",
 )
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold split.")

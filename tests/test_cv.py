@@ -314,3 +314,44 @@ def test_protocol_on_a_handful_of_real_clips(tmp_path, monkeypatch):
     acc = r.summary["quadrant_accuracy"]["mean"]
     assert 0.4 < acc <= 1.0  # the reference student is far above chance (0.25) on 4Q clips
     assert 10 < r.info["cpu_ms_per_clip"] < 5000
+
+
+@pytest.mark.train
+def test_checkpoint_probe_pools_the_penultimate_features(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from edgeemo.clipfeatures import checkpoint_extractor
+    from edgeemo.data.quadrants import load_quadrants, write_miniature_quadrants
+    from edgeemo.features import FeatureConfig, frame_windows, log_mel, pad_to_window
+    from edgeemo.runtime.audio import load_audio
+    from edgeemo.train.checkpoint import save_checkpoint
+    from edgeemo.train.models import build_model, student_spec
+
+    monkeypatch.setenv("EDGEEMO_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    cfg = FeatureConfig(n_mels=32, n_frames=64, hop_length=500)
+    model = build_model(student_spec("mobilevit_xxs", cfg.shape)).eval()
+    ckpt = tmp_path / "student" / "best.pt"
+    payload = {
+        "stage": "student",
+        "model_spec": model.spec,
+        "feature_config": cfg.to_dict(),
+        "state_dict": {f"student.{k}": v for k, v in model.state_dict().items()},
+    }
+    save_checkpoint(ckpt, payload)
+    data = write_miniature_quadrants(tmp_path / "mini", n_per_quadrant=3, n_artists=6, seconds=4.0)
+    songs = load_quadrants(data).songs
+    ex = checkpoint_extractor(ckpt)
+    sig = load_audio(songs[0].path, cfg.sample_rate)
+    out = ex(sig)
+    x = torch.from_numpy(frame_windows(log_mel(pad_to_window(sig, cfg)[0], cfg), cfg)[:, None].astype(np.float32))
+    with torch.no_grad():
+        va, feats = model.forward_with_features(x)
+    np.testing.assert_allclose(out["va.mean"], va.numpy().mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["features.max"], feats.numpy().max(0), rtol=1e-4, atol=1e-5)
+    system = make_system(f"checkpoint-lr:{ckpt}", ClipFeatureCache(tmp_path / "cf"), progress=False)
+    r = run_system(system, songs, grouped_folds(songs, 3), tmp_path / "work")
+    assert r.info["features"][0]["dims"] == 2 * feats.shape[1]
+    assert sum(len(f.song_ids) for f in r.folds) == len(songs)
+    with pytest.raises(EdgeemoError, match=r"existing \.pt checkpoint"):
+        make_system(f"checkpoint-lr:{tmp_path / 'nope.pt'}", ClipFeatureCache(tmp_path / "cf"))
