@@ -26,8 +26,9 @@ for a 30 s clip, from decoded audio (at the system's own sample rate) to the qua
 median over a few test clips of the process CPU time (robust when other jobs share the
 machine; the JSON also holds the wall time).
 
-Per-clip features and embeddings are cached in ``~/.cache/edgeemo/peers/`` (``$EDGEEMO_CACHE``
-moves it), so a re-run only refits the classifiers.
+Per-clip features and embeddings are cached in ``~/.cache/edgeemo/clipfeatures/`` (``$EDGEEMO_CACHE``
+moves it; :mod:`edgeemo.clipfeatures`, keyed by file content, shared with ``edgeemo cv``), so a
+re-run only refits the classifiers.
 
     .venv/bin/python benchmarks/peers.py --run runs/NAME [--bundle export/reference]
         [--peers librosa,musicnn] [--json benchmarks/results_peers.json] [--quick]
@@ -43,14 +44,26 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeemo import metrics
-from edgeemo.clipfeatures import LIBROSA_SR, bundle_window_fn, librosa_features, limit_threads
+from edgeemo.atomic import atomic_write_text
+from edgeemo.clipfeatures import (
+    LIBROSA_SR,
+    ClipFeatureCache,
+    bundle_window_fn,
+    clip_matrix,
+    default_feature_cache,
+    librosa_extractor,
+    librosa_features,
+    limit_threads,
+    musicnn_extractor,
+)
+from edgeemo.cv import json_safe
 from edgeemo.data.types import Song
 from edgeemo.data.windows import default_cache_dir
 from edgeemo.peer_models import (  # noqa: F401 (re-exported: tests and linear_probe.py use them as peers.*)
@@ -75,9 +88,11 @@ from edgeemo.peer_models import (  # noqa: F401 (re-exported: tests and linear_p
 
 MUSICNN_SR = 16000
 PEERS = ("librosa", "musicnn")
-LIBROSA_FEATURE = "librosa-v1"
-MUSICNN_FEATURE = "msd-musicnn-v1"
-MUSICNN_VARIANTS = ("penultimate", "mean_pool+max_pool")
+# clip vectors of edgeemo.clipfeatures.musicnn_extractor that make each embedding variant (means over 3 s patches)
+MUSICNN_VARIANTS: dict[str, tuple[str, ...]] = {
+    "penultimate": ("penultimate.mean",),
+    "mean_pool+max_pool": ("mean_pool.mean", "max_pool.mean"),
+}
 TABLE_COLUMNS = ("system", "quadrant acc", "macro-F1", "V-AUC", "A-AUC", "CPU ms / 30 s clip (1 core)")
 
 
@@ -105,78 +120,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 # --- features ----------------------------------------------------------------------------------
-def musicnn_clip_embeddings(patches: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Clip vectors of each :data:`MUSICNN_VARIANTS` from per-patch embeddings (mean over patches)."""
-    return {
-        "penultimate": patches["penultimate"].mean(0),
-        "mean_pool+max_pool": np.concatenate([patches["mean_pool"].mean(0), patches["max_pool"].mean(0)]),
-    }
-
-
-class FeatureCache:
-    """Per-clip feature arrays in ``<dir>/<file stem>.<feature>.npz``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def get(self, path: Path, feature: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        file = self.root / f"{Path(path).name}.{feature}.npz"
-        if file.is_file():
-            try:
-                with np.load(file) as z:
-                    return {k: z[k] for k in z.files}
-            except (OSError, ValueError):
-                pass  # damaged entry: recompute
-        out = compute()
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + ".tmp.npz")
-        np.savez(tmp, **out)
-        tmp.replace(file)
-        return out
-
-
-def _progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
-    try:
-        from tqdm import tqdm
-
-        return tqdm(items, desc=desc, unit="clip", file=sys.stderr, leave=False)
-    except ImportError:
-        return items
-
-
-def librosa_matrix(songs: Sequence[Song], cache: FeatureCache) -> np.ndarray:
-    from edgeemo.runtime.audio import load_audio
-
-    rows = [
-        cache.get(s.path, LIBROSA_FEATURE, lambda s=s: {"x": librosa_features(load_audio(s.path, LIBROSA_SR))})["x"]
-        for s in _progress(songs, "librosa features")
-    ]
-    return np.stack(rows)
-
-
-def musicnn_matrices(songs: Sequence[Song], cache: FeatureCache, embedder: Any) -> dict[str, np.ndarray]:
-    from edgeemo.runtime.audio import load_audio
-
-    def compute(song: Song) -> dict[str, np.ndarray]:
-        return musicnn_clip_embeddings(embedder.embed(load_audio(song.path, MUSICNN_SR)))
-
-    rows = [cache.get(s.path, MUSICNN_FEATURE, lambda s=s: compute(s)) for s in _progress(songs, "musicnn embed")]
-    return {v: np.stack([r[v] for r in rows]) for v in MUSICNN_VARIANTS}
-
-
 # --- timing ------------------------------------------------------------------------------------
 def median_ms(fn: Callable[[np.ndarray], Any], signals: Sequence[np.ndarray], repeats: int = 1) -> dict[str, float]:
     """Median CPU and wall time of ``fn(signal)`` in ms over ``signals`` (each run ``repeats`` times, after a warm-up).
@@ -286,11 +230,12 @@ def subsample(songs: list[Song], n: int, seed: int = 0) -> list[Song]:
 
 # --- main --------------------------------------------------------------------------------------
 def run_librosa(
-    train: list[Song], test: list[Song], cache: FeatureCache, folds: int, timing: list[Path]
+    train: list[Song], test: list[Song], cache: ClipFeatureCache, folds: int, timing: list[Path]
 ) -> dict[str, Any]:
     from edgeemo.runtime.audio import load_audio
 
-    x_tr, x_te = librosa_matrix(train, cache), librosa_matrix(test, cache)
+    ex = librosa_extractor()
+    x_tr, x_te = (clip_matrix(songs, ex, cache).select(["x"]) for songs in (train, test))
     model = fit_peer(x_tr, [s.quadrant for s in train], [s.group for s in train], make_svc, SVC_GRID, folds)
     signals = [load_audio(p, LIBROSA_SR) for p in timing]
     ms = median_ms(lambda y: model.quadrant.predict(librosa_features(y)[None]), signals)
@@ -304,13 +249,14 @@ def run_librosa(
 
 
 def run_musicnn(
-    train: list[Song], test: list[Song], cache: FeatureCache, folds: int, timing: list[Path]
+    train: list[Song], test: list[Song], cache: ClipFeatureCache, folds: int, timing: list[Path]
 ) -> dict[str, Any]:
-    from edgeemo.pretrained.musicnn import MusicnnEmbedder, load_musicnn
     from edgeemo.runtime.audio import load_audio
 
-    embedder = MusicnnEmbedder(load_musicnn())
-    m_tr, m_te = musicnn_matrices(train, cache, embedder), musicnn_matrices(test, cache, embedder)
+    ex = musicnn_extractor()
+    c_tr, c_te = clip_matrix(train, ex, cache), clip_matrix(test, ex, cache)
+    m_tr = {v: c_tr.select(keys) for v, keys in MUSICNN_VARIANTS.items()}
+    m_te = {v: c_te.select(keys) for v, keys in MUSICNN_VARIANTS.items()}
     q_tr, g_tr = [s.quadrant for s in train], [s.group for s in train]
     variant_search = {
         v: grouped_search(m_tr[v], np.asarray(q_tr), g_tr, make_lr, LR_GRID, score_macro_f1, folds)
@@ -321,7 +267,8 @@ def run_musicnn(
     signals = [load_audio(p, MUSICNN_SR) for p in timing]
 
     def clip(sig: np.ndarray) -> Any:
-        return model.quadrant.predict(musicnn_clip_embeddings(embedder.embed(sig))[best][None])
+        vectors = ex(sig)
+        return model.quadrant.predict(np.concatenate([vectors[k] for k in MUSICNN_VARIANTS[best]])[None])
 
     return {
         "system": f"MSD-musicnn ({best}) + LogReg",
@@ -368,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(train)} training songs ({len(set(s.group for s in train))} artists), {len(test)} test songs",
         file=sys.stderr,
     )
-    cache = FeatureCache(default_cache_dir() / "peers")
+    cache = default_feature_cache()
 
     rows: list[dict[str, Any]] = []
     for peer in peers:
@@ -399,8 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "table": table,
         "seconds": time.perf_counter() - started,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+    atomic_write_text(args.json, json.dumps(json_safe(result), indent=2) + "\n")
     print(f"\n{time.perf_counter() - started:.0f} s; results in {args.json}", file=sys.stderr)
     return 0
 
