@@ -25,7 +25,8 @@ P(Q1) + P(Q4) - 1/2 and P(Q1) + P(Q2) - 1/2. Clip features come from
 The end-to-end hook is :class:`EndToEndSystem`: wrap any callable
 ``fit_score(train_songs, test_songs, workdir) -> (n_test, 2) scores`` (e.g. "train a recipe
 on the fold's training songs, predict the held-out ones with the exported bundle") and
-:func:`edgeemo.cv.run_system` runs it fold by fold, recording each fold on disk and resuming.
+:func:`edgeemo.cv.run_system` runs it fold by fold, recording each fold on disk and resuming;
+:func:`register_system` gives it a spec (``KIND:ARG``) that ``edgeemo cv --system`` accepts.
 """
 
 from __future__ import annotations
@@ -233,13 +234,37 @@ class EndToEndSystem:
 
 
 # --- specs -----------------------------------------------------------------------------------
-def make_system(spec: str, cache: ClipFeatureCache, *, progress: bool = True) -> ProbeSystem | BundleAsIs:
-    """The system named by ``spec`` (one of :data:`SYSTEMS`; ``PATH`` is a bundle folder)."""
+SystemFactory = Callable[[str], Any]  # the text after "KIND:" -> a CVSystem
+_REGISTERED: dict[str, SystemFactory] = {}
+
+
+def register_system(kind: str, factory: SystemFactory) -> None:
+    """Make ``KIND:ARG`` a system spec of ``edgeemo cv``: ``factory(ARG)`` returns a :class:`~edgeemo.cv.CVSystem`.
+
+    The hook for end-to-end systems, e.g. ``register_system("recipe", lambda name:
+    EndToEndSystem(f"edgeemo {name} int8", f"recipe-{name}-v1", train_and_predict(name)))`` in the
+    module that owns training; built-in kinds cannot be replaced.
+    """
+    builtin = {s.partition(":")[0] for s in SYSTEMS}
+    if not kind or ":" in kind or kind in builtin:
+        raise EdgeemoError(f"cannot register a system kind {kind!r} (empty, contains ':' or built in)")
+    _REGISTERED[kind] = factory
+
+
+def unregister_system(kind: str) -> None:
+    """Forget a kind added by :func:`register_system` (no-op when absent)."""
+    _REGISTERED.pop(kind, None)
+
+
+def make_system(spec: str, cache: ClipFeatureCache, *, progress: bool = True) -> Any:
+    """The system a spec names: one of :data:`SYSTEMS` (``PATH``: a bundle or checkpoint) or a registered kind."""
 
     def bank(make: Callable[[], ClipExtractor], keys: Sequence[str]) -> FeatureBank:
         return FeatureBank(make, tuple(keys), cache, progress)
 
     kind, _, arg = spec.partition(":")
+    if kind in _REGISTERED:
+        return _REGISTERED[kind](arg)
     if kind in ("bundle", "bundle-lr"):
         if not arg:
             raise EdgeemoError(f"system {spec!r} needs a bundle folder: {kind}:PATH")

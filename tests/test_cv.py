@@ -355,3 +355,26 @@ def test_checkpoint_probe_pools_the_penultimate_features(tmp_path, monkeypatch):
     assert sum(len(f.song_ids) for f in r.folds) == len(songs)
     with pytest.raises(EdgeemoError, match=r"existing \.pt checkpoint"):
         make_system(f"checkpoint-lr:{tmp_path / 'nope.pt'}", ClipFeatureCache(tmp_path / "cf"))
+
+
+def test_registered_kinds_become_system_specs(tmp_path):
+    from edgeemo import cv_systems
+
+    made = []
+
+    def factory(arg):
+        made.append(arg)
+        return EndToEndSystem(f"toy {arg}", f"toy-{arg}", Counting())
+
+    cv_systems.register_system("toyrecipe", factory)
+    try:
+        system = make_system("toyrecipe:fast", ClipFeatureCache(tmp_path))
+        assert made == ["fast"] and system.name == "toy fast"
+        songs = _songs(n_artists=20, per_artist=2)
+        r = run_system(system, songs, grouped_folds(songs, 4), tmp_path / "w")
+        assert len(r.folds) == 4 and 0.0 <= r.summary["valence_auc"]["mean"] <= 1.0
+    finally:
+        cv_systems.unregister_system("toyrecipe")
+    for bad in ("", "a:b", "musicnn-lr", "bundle"):
+        with pytest.raises(EdgeemoError, match="cannot register"):
+            cv_systems.register_system(bad, factory)
