@@ -38,7 +38,7 @@ from edgeemo.atomic import atomic_write_json
 from edgeemo.data.types import Song
 from edgeemo.errors import DataError, EdgeemoError
 
-RECORD_FORMAT = "edgeemo-cv-fold-v1"
+RECORD_FORMAT = "edgeemo-cv-fold-v2"
 SUMMARY_KEYS = ("quadrant_accuracy", "quadrant_macro_f1", "valence_auc", "arousal_auc")
 COLUMN_NAMES = {
     "quadrant_accuracy": "acc",
@@ -108,12 +108,14 @@ class SongScores:
 
     ``valence`` / ``arousal``: continuous scores whose sign is the side of the axis (any
     scale: a regression output, a decision function); ``quadrant``: the system's own
-    Q1..Q4 label per song, or None to take the signs of the scores.
+    Q1..Q4 label per song, or None to take the signs of the scores; ``details``: JSON-able
+    facts about the fold's fit (e.g. chosen hyperparameters), kept in its record.
     """
 
     valence: np.ndarray
     arousal: np.ndarray
     quadrant: np.ndarray | None = None
+    details: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, value: SongScores | np.ndarray | Sequence[Sequence[float]]) -> SongScores:
@@ -184,6 +186,7 @@ class FoldResult:
     quadrant: list[str] | None
     seconds: float
     resumed: bool = False
+    details: dict[str, Any] | None = None
 
 
 @dataclass
@@ -216,6 +219,7 @@ def _read_record(path: Path, key: str, digest: str) -> FoldResult | None:
         rec.get("quadrant"),
         float(rec.get("seconds", 0.0)),
         resumed=True,
+        details=rec.get("details"),
     )
 
 
@@ -251,6 +255,7 @@ def run_system(
                 [float(x) for x in scores.arousal],
                 None if scores.quadrant is None else [str(q) for q in scores.quadrant],
                 time.perf_counter() - start,
+                details=scores.details,
             )
             atomic_write_json(
                 record,
@@ -268,6 +273,7 @@ def run_system(
                         "arousal": found.arousal,
                         "quadrant": found.quadrant,
                         "seconds": found.seconds,
+                        "details": found.details,
                     }
                 ),
             )
@@ -353,7 +359,15 @@ def report(
                     "name": r.name,
                     "key": r.key,
                     "summary": r.summary,
-                    "folds": [{"fold": f.fold, "metrics": f.metrics, "seconds": f.seconds} for f in r.folds],
+                    "folds": [
+                        {
+                            "fold": f.fold,
+                            "metrics": f.metrics,
+                            "seconds": f.seconds,
+                            **({"details": f.details} if f.details else {}),
+                        }
+                        for f in r.folds
+                    ],
                     **r.info,
                 }
                 for r in results

@@ -89,15 +89,13 @@ def lr_scores(x_train: np.ndarray, q_train: Sequence[str], x_test: np.ndarray, c
     return SongScores(p("Q1", "Q4") - 0.5, p("Q1", "Q2") - 0.5, pred)
 
 
-def svm_scores(
-    x_train: np.ndarray, q_train: Sequence[str], groups: Sequence[str], x_test: np.ndarray
-) -> tuple[SongScores, dict[str, Any]]:
-    """RBF SVC peer (:func:`edgeemo.peer_models.fit_peer`, inner grouped search); also the chosen parameters."""
+def svm_scores(x_train: np.ndarray, q_train: Sequence[str], groups: Sequence[str], x_test: np.ndarray) -> SongScores:
+    """RBF SVC peer (:func:`edgeemo.peer_models.fit_peer`, inner grouped search); details = the chosen parameters."""
     from edgeemo.peer_models import SVC_GRID, fit_peer, make_svc
 
     model = fit_peer(x_train, q_train, groups, make_svc, SVC_GRID, INNER_FOLDS)
     pred, val, aro = model.predict(x_test)
-    return SongScores(val, aro, pred), {k: v.to_dict() for k, v in model.search.items()}
+    return SongScores(val, aro, pred, {"hyperparameters": {k: v.to_dict() for k, v in model.search.items()}})
 
 
 # --- frozen-feature systems ------------------------------------------------------------------
@@ -152,7 +150,6 @@ class ProbeSystem:
     name: str
     banks: tuple[FeatureBank, ...]
     classifier: str  # "lr" or "svm"
-    _chosen: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -168,22 +165,17 @@ class ProbeSystem:
         q_tr = [s.quadrant or "" for s in train]
         if self.classifier == "lr":
             return lr_scores(x_tr, q_tr, x_te)
-        scores, chosen = svm_scores(x_tr, q_tr, [s.group for s in train], x_te)
-        self._chosen.append(chosen)
-        return scores
+        return svm_scores(x_tr, q_tr, [s.group for s in train], x_te)
 
     def info(self, songs: Sequence[Song]) -> dict[str, Any]:
         infos = [b.info(songs) for b in self.banks]
         cpu = [i["cpu_ms_per_clip"] for i in infos]
-        out: dict[str, Any] = {
+        return {
             "features": [i["features"] for i in infos],
             "cpu_ms_per_clip": None if None in cpu else float(sum(cpu)),
             "cpu_ms_per_clip_note": infos[0]["cpu_ms_per_clip_note"] + ("; summed over feature sets" * (len(cpu) > 1)),
             "classifier": self.classifier,
         }
-        if self._chosen:
-            out["hyperparameters_per_fold"] = self._chosen
-        return out
 
 
 @dataclass

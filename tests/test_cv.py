@@ -174,7 +174,8 @@ class Counting:
             raise KeyboardInterrupt
         (workdir / "last.pt").write_text("state")  # what a trainer would keep to resume within the fold
         rng = np.random.default_rng(len(train))
-        return np.array([[s.valence + rng.normal(0, 0.6), s.arousal + rng.normal(0, 0.6)] for s in test])
+        va = np.array([[s.valence + rng.normal(0, 0.6), s.arousal + rng.normal(0, 0.6)] for s in test])
+        return SongScores(va[:, 0], va[:, 1], details={"n_train": len(train)})
 
 
 def _run(tmp_path: Path, fn, key: str = "toy-v1", seed: int = 0):
@@ -193,8 +194,9 @@ def test_driver_records_every_fold_and_resumes_without_recomputing(tmp_path):
     assert again.calls == [] and all(f.resumed for f in r2.folds)
     assert r2.summary == r1.summary
     assert [f.valence for f in r2.folds] == [f.valence for f in r1.folds]
+    assert [f.details for f in r2.folds] == [{"n_train": 40 - len(f.song_ids)} for f in r1.folds]
     # a damaged record is recomputed, the others are not
-    records[2].write_text('{"format": "edgeemo-cv-fold-v1", "key"')
+    records[2].write_text('{"format": "edgeemo-cv-fold-v2", "key"')
     third = Counting()
     r3 = _run(tmp_path, third)
     assert [c[0] for c in third.calls] == [2] and r3.summary == r1.summary
