@@ -108,9 +108,9 @@ class FeatureBank:
     cache: ClipFeatureCache
     progress: bool = True
     trained_on: str = ""  # the data the model behind the features was fitted to (a bundle card's dataset), if known
-    _extractor: ClipExtractor | None = None
-    _rows: dict[str, np.ndarray] = field(default_factory=dict)
-    _cpu: dict[str, float] = field(default_factory=dict)
+    _extractor: ClipExtractor | None = field(default=None, init=False, repr=False)
+    _rows: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _cpu: dict[str, float] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def extractor(self) -> ClipExtractor:
