@@ -65,7 +65,6 @@ def cv_cmd(
     keyed by file content, and each finished fold is recorded under --work, so a re-run (or an
     interrupted one) recomputes nothing it already has.
     """
-    from edgeemo.atomic import atomic_write_json
     from edgeemo.clipfeatures import default_feature_cache, limit_threads
     from edgeemo.cv import format_table, grouped_folds, report, run_system
     from edgeemo.cv_systems import DEFAULT_SYSTEMS, leak_warning, make_system
@@ -97,7 +96,7 @@ def cv_cmd(
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     if json_out is not None:
-        atomic_write_json(
+        _write_report(
             json_out,
             report(
                 results,
@@ -113,3 +112,12 @@ def cv_cmd(
             ),
         )
         log(f"wrote {json_out}")
+
+
+def _write_report(path: Path, report: dict) -> None:
+    from edgeemo.atomic import atomic_write_json
+
+    try:
+        atomic_write_json(path, report)
+    except OSError as exc:
+        raise EdgeemoError(f"cannot write {path} ({exc.strerror or exc}); any previous file is unchanged") from None

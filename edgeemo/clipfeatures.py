@@ -203,7 +203,7 @@ def checkpoint_extractor(checkpoint: Path) -> ClipExtractor:
     import torch
 
     from edgeemo.features import FeatureConfig
-    from edgeemo.train.distill import load_model
+    from edgeemo.train.models import load_model
 
     net, ck = load_model(Path(checkpoint))
     cfg = FeatureConfig.from_dict(ck["feature_config"])

@@ -263,7 +263,7 @@ def test_cli_runs_a_bundle_as_is_writes_json_and_resumes(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from edgeemo.cli import main
-    from edgeemo.data.quadrants import write_miniature_quadrants
+    from tests.data_fixtures import write_miniature_quadrants
 
     monkeypatch.setenv("EDGEEMO_CACHE", str(tmp_path / "cache"))
     data = write_miniature_quadrants(tmp_path / "mini", n_per_quadrant=3, n_artists=6, seconds=5.0)
@@ -283,6 +283,8 @@ def test_cli_runs_a_bundle_as_is_writes_json_and_resumes(tmp_path, monkeypatch):
     again = CliRunner().invoke(main, args)
     row = next(line for line in res.output.splitlines() if line.startswith("| reference"))
     assert again.exit_code == 0 and "(resumed)" in again.output and row in again.output.splitlines()
+    folder = CliRunner().invoke(main, [*args, "--json", str(tmp_path)])
+    assert folder.exit_code == 2 and "is a directory" in folder.output and "(resumed)" not in folder.output
     bad = CliRunner().invoke(main, ["cv", "--data", str(data), "--system", "svm-of-my-own"])
     assert bad.exit_code == 2 and bad.output.strip().splitlines()[-1].startswith("error: unknown system")
 
@@ -332,11 +334,12 @@ def test_checkpoint_probe_pools_the_penultimate_features(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     pytest.importorskip("timm")
     from edgeemo.clipfeatures import checkpoint_extractor
-    from edgeemo.data.quadrants import load_quadrants, write_miniature_quadrants
+    from edgeemo.data.quadrants import load_quadrants
     from edgeemo.features import FeatureConfig, frame_windows, log_mel, pad_to_window
     from edgeemo.runtime.audio import load_audio
     from edgeemo.train.checkpoint import save_checkpoint
     from edgeemo.train.models import build_model, student_spec
+    from tests.data_fixtures import write_miniature_quadrants
 
     monkeypatch.setenv("EDGEEMO_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
