@@ -44,7 +44,8 @@ class PatchShape(click.ParamType):
         return rows, cols
 
 
-SKIPPED_FIELDS = {"data.sources", "data.features", "data.split_fractions", "pretrain.unlabeled"}  # own flags / --set
+# reached with their own flags (--builtin, --quadrants, --unlabeled, ...) or --set only
+SKIPPED_FIELDS = {"data.sources", "data.features", "data.split_fractions", "data.exclude", "pretrain.unlabeled"}
 
 
 def _click_type(hint: Any, meta: dict[str, Any]) -> Any:

@@ -134,6 +134,9 @@ class DataConfig:
     quadrant_magnitude: float = opt(1.0, "Quadrant songs (4Q) become targets (+-m, +-m).", min=0.0, min_open=True)
     quadrant_confidence: bool = opt(False, "Scale the quadrant magnitude by the song's pquad confidence.")
     features: FeatureConfig = opt(FeatureConfig(), "The log-mel front end (set with --set data.features.FIELD=V).")
+    exclude: tuple[str, ...] = opt(
+        (), "Song ids left out of every split and of pretraining (a cross-validation fold's held-out songs)."
+    )
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,11 @@ class ExportConfig:
     max_int8_drop: float = opt(0.02, "Gate: fp32 - int8 CCC.", flags=("--max-int8-drop",))
 
 
+# Fields added after the first recipes were registered, with the value that keeps the earlier behaviour. A
+# recorded config (a card, a run) that lacks one reads it as that value, and the config digest leaves it out
+# while it has that value, so adding a field changes neither an old recipe's meaning nor its digest.
+ADDED_FIELDS: dict[str, Any] = {"data.exclude": []}
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "pretrain": PretrainConfig,
@@ -298,8 +306,14 @@ class RunConfig:
         return _from_json(cls, data, "", strict)
 
     def digest(self) -> str:
-        """sha256 (16 hex) of the canonical JSON of every field: equal configs, equal digests."""
-        return config_digest(self.to_dict())
+        """sha256 (16 hex) of the canonical JSON of every field (an added field at its neutral value left out)."""
+        d = self.to_dict()
+        for dotted, neutral in ADDED_FIELDS.items():
+            section, _, name = dotted.rpartition(".")
+            node = d[section] if section else d
+            if node.get(name) == neutral:
+                del node[name]
+        return config_digest(d)
 
     def replace(self, values: dict[str, Any]) -> RunConfig:
         """This config with dotted ``values`` applied (``teacher.epochs``, ``data.features.n_mels``)."""
@@ -390,7 +404,7 @@ def _from_json(cls: type, data: Any, prefix: str, strict: bool) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise EdgeemoError(f"unknown config field(s) {', '.join(prefix + u for u in unknown)}")
-    missing = sorted(set(fields) - set(data))
+    missing = sorted(set(fields) - set(data) - {k.removeprefix(prefix) for k in ADDED_FIELDS if k.startswith(prefix)})
     if strict and missing:
         raise EdgeemoError(f"recorded config lacks field(s) {', '.join(prefix + m for m in missing)}")
     values = {k: _convert(hints[k], v, prefix + k, strict) for k, v in data.items()}

@@ -139,8 +139,9 @@ def run_pretrain(run: Run, data: RunData, progress: bool = True) -> dict[str, An
     from edgeemo.train.pretrain import pretrain_from_folders
     from edgeemo.train.teacher import config_teacher_spec
 
-    # the labelled validation/test songs of this run never reach training, not even without labels
-    exclude = [s.path for split in ("val", "test") for s in data.splits[split]]
+    # the labelled validation/test songs of this run (and the songs it leaves out) never reach training,
+    # not even without labels
+    exclude = [s.path for split in ("val", "test") for s in data.splits[split]] + [s.path for s in data.excluded]
     # the emotion probe learns from the labelled training songs that are whole files among the unlabeled ones
     labels = {
         str(Path(s.path).resolve()): (s.valence, s.arousal)

@@ -8,6 +8,7 @@ every stage and ``edgeemo evaluate`` use the same songs, and building the window
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class RunData:
     splits: dict[str, list[Song]]
     cfg: DataConfig
     cache_dir: Path
+    excluded: list[Song] = field(default_factory=list)  # songs of ``cfg.exclude``: in no split, never trained on
     built: dict[str, WindowSet] = field(default_factory=dict)
 
     def windows(self, split: str, progress: bool = True) -> WindowSet:
@@ -83,6 +85,7 @@ class RunData:
             "description": songset.description,
             "songs": {k: len(v) for k, v in self.splits.items()},
             "skipped": len(songset.skipped),
+            **({"excluded": len(self.excluded)} if self.excluded else {}),
             "sources": [
                 {**src.to_dict(), "name": part.name, "songs": len(part), "digest": part.digest()}
                 for src, part in zip(self.cfg.sources, self.parts, strict=True)
@@ -94,10 +97,24 @@ def split_file(run_dir: Path) -> Path:
     return Path(run_dir) / "split.json"
 
 
+def leave_out(parts: list[SongSet], ids: tuple[str, ...]) -> tuple[list[SongSet], list[Song]]:
+    """``parts`` without the songs whose id is in ``ids``, and those songs; an id no source has is an error."""
+    if not ids:
+        return parts, []
+    wanted = set(ids)
+    kept = [dataclasses.replace(p, songs=[s for s in p.songs if s.id not in wanted]) for p in parts]
+    out = [s for p in parts for s in p.songs if s.id in wanted]
+    unknown = wanted - {s.id for s in out}
+    if unknown:
+        raise DataError(f"data.exclude names {len(unknown)} song id(s) no source has (e.g. {sorted(unknown)[0]})")
+    return kept, out
+
+
 def prepare_run_data(run_dir: Path, cfg: DataConfig, cache_dir: Path | None = None) -> RunData:
-    """Load the sources and split them; the split is written once to ``split.json`` and reused after."""
+    """Load the sources, leave out ``cfg.exclude`` and split the rest; the split is written once to
+    ``split.json`` and reused after."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    parts = [load_source(s, cfg, cache_dir) for s in cfg.sources]
+    parts, excluded = leave_out([load_source(s, cfg, cache_dir) for s in cfg.sources], cfg.exclude)
     songset = merge_songsets(parts)
     for line in songset.skipped[:5]:
         log(f"skipped: {line}")
@@ -117,7 +134,7 @@ def prepare_run_data(run_dir: Path, cfg: DataConfig, cache_dir: Path | None = No
     else:
         splits = split_songs(songset, cfg.split_fractions, cfg.split_seed)
         atomic_write_json(path, {k: [s.id for s in v] for k, v in splits.items()})
-    return RunData(parts=parts, splits=splits, cfg=cfg, cache_dir=cache_dir)
+    return RunData(parts=parts, splits=splits, cfg=cfg, cache_dir=cache_dir, excluded=excluded)
 
 
 def epoch_window_indices(windows: WindowSet, per_song: int | None, seed: int, epoch: int) -> np.ndarray:
