@@ -196,6 +196,7 @@ def export_run(
     import torch
 
     from edgeemo.bundle import write_bundle
+    from edgeemo.exporting.e2e import add_raw_audio
     from edgeemo.train.distill import load_model
     from edgeemo.train.models import count_params
     from edgeemo.train.pipeline import open_run
@@ -334,6 +335,7 @@ def export_run(
             f"edgeemo export {run.dir} {'--int8 ' if int8 else ''}--out {out_dir}",
             "default_model": "model.int8.onnx" if int8 else "model.onnx",
         }
+        add_raw_audio(models, card, run.cfg.features, tmp)  # raw-audio model (+ its ORT copy, made by write_bundle)
         write_bundle(out_dir, models, card)
     _log(f"[export] bundle written to {out_dir}")
     return card
