@@ -278,3 +278,7 @@ def bench_cmd(bundle_dir: Path | None, run_dir: Path | None, runs: int, json_out
 
 
 _register_command_modules()
+
+from edgeemo.web.command import web_cmd  # noqa: E402  (the browser demo; imports only click)
+
+main.add_command(web_cmd)
