@@ -495,5 +495,12 @@ def card_summary(bundle: Bundle) -> str:
         lines.append(
             f"    {name:<20} {entry.get('bytes', 0) / 1e6:8.2f} MB  sha256 {entry['sha256'][:16]}… ok{default}"
         )
+    raw = card.get("raw_audio_model")
+    if isinstance(raw, dict) and any(n in bundle.files for n in RAW_FILE_NAMES):
+        lines.append(
+            f"  raw-audio model: {' + '.join(raw.get('files') or [])}: input {PCM_INPUT_NAME} (batch, "
+            f"{cfg.window_samples}) mono PCM at {cfg.sample_rate} Hz, one window every {raw.get('hop_samples')} "
+            f"samples; wraps {raw.get('student')} (agrees on the probe signal within {RAW_AUDIO_TOLERANCE:g})"
+        )
     lines.append("  hashes ok, embedded cards match card.json")
     return "\n".join(lines)

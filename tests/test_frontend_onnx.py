@@ -145,6 +145,12 @@ def test_bundle_has_verified_raw_audio_files_and_card(e2e_bundle):
         assert [i.name for i in sess.get_inputs()] == ["pcm"] and sess.get_inputs()[0].shape[1] == 64524
         meta = json.loads(sess.get_modelmeta().custom_metadata_map["edgeemo_card"])
         assert meta["raw_audio_model"] == raw  # the ORT copy keeps the embedded card
+    from click.testing import CliRunner
+
+    from edgeemo.cli import main
+
+    result = CliRunner().invoke(main, ["bundle", "check", str(e2e_bundle)])
+    assert result.exit_code == 0 and "raw-audio model: model.e2e.int8.onnx + model.e2e.int8.ort" in result.output
 
 
 def test_bundle_check_refuses_a_tampered_or_disagreeing_raw_audio_model(e2e_bundle, tmp_path):
