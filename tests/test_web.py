@@ -187,6 +187,20 @@ def test_page_predicts_a_file_like_the_python_runtime_and_the_mic_makes_windows(
         ]
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web_file.png"))
+        # dropping a file, with smoothing set in the page: the same EMA as edgeemo predict --smoothing
+        page.fill("#smoothing", "0.6")
+        _drop(page, wav)
+        smooth = np.array([[w["valence"], w["arousal"]] for w in page.evaluate("() => window.edgeemo.windows")])
+        ref_s = EmotionModel.load(bundle).predict_file(wav, smoothing=0.6)
+        assert np.abs(smooth - np.stack([ref_s.valence, ref_s.arousal], 1)).max() <= BROWSER_MAX + 1e-6
+        # a clip shorter than one window: one zero-padded window, as in Python
+        page.fill("#smoothing", "0")
+        short = write_wav_16k(tmp_path / "short.wav", mood_clip(1.5, cfg.sample_rate, seed=6), cfg)
+        _drop(page, short)
+        got_short = page.evaluate("() => window.edgeemo.results")
+        ref_short = EmotionModel.load(bundle).predict_file(short)
+        assert got_short["padded"] is True and got_short["windows"] == len(ref_short) == 1
+        assert abs(got_short["valence"] - ref_short.summary["valence"]) <= BROWSER_MAX + 1e-6
         # microphone: Chromium's fake device plays mic.wav at the AudioContext's rate; the page resamples it
         page.click("#mic")
         _wait(page, "() => window.edgeemo.state === 'listening' && window.edgeemo.windows.length >= 3", 30)
@@ -204,6 +218,25 @@ def test_page_predicts_a_file_like_the_python_runtime_and_the_mic_makes_windows(
         assert set(hosts) == {served.url.split("/")[2]}, hosts  # every request went to the local server
     finally:
         served.close()
+
+
+def _drop(page, wav: Path) -> None:
+    """Drop ``wav`` on the page's drop zone (a real DataTransfer holding a File) and wait for the analysis."""
+    import base64
+
+    page.evaluate("() => { window.edgeemo.results = null; }")
+    data = page.evaluate_handle(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: 'audio/wav' }));
+            return dt;
+        }""",
+        [base64.b64encode(wav.read_bytes()).decode(), wav.name],
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": data})
+    _wait(page, "() => window.edgeemo.results !== null || window.edgeemo.state === 'error'", 120)
+    assert page.evaluate("() => window.edgeemo.state") == "done", page.evaluate("() => window.edgeemo.message")
 
 
 def _labels(windows: list[dict]) -> list[str]:
