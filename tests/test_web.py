@@ -51,9 +51,10 @@ class Served:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def get(self, path: str) -> tuple[int, dict, bytes]:
+    def get(self, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
         try:
-            with urllib.request.urlopen(self.url.rstrip("/") + path, timeout=10) as r:
+            req = urllib.request.Request(self.url.rstrip("/") + path, method=method)
+            with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, dict(r.headers), r.read()
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), b""
@@ -80,6 +81,8 @@ def test_server_serves_the_page_the_model_and_its_contract_locally(served, bundl
     assert cfg["quadrants"] == {"Q1": "happy", "Q2": "tense", "Q3": "sad", "Q4": "calm"} and cfg["smoothing"] == 0.0
     status, _, model = served.get(cfg["model_url"])
     assert status == 200 and model == (bundle / "model.e2e.int8.onnx").read_bytes()
+    status, headers, empty = served.get(cfg["model_url"], method="HEAD")
+    assert status == 200 and empty == b"" and int(headers["Content-Length"]) == len(model)
     assert served.get("/static/worklet.js")[0] == 200
 
 

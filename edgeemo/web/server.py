@@ -143,20 +143,27 @@ def _handler(app: WebApp) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgeemo-web"
 
-        def do_GET(self) -> None:
+        def do_GET(self) -> None:  # http.server dispatches on these names
+            self._respond(body=True)
+
+        def do_HEAD(self) -> None:
+            self._respond(body=False)
+
+        def _respond(self, body: bool) -> None:
             found = app.resolve(self.path.split("?", 1)[0])
             if found is None:
                 self.send_error(HTTPStatus.NOT_FOUND)
                 return
-            body, ctype = found
-            data = body if isinstance(body, bytes) else body.read_bytes()
+            content, ctype = found
+            data = content if isinstance(content, bytes) else content.read_bytes()
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Content-Security-Policy", CSP)
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
-            self.wfile.write(data)
+            if body:
+                self.wfile.write(data)
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: the CLI prints its own lines
             return
