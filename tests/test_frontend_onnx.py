@@ -30,8 +30,8 @@ from edgeemo.runtime.audio import iter_audio_blocks
 from tests.e2e_fixtures import e2e_reference_bundle, real_clips, write_wav_16k
 from tests.runtime_fixtures import mood_clip
 
-MEL_TOL = 1e-4  # the issue's bound for the in-graph log-mel; measured 1.2e-6 on 4Q clips (float64 DFT)
-INT8_STEP = 1 / 127.5  # the reference int8 student's output quantisation step (scale 0.00784)
+MEL_TOL = 1e-4  # the issue's bound for the in-graph log-mel; measured 0 (bit-identical) on 4Q clips
+E2E_TOL = 1e-3  # the issue's bound for the raw-audio model vs features.py + the student; measured 0 on 3124 windows
 
 
 def session(model_or_path) -> ort.InferenceSession:
@@ -184,8 +184,8 @@ def test_runtime_e2e_path_matches_the_default_path_on_synthesised_audio(e2e_bund
             got = model.predict_file(wav, smoothing=smoothing)
             assert len(got) == len(ref) == 16 and got.padded is False
             np.testing.assert_allclose(got.times, ref.times)
-            assert np.max(np.abs(got.valence - ref.valence)) <= 2 * INT8_STEP + 1e-6
-            assert np.max(np.abs(got.arousal - ref.arousal)) <= 2 * INT8_STEP + 1e-6
+            assert np.max(np.abs(got.valence - ref.valence)) <= E2E_TOL
+            assert np.max(np.abs(got.arousal - ref.arousal)) <= E2E_TOL
     short = e2e.predict_signal(mood_clip(1.5, 44100, seed=6), 44100)
     assert len(short) == 1 and short.padded and short.summary["quadrant"] in ("happy", "tense", "sad", "calm")
 
@@ -217,10 +217,9 @@ def test_runtime_e2e_path_errors(e2e_bundle, tmp_path):
 def test_plain_onnxruntime_on_real_pcm_windows_reproduces_predict_file(e2e_bundle):
     """The issue's check: ORT on 16 kHz PCM windows vs ``EmotionModel.load().predict_file()`` (features.py + int8).
 
-    Measured on 60 4Q clips (3124 windows): 98.2 % of windows identical, the rest off by 1-6 int8 output
-    steps (0.0078 each; a mel value within ~1e-6 of a QuantizeLinear rounding boundary lands on the
-    other code). So the bound is: >= 90 % of windows within 1e-3, every window within 8 steps; the fp32
-    raw-audio model (same front end, model.onnx) agrees to 1e-5 everywhere.
+    Both front ends compute in float64 and round once to float32, so the int8 student's first QuantizeLinear
+    sees the same codes: measured identical outputs on 60 4Q clips (3124 windows). (With a float32 mel
+    product and log on either side, 1.8 % of windows moved by 1-6 int8 output steps of 0.0078.)
     """
     clips = real_clips(3)
     if not clips:
@@ -241,5 +240,4 @@ def test_plain_onnxruntime_on_real_pcm_windows_reproduces_predict_file(e2e_bundl
         diffs.append(np.max(np.abs(got - ref), axis=1))
         ref32 = fp32.predict_file(clip)
         assert np.max(np.abs(raw32.run(None, {"pcm": pcm})[0] - np.stack([ref32.valence, ref32.arousal], 1))) <= 1e-5
-    d = np.concatenate(diffs)
-    assert np.mean(d <= 1e-3) >= 0.9 and d.max() <= 8 * INT8_STEP + 1e-6
+    assert np.concatenate(diffs).max() <= E2E_TOL

@@ -24,7 +24,6 @@ pytest.importorskip("onnx")  # the raw-audio bundle is built by the export side
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
 SCRIPT = EXAMPLE / "predict.mjs"
-INT8_STEP = 1 / 127.5
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +75,10 @@ def test_node_example_agrees_with_edgeemo_predict(node, tmp_path):
         np.testing.assert_allclose(
             [w["time_s"] for w in got["windows"]], [w["time_s"] for w in ref["windows"]], atol=1e-4
         )
-        # features.py + int8 (edgeemo predict) vs the raw-audio int8 model: equal but for rare windows whose mel
-        # value sits on an int8 rounding boundary (1.8 % of 4Q windows, 1-6 output steps; see test_frontend_onnx)
-        d = np.abs(series(got) - series(ref)).max(axis=1)
-        assert np.mean(d <= 1e-3) >= 0.9 and d.max() <= 8 * INT8_STEP + 1e-6
-        assert abs(got["summary"]["valence"] - ref["summary"]["valence"]) <= INT8_STEP
-        assert abs(got["summary"]["arousal"] - ref["summary"]["arousal"]) <= INT8_STEP
+        # features.py + int8 (edgeemo predict) vs the raw-audio int8 model in onnxruntime-node
+        assert np.abs(series(got) - series(ref)).max() <= 1e-3
+        assert abs(got["summary"]["valence"] - ref["summary"]["valence"]) <= 1e-3
+        assert abs(got["summary"]["arousal"] - ref["summary"]["arousal"]) <= 1e-3
     # same model file in Python's onnxruntime (EmotionModel model="e2e"): identical numbers
     from edgeemo.runtime import EmotionModel
 

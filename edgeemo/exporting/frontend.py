@@ -12,8 +12,11 @@ Slice, Concat, Mul, MatMul, Sub, Add, Log, Transpose, Cast), so every onnxruntim
 * |DFT|^2: a two-stage Cooley-Tukey DFT with fixed bases (``n_fft = N1 * N2``; size-N1
   DFTs as one MatMul, twiddle factors, size-N2 DFTs as a MatMul), computed in float64
   like :mod:`numpy.fft` is in ``features.py``; only the half spectrum is formed;
-* the Slaney mel matrix (its rows permuted to the two-stage bin order), the float32 log
-  scaling ``(10*log10(p + amin) - db_offset) / db_scale``.
+* the Slaney mel matrix (its rows permuted to the two-stage bin order) and the log scaling
+  ``(10*log10(p + amin) - db_offset) / db_scale``, still in float64, rounded once to float32
+  at the end, exactly as ``features.py`` does: the two agree bit for bit on all but ~3e-7 of
+  the values (measured on 4Q clips), so even an int8 student's first ``QuantizeLinear``
+  sees the same codes.
 
 The periodic Hann window is applied in float64, as in ``features.py``.
 """
@@ -39,7 +42,7 @@ def dft_split(n_fft: int) -> tuple[int, int]:
 
 
 def frontend_constants(cfg: FeatureConfig, dtype: Any = np.float64) -> dict[str, np.ndarray]:
-    """The fixed tensors of the graph: DFT bases and window in ``dtype``, the float32 mel matrix
+    """The fixed tensors of the graph in ``dtype``: window, DFT bases and the (float32-valued) mel matrix
     with its rows permuted to the two-stage bin order (zero rows for bins above ``n_fft/2``)."""
     n = cfg.n_fft
     n1, n2 = dft_split(n)
@@ -62,7 +65,7 @@ def frontend_constants(cfg: FeatureConfig, dtype: Any = np.float64) -> dict[str,
         "dft2_re": np.cos(a2),
         "dft2_im": np.sin(a2),
     }
-    return {**{k: v.astype(dtype) for k, v in bases.items()}, "mel_matrix": fb_perm}
+    return {k: v.astype(dtype) for k, v in {**bases, "mel_matrix": fb_perm}.items()}
 
 
 def frontend_nodes(
@@ -70,7 +73,7 @@ def frontend_nodes(
 ) -> tuple[list[Any], list[Any]]:
     """``(nodes, initializers)`` computing ``mel`` from ``pcm``; names inside start with ``prefix``.
 
-    ``dft_dtype`` is the precision of the window and DFT (float64 as in ``features.py``)."""
+    ``dft_dtype`` is the precision of everything after framing (float64 as in ``features.py``)."""
     from onnx import TensorProto, helper, numpy_helper
 
     n1, n2 = dft_split(cfg.n_fft)
@@ -136,16 +139,15 @@ def frontend_nodes(
         helper.make_node("Mul", [p("y_re"), p("y_re")], [p("y_re2")]),
         helper.make_node("Mul", [p("y_im"), p("y_im")], [p("y_im2")]),
         helper.make_node("Add", [p("y_re2"), p("y_im2")], [p("power_grid")]),  # (B, T, N1, K2)
-        helper.make_node("Reshape", [p("power_grid"), const("power_shape", [0, t, -1])], [p("power_dft")]),
-        # features.mel_power casts the power to float32 and applies the float32 mel matrix
-        helper.make_node("Cast", [p("power_dft")], [p("power")], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", [p("power_grid"), const("power_shape", [0, t, -1])], [p("power")]),
         helper.make_node("MatMul", [p("power"), p("mel_matrix")], [p("mel_power")]),  # (B, T, n_mels)
-        helper.make_node("Add", [p("mel_power"), const("amin", cfg.amin, np.float32)], [p("floored")]),
+        helper.make_node("Add", [p("mel_power"), const("amin", cfg.amin, dft_dtype)], [p("floored")]),
         helper.make_node("Log", [p("floored")], [p("ln")]),
-        helper.make_node("Mul", [p("ln"), const("db_per_neper", 10.0 / math.log(10.0), np.float32)], [p("db")]),
-        helper.make_node("Sub", [p("db"), const("db_offset", cfg.db_offset, np.float32)], [p("db_shifted")]),
-        helper.make_node("Div", [p("db_shifted"), const("db_scale", cfg.db_scale, np.float32)], [p("scaled")]),
-        helper.make_node("Transpose", [p("scaled")], [p("mel_t")], perm=[0, 2, 1]),  # (B, n_mels, T)
+        helper.make_node("Mul", [p("ln"), const("db_per_neper", 10.0 / math.log(10.0), dft_dtype)], [p("db")]),
+        helper.make_node("Sub", [p("db"), const("db_offset", cfg.db_offset, dft_dtype)], [p("db_shifted")]),
+        helper.make_node("Div", [p("db_shifted"), const("db_scale", cfg.db_scale, dft_dtype)], [p("scaled")]),
+        helper.make_node("Cast", [p("scaled")], [p("scaled32")], to=TensorProto.FLOAT),  # features.log_scale
+        helper.make_node("Transpose", [p("scaled32")], [p("mel_t")], perm=[0, 2, 1]),  # (B, n_mels, T)
         helper.make_node("Unsqueeze", [p("mel_t"), const("axis1", [1])], [mel]),
     ]
     return nodes, inits
