@@ -32,8 +32,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # git-ignored
 INT8_STEP = 1 / 127.5  # output quantisation step of the reference int8 student
 # onnxruntime-web's WASM int8 kernels requantise differently from native x86 onnxruntime: the same int8 file
-# gave 0-4 output steps of difference per window here, while the fp32 raw-audio model agreed to 1.3e-5 in the
-# browser (so the in-graph front end runs identically). Bound: every window within 8 steps, mean within 3.
+# gave 0-4 output steps of difference per window here (native onnxruntime itself moves by up to 6 steps between
+# graph optimisation levels), while the fp32 raw-audio model agreed to 1.4e-5 in the browser (so the in-graph
+# front end runs identically). Bound: every window within 8 steps, the mean within 3.
 BROWSER_MAX = 8 * INT8_STEP
 BROWSER_MEAN = 3 * INT8_STEP
 
