@@ -7,6 +7,7 @@ so every test of the raw-audio model, the web page and the Node example uses the
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +28,7 @@ def e2e_reference_bundle() -> Path:
         from edgeemo.exporting.e2e import add_raw_audio_to_bundle
 
         root = Path(tempfile.mkdtemp(prefix="edgeemo-e2e-tests-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         shutil.copytree(default_bundle_path(), root / "src")
         _CACHE["bundle"] = add_raw_audio_to_bundle(root / "src", root / "reference-e2e")
     return _CACHE["bundle"]

@@ -204,13 +204,10 @@ def test_runtime_e2e_path_errors(e2e_bundle, tmp_path):
         EmotionModel.load(e2e_bundle).predict_pcm(np.zeros((1, 64524), np.float32))
     with pytest.raises(EdgeemoError, match="model must be one of"):
         EmotionModel.load(e2e_bundle, model="bogus")
-    from edgeemo.bundle import default_bundle_path
+    from tests.runtime_fixtures import make_test_bundle
 
-    plain = tmp_path / "plain"
-    shutil.copytree(default_bundle_path(), plain)
-    if "raw_audio_model" not in json.loads((plain / "card.json").read_text()):
-        with pytest.raises(BundleError, match="has no raw-audio model"):
-            EmotionModel.load(plain, model="e2e")
+    with pytest.raises(BundleError, match="has no raw-audio model"):
+        EmotionModel.load(make_test_bundle(tmp_path), model="e2e")
 
 
 @pytest.mark.realdata

@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeemo.bundle import default_bundle_path
 from edgeemo.cli import main
 from edgeemo.errors import BundleError
 from edgeemo.web.server import ORT_FILES, WebApp, default_ort_dir, make_server, url
 from tests.e2e_fixtures import e2e_reference_bundle, write_wav_16k
-from tests.runtime_fixtures import mood_clip
+from tests.runtime_fixtures import make_test_bundle, mood_clip
 
 pytest.importorskip("onnx")  # the raw-audio bundle is built by the export side
 
@@ -102,10 +101,7 @@ def test_server_refuses_other_paths_and_says_how_to_install_onnxruntime_web(serv
 
 
 def test_web_command_errors_are_one_line(tmp_path):
-    plain = tmp_path / "plain"
-    shutil.copytree(default_bundle_path(), plain)
-    if "raw_audio_model" in json.loads((plain / "card.json").read_text()):
-        pytest.skip("the reference bundle already ships a raw-audio model")
+    plain = make_test_bundle(tmp_path)  # a bundle without a raw-audio model
     with pytest.raises(BundleError, match="no raw-audio model"):
         WebApp.open(plain)
     result = CliRunner().invoke(main, ["web", "--bundle", str(plain), "--port", "0"])

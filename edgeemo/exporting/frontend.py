@@ -42,8 +42,8 @@ def dft_split(n_fft: int) -> tuple[int, int]:
 
 
 def frontend_constants(cfg: FeatureConfig, dtype: Any = np.float64) -> dict[str, np.ndarray]:
-    """The fixed tensors of the graph in ``dtype``: window, DFT bases and the (float32-valued) mel matrix
-    with its rows permuted to the two-stage bin order (zero rows for bins above ``n_fft/2``)."""
+    """The fixed tensors of the graph: window and DFT bases in ``dtype``, the float32 mel matrix (cast to
+    ``dtype`` in the graph) with its rows permuted to the two-stage bin order (zero rows above ``n_fft/2``)."""
     n = cfg.n_fft
     n1, n2 = dft_split(n)
     k2_count = n2 // 2 + 1  # bins k = k1 + N1*k2 with k2 <= N2/2 cover 0..n_fft/2
@@ -65,7 +65,7 @@ def frontend_constants(cfg: FeatureConfig, dtype: Any = np.float64) -> dict[str,
         "dft2_re": np.cos(a2),
         "dft2_im": np.sin(a2),
     }
-    return {k: v.astype(dtype) for k, v in {**bases, "mel_matrix": fb_perm}.items()}
+    return {**{k: v.astype(dtype) for k, v in bases.items()}, "mel_matrix32": fb_perm}
 
 
 def frontend_nodes(
@@ -140,6 +140,7 @@ def frontend_nodes(
         helper.make_node("Mul", [p("y_im"), p("y_im")], [p("y_im2")]),
         helper.make_node("Add", [p("y_re2"), p("y_im2")], [p("power_grid")]),  # (B, T, N1, K2)
         helper.make_node("Reshape", [p("power_grid"), const("power_shape", [0, t, -1])], [p("power")]),
+        helper.make_node("Cast", [p("mel_matrix32")], [p("mel_matrix")], to=dft_type),  # stored float32: half the bytes
         helper.make_node("MatMul", [p("power"), p("mel_matrix")], [p("mel_power")]),  # (B, T, n_mels)
         helper.make_node("Add", [p("mel_power"), const("amin", cfg.amin, dft_dtype)], [p("floored")]),
         helper.make_node("Log", [p("floored")], [p("ln")]),
