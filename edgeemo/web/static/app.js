@@ -5,6 +5,7 @@
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
+  const { Resampler, Windower } = globalThis.EdgeemoDSP; // dsp.js
   const TRAIL_S = 60;
   const MAX_QUEUE = 8; // mic windows waiting for the model; older ones are dropped (and counted) beyond this
   const app = { cfg: null, session: null, series: null, mic: null, queue: [], busy: false };
@@ -147,79 +148,6 @@
   }
 
   // ------------------------------------------------------------------ microphone
-  class Resampler {
-    // streaming windowed-sinc resampler (Hann-windowed, 16 zero crossings, cutoff 0.95 x the lower Nyquist)
-    constructor(srIn, srOut, zeros = 16) {
-      this.identity = srIn === srOut;
-      this.step = srIn / srOut;
-      this.fc = 0.5 * Math.min(1, srOut / srIn) * 0.95;
-      this.hw = Math.ceil(zeros / (2 * this.fc));
-      this.buf = new Float32Array(this.hw);
-      this.start = -this.hw; // absolute input index of buf[0]; the stream starts after hw zeros
-      this.n = 0;
-    }
-
-    kernel(u) {
-      const z = u / this.hw;
-      if (Math.abs(z) >= 1) return 0;
-      const x = 2 * this.fc * u;
-      const sinc = x === 0 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x);
-      return 2 * this.fc * sinc * 0.5 * (1 + Math.cos(Math.PI * z));
-    }
-
-    push(x) {
-      if (this.identity) return x.slice();
-      const buf = new Float32Array(this.buf.length + x.length);
-      buf.set(this.buf);
-      buf.set(x, this.buf.length);
-      const end = this.start + buf.length;
-      const out = [];
-      for (;;) {
-        const t = this.n * this.step;
-        const k0 = Math.floor(t);
-        if (k0 + this.hw >= end) break;
-        let s = 0;
-        for (let k = k0 - this.hw + 1; k <= k0 + this.hw; k++) s += buf[k - this.start] * this.kernel(t - k);
-        out.push(s);
-        this.n++;
-      }
-      const keep = Math.max(0, Math.floor(this.n * this.step) - this.hw + 1 - this.start);
-      this.buf = buf.slice(keep);
-      this.start += keep;
-      return Float32Array.from(out);
-    }
-  }
-
-  class Windower {
-    constructor(W, hop) {
-      this.W = W;
-      this.hop = hop;
-      this.buf = new Float32Array(0);
-      this.skip = 0;
-      this.index = 0;
-    }
-
-    push(x) {
-      if (this.skip) {
-        const d = Math.min(this.skip, x.length);
-        x = x.subarray(d);
-        this.skip -= d;
-      }
-      const buf = new Float32Array(this.buf.length + x.length);
-      buf.set(this.buf);
-      buf.set(x, this.buf.length);
-      const out = [];
-      let off = 0;
-      while (buf.length - off >= this.W) {
-        out.push({ index: this.index++, pcm: buf.slice(off, off + this.W) });
-        off += this.hop;
-      }
-      this.skip = Math.max(0, off - buf.length);
-      this.buf = buf.slice(Math.min(off, buf.length));
-      return out;
-    }
-  }
-
   async function pump() {
     if (app.busy) return;
     app.busy = true;
