@@ -279,7 +279,8 @@ process.stdout.write(JSON.stringify(out));
 
 
 def test_page_resampler_and_windower_match_the_python_runtime():
-    """dsp.js (the mic path): chunk-invariant, within 5e-4 of soxr on tones up to 5.9 kHz, windows as rawaudio.pcm_windows."""
+    """dsp.js (the mic path): chunk-invariant, within 5e-4 of soxr on tones up to 5.9 kHz, and windows equal to
+    rawaudio.pcm_windows."""
     import subprocess
 
     import soxr
