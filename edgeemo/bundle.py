@@ -5,13 +5,20 @@ Layout of ``export/<name>/``::
     model.onnx         fp32 student: input ``mel`` (batch, 1, n_mels, n_frames) float32,
                        output ``valence_arousal`` (batch, 2) in [-1, 1]; batch is dynamic
     model.int8.onnx    optional static-int8 student (same I/O)
+    model.e2e.int8.onnx  the raw-audio model: input ``pcm`` (batch, window_samples) float32 mono
+                       at the card's sample rate, the log-mel front end in the graph, then the
+                       default student; output ``valence_arousal`` (``model.e2e.onnx`` wraps an
+                       fp32 default); described by the card's ``raw_audio_model``
+    model.e2e.int8.ort its ORT-format copy (mobile and minimal onnxruntime builds)
     card.json          the model card (see below) plus ``files``: sha256 and size of each ONNX file
 
 The card (everything in ``card.json`` except ``files``) is also embedded in every ONNX
 file's ``metadata_props`` under the key ``edgeemo_card``, so a model file separated from
 its folder still says what it is. :func:`verify_bundle` refuses a bundle whose schema
 version it does not know, whose files do not match their hashes, or whose embedded
-card differs from ``card.json``, always with a one-line :class:`BundleError`.
+card differs from ``card.json``, always with a one-line :class:`BundleError`; it also
+runs a fixed probe signal through each raw-audio file and the student it wraps and
+refuses a disagreement above :data:`RAW_AUDIO_TOLERANCE`.
 
 Reading needs only onnxruntime (the embedded card is read through
 ``InferenceSession.get_modelmeta()``); writing is export-side and imports ``onnx``.
@@ -29,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeemo import __version__
 from edgeemo.errors import BundleError, EdgeemoError
 from edgeemo.features import FeatureConfig
@@ -40,6 +49,23 @@ METADATA_KEY = "edgeemo_card"
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
 MODEL_NAMES = (FP32_NAME, INT8_NAME)
+RAW_AUDIO_NAMES = {FP32_NAME: "model.e2e.onnx", INT8_NAME: "model.e2e.int8.onnx"}  # student -> raw-audio model
+PCM_INPUT_NAME = "pcm"
+RAW_AUDIO_TOLERANCE = 1e-3  # max |raw-audio model - (features.log_mel + student)| on the probe signal
+
+
+def raw_audio_name(student_name: str) -> str:
+    """File name of the raw-audio model that wraps ``student_name``."""
+    return RAW_AUDIO_NAMES[student_name]
+
+
+def ort_name(onnx_name: str) -> str:
+    """File name of the ORT-format copy of ``onnx_name``."""
+    return onnx_name.removesuffix(".onnx") + ".ort"
+
+
+RAW_FILE_NAMES = tuple(n for onnx_name in RAW_AUDIO_NAMES.values() for n in (onnx_name, ort_name(onnx_name)))
+FILE_NAMES = MODEL_NAMES + RAW_FILE_NAMES
 INPUT_NAME = "mel"
 OUTPUT_NAME = "valence_arousal"
 REQUIRED_KEYS = ("schema_version", "feature_config", "input", "output", "default_model")
@@ -69,18 +95,20 @@ def _canonical(card: Mapping[str, Any]) -> str:
 def write_bundle(out_dir: str | Path, models: Mapping[str, str | Path], card: Mapping[str, Any]) -> Path:
     """Write a bundle to ``out_dir`` atomically and return its path.
 
-    ``models`` maps ``"model.onnx"`` (required) and optionally ``"model.int8.onnx"`` to
-    ONNX files. Each is copied in with the card embedded in its metadata; hashes are
-    taken after embedding. Everything is built in a temporary folder beside ``out_dir``
+    ``models`` maps ``"model.onnx"`` (required) and optionally ``"model.int8.onnx"`` and a
+    raw-audio model (:data:`RAW_AUDIO_NAMES`) to ONNX files. Each is copied in with the card
+    embedded in its metadata; a raw-audio model also gets its ORT-format copy, converted
+    after embedding; hashes are taken last. Everything is built in a temporary folder beside ``out_dir``
     and renamed into place at the end (an existing bundle there is replaced only then),
     so a failure never leaves a half-written bundle.
     """
     import onnx  # export-side only
 
     out_dir = Path(out_dir)
-    unknown = sorted(set(models) - set(MODEL_NAMES))
+    onnx_names = MODEL_NAMES + tuple(RAW_AUDIO_NAMES.values())
+    unknown = sorted(set(models) - set(onnx_names))
     if unknown:
-        raise BundleError(f"unknown bundle model name(s) {', '.join(unknown)}; expected {' / '.join(MODEL_NAMES)}")
+        raise BundleError(f"unknown bundle model name(s) {', '.join(unknown)}; expected {' / '.join(onnx_names)}")
     if FP32_NAME not in models:
         raise BundleError(f"a bundle needs {FP32_NAME} (the fp32 student)")
     card = {k: v for k, v in dict(card).items() if k != "files"}
@@ -99,14 +127,14 @@ def write_bundle(out_dir: str | Path, models: Mapping[str, str | Path], card: Ma
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         files: dict[str, dict[str, Any]] = {}
-        for name in MODEL_NAMES:
+        for name in onnx_names:
             if name not in models:
                 continue
             src = Path(models[name])
             if not src.is_file():
                 raise BundleError(f"{src}: no such ONNX file for {name}")
             proto = onnx.load(str(src))
-            _check_io(proto, src, cfg)
+            _check_io(proto, src, cfg, raw_audio=name in RAW_FILE_NAMES)
             kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
             del proto.metadata_props[:]
             proto.metadata_props.extend(kept)
@@ -114,7 +142,13 @@ def write_bundle(out_dir: str | Path, models: Mapping[str, str | Path], card: Ma
             entry.key, entry.value = METADATA_KEY, text
             dst = tmp / name
             onnx.save(proto, str(dst))
-            files[name] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}
+            made = [dst]
+            if name in RAW_FILE_NAMES:
+                from edgeemo.exporting.ortformat import ort_copy
+
+                made.append(ort_copy(dst, tmp / ort_name(name)))
+            for file in made:
+                files[file.name] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
         full = {**json.loads(text), "files": files}
         (tmp / CARD_NAME).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp made it private; a bundle is meant to be shared read-only
@@ -125,20 +159,25 @@ def write_bundle(out_dir: str | Path, models: Mapping[str, str | Path], card: Ma
     return out_dir
 
 
-def _check_io(proto: Any, src: Path, cfg: FeatureConfig) -> None:
+def _expected_input(cfg: FeatureConfig, raw_audio: bool) -> tuple[str, tuple[int, ...]]:
+    """Input name and shape after the batch axis: log-mel windows, or PCM windows for a raw-audio model."""
+    return (PCM_INPUT_NAME, (cfg.window_samples,)) if raw_audio else (INPUT_NAME, (1, cfg.n_mels, cfg.n_frames))
+
+
+def _check_io(proto: Any, src: Path, cfg: FeatureConfig, raw_audio: bool = False) -> None:
+    input_name, expected = _expected_input(cfg, raw_audio)
     inputs = {i.name: i for i in proto.graph.input}
     outputs = [o.name for o in proto.graph.output]
-    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+    if input_name not in inputs or OUTPUT_NAME not in outputs:
         raise BundleError(
-            f"{src}: ONNX model must have input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
+            f"{src}: ONNX model must have input {input_name!r} and output {OUTPUT_NAME!r}, "
             f"has inputs {sorted(inputs)} and outputs {outputs}"
         )
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[INPUT_NAME].type.tensor_type.shape.dim]
-    expected = (1, cfg.n_mels, cfg.n_frames)
-    if len(dims) != 4 or any(d is not None and d != e for d, e in zip(dims[1:], expected, strict=True)):
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[input_name].type.tensor_type.shape.dim]
+    if len(dims) != 1 + len(expected) or any(d is not None and d != e for d, e in zip(dims[1:], expected, strict=True)):
         raise BundleError(
-            f"{src}: input {INPUT_NAME!r} has shape {dims}, "
-            f"the card's feature_config needs (batch, 1, {cfg.n_mels}, {cfg.n_frames})"
+            f"{src}: input {input_name!r} has shape {dims}, "
+            f"the card's feature_config needs (batch, {', '.join(map(str, expected))})"
         )
 
 
@@ -206,8 +245,8 @@ def load_card(path: str | Path) -> dict[str, Any]:
     if not isinstance(files, dict) or FP32_NAME not in files:
         raise BundleError(f"{card_file}: card lists no files (needs files.{FP32_NAME} with sha256 and bytes)")
     for name, entry in files.items():
-        if name not in MODEL_NAMES or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise BundleError(f"{card_file}: bad files entry {name!r} (expected {' / '.join(MODEL_NAMES)} with sha256)")
+        if name not in FILE_NAMES or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise BundleError(f"{card_file}: bad files entry {name!r} (expected {' / '.join(FILE_NAMES)} with sha256)")
     if card["default_model"] not in files:
         raise BundleError(f"{card_file}: default_model {card['default_model']!r} is not among the bundle's files")
     return card
@@ -272,7 +311,14 @@ def verify_bundle(path: str | Path) -> Bundle:
 
     Raises :class:`BundleError` with one line on any problem.
     """
-    return _verify(path, _default_session)[0]
+    bundle, sessions = _verify(path, _default_session)
+    for name, diff in raw_audio_disagreement(bundle, sessions).items():
+        if not diff <= RAW_AUDIO_TOLERANCE:
+            raise BundleError(
+                f"{bundle.path}: {name} disagrees with its student by {diff:.2e} (> {RAW_AUDIO_TOLERANCE:g}) on the "
+                "probe signal; re-export the bundle"
+            )
+    return bundle
 
 
 def _verify(
@@ -328,17 +374,39 @@ def _verify(
 
 
 def _check_session_io(session: Any, name: str, path: Path, cfg: FeatureConfig) -> None:
+    input_name, expected = _expected_input(cfg, name in RAW_FILE_NAMES)
     inputs = {i.name: i.shape for i in session.get_inputs()}
     outputs = {o.name: o.shape for o in session.get_outputs()}
-    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+    if input_name not in inputs or OUTPUT_NAME not in outputs:
         raise BundleError(
-            f"{path}: {name} must have input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
+            f"{path}: {name} must have input {input_name!r} and output {OUTPUT_NAME!r} "
             f"(has {sorted(inputs)} -> {sorted(outputs)})"
         )
-    shape = inputs[INPUT_NAME]
-    expected = (1, cfg.n_mels, cfg.n_frames)
-    if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
+    shape = inputs[input_name]
+    if len(shape) != 1 + len(expected) or any(
+        isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)
+    ):
         raise BundleError(f"{path}: {name} input shape {shape} does not match feature_config")
+
+
+def raw_audio_disagreement(bundle: Bundle, sessions: Mapping[str, Any]) -> dict[str, float]:
+    """Max |output| difference, per raw-audio file in ``sessions``, between it on a fixed probe signal's PCM
+    windows and the student it wraps (the card's ``raw_audio_model.student``) on ``features.log_mel`` windows."""
+    from edgeemo.features import frame_windows, log_mel
+    from edgeemo.rawaudio import pcm_windows, probe_signal
+
+    raw = [n for n in sessions if n in RAW_FILE_NAMES]
+    if not raw:
+        return {}
+    student = (bundle.card.get("raw_audio_model") or {}).get("student")
+    if student not in sessions:
+        raise BundleError(f"{bundle.path}: card's raw_audio_model.student {student!r} is not among the bundle's files")
+    cfg = bundle.feature_config
+    signal = probe_signal(cfg)
+    mel = np.ascontiguousarray(frame_windows(log_mel(signal, cfg), cfg)[:, None])
+    ref = sessions[student].run([OUTPUT_NAME], {INPUT_NAME: mel})[0]
+    pcm = pcm_windows(signal, cfg)
+    return {n: float(np.max(np.abs(sessions[n].run([OUTPUT_NAME], {PCM_INPUT_NAME: pcm})[0] - ref))) for n in raw}
 
 
 # ----------------------------------------------------------------------------- reference bundle
@@ -425,7 +493,14 @@ def card_summary(bundle: Bundle) -> str:
     for name, entry in bundle.files.items():
         default = " (default)" if name == card["default_model"] else ""
         lines.append(
-            f"    {name:<16} {entry.get('bytes', 0) / 1e6:8.2f} MB  sha256 {entry['sha256'][:16]}… ok{default}"
+            f"    {name:<20} {entry.get('bytes', 0) / 1e6:8.2f} MB  sha256 {entry['sha256'][:16]}… ok{default}"
+        )
+    raw = card.get("raw_audio_model")
+    if isinstance(raw, dict) and any(n in bundle.files for n in RAW_FILE_NAMES):
+        lines.append(
+            f"  raw-audio model: {' + '.join(raw.get('files') or [])}: input {PCM_INPUT_NAME} (batch, "
+            f"{cfg.window_samples}) mono PCM at {cfg.sample_rate} Hz, one window every {raw.get('hop_samples')} "
+            f"samples; wraps {raw.get('student')} (agrees on the probe signal within {RAW_AUDIO_TOLERANCE:g})"
         )
     lines.append("  hashes ok, embedded cards match card.json")
     return "\n".join(lines)

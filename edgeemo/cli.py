@@ -322,12 +322,14 @@ def bench_cmd(bundle_dir: Path | None, run_dir: Path | None, runs: int, json_out
 
 
 def _add_commands() -> None:
-    """The training, recipe and pretrained-model commands live in their own modules (no import of this one)."""
+    """The training, recipe, CV, pretrained-model and web-demo commands live in their own modules (none imports
+    this one)."""
     from edgeemo.cli_cv import cv_cmd
     from edgeemo.cli_pretrained import pretrained
     from edgeemo.cli_train import COMMANDS
+    from edgeemo.web.command import web_cmd
 
-    for command in (*COMMANDS, pretrained, cv_cmd):
+    for command in (*COMMANDS, pretrained, cv_cmd, web_cmd):
         main.add_command(command)
 
 

@@ -193,9 +193,14 @@ def _hann(n_fft: int) -> np.ndarray:
 
 # --- log-mel ----------------------------------------------------------------------------
 def log_scale(mel_power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """The fixed log scaling applied to mel power (no per-clip statistics)."""
-    db = 10.0 * np.log10(mel_power + np.float32(cfg.amin))
-    return ((db - np.float32(cfg.db_offset)) / np.float32(cfg.db_scale)).astype(np.float32, copy=False)
+    """The fixed log scaling applied to mel power (no per-clip statistics), float32.
+
+    Computed in float64 and rounded once to float32, so any host that evaluates the same
+    formula in float64 (the raw-audio ONNX model's front end does) gets the same float32
+    values, bit for bit in all but ~1e-7 of them.
+    """
+    db = 10.0 * np.log10(np.asarray(mel_power, dtype=np.float64) + cfg.amin)
+    return ((db - cfg.db_offset) / cfg.db_scale).astype(np.float32)
 
 
 def librosa_log_mel(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -223,29 +228,33 @@ def librosa_log_mel(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return log_scale(mel, cfg)
 
 
-def mel_power(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """Mel power spectrogram (uncentred STFT, power 2), shape ``(n_mels, n_frames)``."""
+def mel_power(signal: np.ndarray, cfg: FeatureConfig, dtype: type = np.float32) -> np.ndarray:
+    """Mel power spectrogram (uncentred STFT, power 2), shape ``(n_mels, n_frames)``.
+
+    FFT and mel matrix product run in float64 (the float32 filterbank weights upcast); the
+    result is returned as ``dtype`` (:func:`log_mel` keeps float64 until the log).
+    """
     x = np.ascontiguousarray(signal, dtype=np.float32)
     if x.ndim != 1:
         raise EdgeemoError(f"log-mel expects a mono 1-D signal, got shape {x.shape}")
     n_total = 0 if x.size < cfg.n_fft else (x.size - cfg.n_fft) // cfg.hop_length + 1
-    out = np.empty((cfg.n_mels, n_total), dtype=np.float32)
+    out = np.empty((cfg.n_mels, n_total), dtype=dtype)
     if n_total == 0:
         return out
     frames = sliding_window_view(x, cfg.n_fft)[:: cfg.hop_length][:n_total]
     window = _hann(cfg.n_fft)
-    fb = mel_filterbank(cfg)
+    fb = mel_filterbank(cfg).astype(np.float64)
     for start in range(0, n_total, _CHUNK_FRAMES):
         block = frames[start : start + _CHUNK_FRAMES] * window
         spec = np.fft.rfft(block, axis=1)
         power = spec.real**2 + spec.imag**2
-        out[:, start : start + block.shape[0]] = fb @ power.T.astype(np.float32, copy=False)
+        out[:, start : start + block.shape[0]] = fb @ power.T
     return out
 
 
 def log_mel(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """Log-mel frames of a mono float signal at ``cfg.sample_rate``: ``(n_mels, n_frames)`` float32."""
-    return log_scale(mel_power(signal, cfg), cfg)
+    return log_scale(mel_power(signal, cfg, np.float64), cfg)
 
 
 def frame_windows(frames: np.ndarray, cfg: FeatureConfig) -> np.ndarray:

@@ -109,7 +109,8 @@ def test_export_writes_a_verified_bundle(run, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEEMO_CACHE", str(cache))
     out = tmp_path / "bundle"
     card = export_run(r.dir, out, overrides={"int8": True, "calibration": 32, **LOOSE})
-    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.int8.onnx", "card.json"}
+    raw = {"model.e2e.int8.onnx", "model.e2e.int8.ort"}  # the raw-audio model + its ORT copy
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.int8.onnx", "card.json", *raw}
     saved = json.loads((out / "card.json").read_text())
     assert saved["metrics"]["student_int8"]["ccc_mean"] == pytest.approx(card["metrics"]["student_int8"]["ccc_mean"])
     assert saved["compression"]["compression"] == pytest.approx(

@@ -180,6 +180,7 @@ def export_run(
     import torch
 
     from edgeemo.bundle import write_bundle
+    from edgeemo.exporting.e2e import add_raw_audio
     from edgeemo.train.models import count_params, load_model
     from edgeemo.train.pipeline import open_run
     from edgeemo.train.rundata import prepare_run_data
@@ -320,6 +321,7 @@ def export_run(
             "reproduce": reproduce_command(out_dir, run.dir.name, int8),
             "default_model": "model.int8.onnx" if int8 else "model.onnx",
         }
+        add_raw_audio(models, card, run.cfg.features, tmp)  # raw-audio model (+ its ORT copy, made by write_bundle)
         write_bundle(out_dir, models, card)
     log(f"[export] bundle written to {out_dir}")
     return card

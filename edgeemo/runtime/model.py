@@ -11,19 +11,37 @@ in memory whole. onnxruntime is imported only when a model is loaded, which keep
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeemo.bundle import FP32_NAME, INPUT_NAME, OUTPUT_NAME, Bundle, _verify, default_bundle_path
+from edgeemo.bundle import (
+    FP32_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PCM_INPUT_NAME,
+    RAW_FILE_NAMES,
+    Bundle,
+    _verify,
+    default_bundle_path,
+)
 from edgeemo.errors import AudioError, BundleError, EdgeemoError
 from edgeemo.features import FeatureConfig
 from edgeemo.mood import mood_name, quadrant_code
-from edgeemo.runtime.audio import SILENCE_PEAK, iter_audio_blocks
-from edgeemo.runtime.stream import PredictionChunk, StreamingPredictor, check_smoothing
+from edgeemo.rawaudio import PcmWindower
+from edgeemo.runtime.audio import SILENCE_PEAK, StreamResampler, iter_audio_blocks
+from edgeemo.runtime.stream import (
+    PredictionChunk,
+    StreamingPredictor,
+    as_mono,
+    check_smoothing,
+    ema_smooth,
+)
 
+MODEL_CHOICES = ("default", "e2e", "e2e-ort")  # EmotionModel.load(model=...)
 MAX_BATCH = 64  # windows per ONNX run (bounds memory when a long signal is pushed at once)
 CSV_FIELDS = ("file", "time_s", "valence", "arousal", "quadrant", "mood")
 
@@ -115,22 +133,38 @@ class EmotionModel:
         self._session = session
         cfg = self.feature_config
         self._window_shape = (1, cfg.n_mels, cfg.n_frames)
+        self.raw_audio = model_file in RAW_FILE_NAMES  # the model takes PCM windows (see predict_pcm)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, threads: int = 1, prefer_int8: bool = True) -> EmotionModel:
+    def load(
+        cls, path: str | Path | None = None, *, threads: int = 1, prefer_int8: bool = True, model: str = "default"
+    ) -> EmotionModel:
         """Verify the bundle at ``path`` (default: the reference bundle) and open its model.
 
         ``prefer_int8`` runs the card's default model (the int8 one when the bundle ships
         it as default), else the fp32 ``model.onnx``. ``threads`` sets onnxruntime's
         intra-op threads (1 suits several concurrent streams; inter-op is always 1).
+        ``model="e2e"`` opens the bundle's raw-audio model instead (``"e2e-ort"``: its ORT-format
+        copy): the log-mel front end runs inside ONNX; files and signals are cut into PCM windows
+        (:meth:`predict_pcm`); :meth:`predict_windows` and :meth:`stream` need the default model.
         """
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise EdgeemoError(f"threads must be a positive integer, got {threads!r}")
+        if model not in MODEL_CHOICES:
+            raise EdgeemoError(f"model must be one of {', '.join(MODEL_CHOICES)}, got {model!r}")
         path = Path(path) if path is not None else default_bundle_path()
         from edgeemo.bundle import load_card
 
         card = load_card(path)
         chosen = card["default_model"] if prefer_int8 else FP32_NAME
+        if model != "default":
+            raw = [n for n in (card.get("raw_audio_model") or {}).get("files") or [] if n in card["files"]]
+            if len(raw) < (2 if model == "e2e-ort" else 1):
+                raise BundleError(
+                    f"{path}: this bundle has no raw-audio model; re-export it with `edgeemo export` "
+                    "(or add one with edgeemo.exporting.e2e.add_raw_audio_to_bundle)"
+                )
+            chosen = raw[1] if model == "e2e-ort" else raw[0]
 
         def make_session(name: str, file: Path) -> Any:
             import onnxruntime as ort
@@ -150,6 +184,8 @@ class EmotionModel:
     # --- windows ----------------------------------------------------------------
     def predict_windows(self, mel: np.ndarray) -> np.ndarray:
         """``(B, 1, n_mels, n_frames)`` log-mel windows -> ``(B, 2)`` float32 (valence, arousal)."""
+        if self.raw_audio:
+            raise EdgeemoError(f"{self.model_file} takes PCM windows: use predict_pcm, or load model='default'")
         if not isinstance(mel, np.ndarray):
             raise EdgeemoError(f"predict_windows expects a numpy array, got {type(mel).__name__}")
         if mel.ndim != 4 or mel.shape[1:] != self._window_shape:
@@ -163,8 +199,23 @@ class EmotionModel:
         x = np.ascontiguousarray(mel, dtype=np.float32)
         if not np.all(np.isfinite(x)):
             raise EdgeemoError("predict_windows got NaN/inf values in the log-mel windows")
+        return self._run(INPUT_NAME, x)
+
+    def predict_pcm(self, pcm: np.ndarray) -> np.ndarray:
+        """Raw-audio model only: ``(B, window_samples)`` mono PCM windows at the bundle rate -> ``(B, 2)``."""
+        if not self.raw_audio:
+            raise EdgeemoError("predict_pcm needs the raw-audio model: EmotionModel.load(..., model='e2e')")
+        n = self.feature_config.window_samples
+        if not isinstance(pcm, np.ndarray) or pcm.ndim != 2 or pcm.shape[1] != n or pcm.dtype.kind != "f":
+            got = pcm.shape if isinstance(pcm, np.ndarray) else type(pcm).__name__
+            raise EdgeemoError(f"predict_pcm expects float PCM windows of shape (batch, {n}), got {got}")
+        if pcm.shape[0] == 0:
+            return np.zeros((0, 2), np.float32)
+        return self._run(PCM_INPUT_NAME, as_mono(pcm.reshape(-1), "pcm windows").reshape(pcm.shape))
+
+    def _run(self, input_name: str, x: np.ndarray) -> np.ndarray:
         outs = [
-            self._session.run([OUTPUT_NAME], {INPUT_NAME: x[s : s + MAX_BATCH]})[0]
+            self._session.run([OUTPUT_NAME], {input_name: x[s : s + MAX_BATCH]})[0]
             for s in range(0, x.shape[0], MAX_BATCH)
         ]
         out = np.asarray(outs[0] if len(outs) == 1 else np.concatenate(outs), dtype=np.float32)
@@ -175,6 +226,8 @@ class EmotionModel:
     # --- streams and files ------------------------------------------------------
     def stream(self, sample_rate: int, *, smoothing: float = 0.0) -> StreamingPredictor:
         """A new :class:`StreamingPredictor` for audio at ``sample_rate`` (resampled inside)."""
+        if self.raw_audio:
+            raise EdgeemoError("streams run the log-mel model: load the bundle with model='default'")
         return StreamingPredictor(self, sample_rate, smoothing=smoothing)
 
     def predict_file(self, path: str | Path, *, smoothing: float = 0.0) -> Prediction:
@@ -188,6 +241,10 @@ class EmotionModel:
         """
         check_smoothing(smoothing)
         cfg = self.feature_config
+        if self.raw_audio:
+            return self._predict_raw(
+                str(path), iter_audio_blocks(path, cfg.sample_rate), smoothing, refuse_silence=True
+            )
         predictor = StreamingPredictor(self, cfg.sample_rate, smoothing=smoothing, source=str(path))
         chunks: list[PredictionChunk] = []
         try:
@@ -209,9 +266,52 @@ class EmotionModel:
 
         Silence is not refused here (unlike :meth:`predict_file`).
         """
+        if self.raw_audio:
+            check_smoothing(smoothing)
+            resampler = StreamResampler(sample_rate, self.feature_config.sample_rate)
+            mono = as_mono(samples, name or "signal")
+            blocks = [resampler.push(mono), resampler.push(np.zeros(0, np.float32), last=True)]
+            return self._predict_raw(name, iter(blocks), smoothing, seconds=mono.size / sample_rate)
         predictor = StreamingPredictor(self, sample_rate, smoothing=smoothing, source=name or "signal")
         chunks = [predictor.push(samples), predictor.flush()]
         return self._prediction(name, chunks, predictor)
+
+    def _predict_raw(
+        self,
+        name: str | None,
+        blocks: Iterator[np.ndarray],
+        smoothing: float,
+        *,
+        refuse_silence: bool = False,
+        seconds: float | None = None,
+    ) -> Prediction:
+        """The raw-audio path: model-rate blocks -> PCM windows (:class:`PcmWindower`) -> the e2e model."""
+        cfg = self.feature_config
+        windower = PcmWindower(cfg)
+        outs: list[np.ndarray] = []
+        peak, n_samples = 0.0, 0
+        try:
+            for block in blocks:
+                if block.size:
+                    peak, n_samples = max(peak, float(np.max(np.abs(block)))), n_samples + block.size
+                outs.append(self.predict_pcm(windower.push(block)))
+        except EdgeemoError:
+            raise
+        except (RuntimeError, ValueError, OSError, EOFError) as exc:  # decoder surprises on odd files
+            raise AudioError(f"decoding failed ({' '.join(str(exc).split())[:160]})", path=name) from None
+        outs.append(self.predict_pcm(windower.flush()))
+        if refuse_silence and peak < SILENCE_PEAK:
+            raise AudioError("audio is all silent", path=name)
+        va, _ = ema_smooth(np.concatenate(outs), check_smoothing(smoothing))
+        return Prediction(
+            path=name,
+            times=np.asarray(cfg.window_center_s(np.arange(len(va))), dtype=np.float64),
+            valence=va[:, 0].astype(np.float32),
+            arousal=va[:, 1].astype(np.float32),
+            padded=windower.padded,
+            duration_s=n_samples / cfg.sample_rate if seconds is None else seconds,
+            smoothing=check_smoothing(smoothing),
+        )
 
     def _prediction(self, name: str | None, chunks: list[PredictionChunk], predictor: StreamingPredictor) -> Prediction:
         series = PredictionChunk.concat(chunks)

@@ -88,6 +88,23 @@ def check_smoothing(smoothing: float) -> float:
     return s
 
 
+def ema_smooth(
+    va: np.ndarray, smoothing: float, state: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """EMA over ``(n, 2)`` predictions: ``s = c*s + (1-c)*x``, starting from the first window (or ``state``).
+
+    Returns the smoothed series and the state to carry into the next call; ``smoothing`` 0 returns ``va``.
+    """
+    if smoothing <= 0:
+        return va, state
+    c = np.float32(smoothing)
+    out = np.empty_like(va)
+    for i in range(len(va)):
+        state = va[i].copy() if state is None else c * state + (1 - c) * va[i]
+        out[i] = state
+    return out, state
+
+
 def as_mono(samples: Any, source: str = "stream") -> np.ndarray:
     """Validate pushed samples and return them as mono float32.
 
@@ -231,15 +248,7 @@ class StreamingPredictor:
     def _predict(self, batch: np.ndarray, index: np.ndarray) -> PredictionChunk:
         va = self.model.predict_windows(batch)
         self.windows_emitted += len(index)
-        if self.smoothing > 0:
-            c = np.float32(self.smoothing)
-            out = np.empty_like(va)
-            state = self._ema
-            for i in range(len(va)):
-                state = va[i].copy() if state is None else c * state + (1 - c) * va[i]
-                out[i] = state
-            self._ema = state
-            va = out
+        va, self._ema = ema_smooth(va, self.smoothing, self._ema)
         return PredictionChunk(
             times=np.asarray(self.cfg.window_center_s(index), dtype=np.float64),
             valence=va[:, 0].astype(np.float32),
