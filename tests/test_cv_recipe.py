@@ -1,0 +1,76 @@
+"""A training recipe under the grouped-CV protocol end to end: each fold trains without its held-out songs,
+exports, scores them; the three roles share one run per fold; a second CV run resumes and retrains nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("timm")
+pytest.importorskip("sklearn")
+
+from edgeemo import recipes
+from edgeemo.config import DataSource
+from edgeemo.cv import grouped_folds, run_system
+from edgeemo.data.quadrants import load_quadrants
+from edgeemo.errors import EdgeemoError
+from edgeemo.train.cv_recipe import fold_config, recipe_system
+from tests.data_fixtures import write_miniature_quadrants
+from tests.train_fixtures import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def mini_recipe(tmp_path, monkeypatch):
+    root = write_miniature_quadrants(tmp_path / "mini4q", n_per_quadrant=4, n_artists=8, seconds=5.0)
+    cfg = tiny_config(gan_ratio=0.0, teacher_epochs=2, student_epochs=1, teacher_depth=1).replace(
+        {"data.sources": [DataSource("quadrants", str(root)).to_dict()], "recipe": "cv-mini"}
+    )
+    monkeypatch.setitem(recipes._REGISTRY, "cv-mini", recipes.Recipe("cv-mini", 1, "test", cfg))
+    monkeypatch.setenv("EDGEEMO_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+def test_recipe_folds_leave_out_their_songs_and_resume(mini_recipe, tmp_path):
+    songs = load_quadrants(mini_recipe).songs
+    folds = grouped_folds(songs, 2, seed=0)
+    work = tmp_path / "cv"
+    int8 = run_system(recipe_system("cv-mini"), songs, folds, work)
+    assert [f.fold for f in int8.folds] == [0, 1] and not any(f.resumed for f in int8.folds)
+    for fold, result in zip(folds, int8.folds, strict=True):
+        test_ids = {songs[i].id for i in fold.test}
+        assert set(result.song_ids) == test_ids and len(result.valence) == len(test_ids)
+        cfg = fold_config("cv-mini", [songs[i] for i in fold.test])
+        run_dir = work / "recipe-runs" / f"cv-mini-{cfg.digest()}"
+        split = json.loads((run_dir / "split.json").read_text())
+        assert not test_ids & {i for k in ("train", "val", "test") for i in split[k]}  # never seen
+        assert json.loads((run_dir / "config.json").read_text())["config"]["data"]["exclude"] == sorted(test_ids)
+        # the scores are the bundle's int8 predictions averaged per song, as the runtime gives them (within one
+        # int8 output step, 0.0078: the runtime streams the file, which moves the log-mel by ~1e-7)
+        from edgeemo.runtime import EmotionModel
+
+        model = EmotionModel.load(run_dir / "bundle")
+        first = next(s for s in songs if s.id == result.song_ids[0])
+        assert result.valence[0] == pytest.approx(float(np.mean(model.predict_file(first.path).valence)), abs=0.008)
+    assert len(list((work / "recipe-runs").iterdir())) == 2  # one run per fold
+
+    # the teacher role reuses the folds' runs: nothing is trained again
+    before = {p: p.stat().st_mtime_ns for p in (work / "recipe-runs").rglob("best.pt")}
+    teacher = run_system(recipe_system("cv-mini@teacher"), songs, folds, work)
+    assert len(teacher.folds) == 2 and len(list((work / "recipe-runs").iterdir())) == 2
+    assert {p: p.stat().st_mtime_ns for p in (work / "recipe-runs").rglob("best.pt")} == before
+    again = run_system(recipe_system("cv-mini"), songs, folds, work)  # the fold records are read back
+    assert all(f.resumed for f in again.folds) and [f.valence for f in again.folds] == [f.valence for f in int8.folds]
+
+
+def test_recipe_system_spec_errors(mini_recipe):
+    with pytest.raises(EdgeemoError, match="role 'student' is not one of int8, fp32, teacher"):
+        recipe_system("cv-mini@student")
+    with pytest.raises(EdgeemoError, match="no quadrant dataset to cross-validate"):
+        recipe_system("tiny")
+    with pytest.raises(EdgeemoError, match="unknown recipe"):
+        recipe_system("nope")
