@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeemo.exporting.onnx import INPUT_NAME, ExportError
+from edgeemo.bundle import INPUT_NAME, OUTPUT_NAME
+from edgeemo.exporting.onnx import ExportError, onnx_session
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class QuantRecipe:
     calibration: str = "minmax"  # minmax | entropy | percentile
     float_ops: tuple[str, ...] = ()  # op types left in float (e.g. LayerNormalization, Softmax)
     reduce_range: bool = True  # 7-bit weights: no u8s8 saturation on x86 CPUs without VNNI
+    float_head: bool = True  # run the pooling + output layer (and its clamp) in float: see the module docstring
 
     @property
     def label(self) -> str:
@@ -48,7 +50,8 @@ class QuantRecipe:
         keep = f" float:{'+'.join(self.float_ops)}" if self.float_ops else ""
         pc = "per-channel" if self.per_channel else "per-tensor"
         bits = "" if self.reduce_range else " 8-bit-w"
-        return f"{self.fmt.upper()} {act}{wt}{bits} {pc} {self.calibration}{keep}"
+        head = " float-head" if self.float_head else ""
+        return f"{self.fmt.upper()} {act}{wt}{bits} {pc} {self.calibration}{keep}{head}"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "float_ops": list(self.float_ops), "label": self.label}
@@ -107,7 +110,40 @@ def unshare_initializers(path: Path) -> None:
                 copy.name = f"{name}__{node.name or 'n'}_{seen[name]}"
                 model.graph.initializer.append(copy)
                 node.input[k] = copy.name
+    for i, node in enumerate(model.graph.node):  # nodes_to_exclude matches by name; hand-built graphs have none
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
     onnx.save(model, str(path))
+
+
+POOL_OPS = ("GlobalAveragePool", "ReduceMean", "AveragePool")
+LINEAR_OPS = ("Gemm", "MatMul")
+MAX_HEAD_NODES = 8
+
+
+def head_nodes(model) -> list[str]:
+    """Names of the nodes from the last pooling op to the graph output (the regression head).
+
+    Walks back from the single output along each node's first non-constant input and
+    stops at a pooling op (:data:`POOL_OPS`, included). Without one within
+    :data:`MAX_HEAD_NODES` nodes, the head is everything from the last linear op
+    (:data:`LINEAR_OPS`) on; without that either, nothing.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {i.name for i in model.graph.initializer}
+    chain: list = []
+    name = model.graph.output[0].name
+    while name in producers and len(chain) < MAX_HEAD_NODES:
+        node = producers[name]
+        chain.append(node)
+        if node.op_type in POOL_OPS:
+            return [n.name for n in chain]
+        data = [i for i in node.input if i and i not in constants and i in producers]
+        if not data:
+            break
+        name = data[0]
+    linear = [k for k, n in enumerate(chain) if n.op_type in LINEAR_OPS]
+    return [n.name for n in chain[: linear[-1] + 1]] if linear else []
 
 
 def quantize_int8(
@@ -153,12 +189,14 @@ def _quantize(fp32_path: Path, out_path: Path, reader, recipe: QuantRecipe, type
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         unshare_initializers(pre)
+        import onnx
+
+        graph = onnx.load(str(pre))
         op_types = None
         if recipe.float_ops:
-            import onnx
-
-            present = {n.op_type for n in onnx.load(str(pre)).graph.node}
+            present = {n.op_type for n in graph.graph.node}
             op_types = sorted(present - set(recipe.float_ops))
+        exclude = head_nodes(graph) if recipe.float_head else None
         quantize_static(
             str(pre),
             str(out_path),
@@ -169,6 +207,7 @@ def _quantize(fp32_path: Path, out_path: Path, reader, recipe: QuantRecipe, type
             per_channel=recipe.per_channel,
             calibrate_method=methods[recipe.calibration],
             op_types_to_quantize=op_types,
+            nodes_to_exclude=exclude,
             reduce_range=recipe.reduce_range,
             extra_options={"ActivationSymmetric": recipe.activation == "int8"},
         )
@@ -179,8 +218,6 @@ def median_latency_ms(
     model_path: Path, shape: tuple[int, int], runs: int = 50, threads: int = 1
 ) -> tuple[float, float]:
     """Median and p95 single-window latency (ms) after warm-up."""
-    from edgeemo.exporting.onnx import OUTPUT_NAME, onnx_session
-
     sess = onnx_session(model_path, threads)
     x = np.random.default_rng(0).standard_normal((1, 1, *shape)).astype(np.float32)
     for _ in range(5):
@@ -191,3 +228,30 @@ def median_latency_ms(
         sess.run([OUTPUT_NAME], {INPUT_NAME: x})
         times.append((time.perf_counter() - t) * 1e3)
     return float(np.median(times)), float(np.percentile(times, 95))
+
+
+def requantize_bundle(
+    bundle_dir: Path, calibration: np.ndarray, out_dir: Path, recipe: QuantRecipe = DEFAULT_RECIPE
+) -> Path:
+    """Write a copy of the bundle at ``bundle_dir`` to ``out_dir`` whose int8 model is re-quantised
+    from its fp32 ``model.onnx`` with ``recipe``, calibrated on ``calibration`` windows.
+
+    The card keeps everything but ``quantization`` (the new recipe, the calibration
+    count and the recipe it replaced) and ``default_model`` (the int8 model); figures the
+    export measured on the old int8 model stay as they were, so re-export for new ones.
+    """
+    from edgeemo.bundle import FP32_NAME, INT8_NAME, verify_bundle, write_bundle
+
+    bundle = verify_bundle(bundle_dir)
+    card = {k: v for k, v in bundle.card.items() if k != "files"}
+    old = card.get("quantization") if isinstance(card.get("quantization"), dict) else {}
+    old_recipe = old.get("recipe") if isinstance(old.get("recipe"), dict) else {}
+    card["quantization"] = {
+        "recipe": recipe.to_dict(),
+        "calibration_windows": len(calibration),
+        "requantized_from": old_recipe.get("label"),
+    }
+    card["default_model"] = INT8_NAME
+    with tempfile.TemporaryDirectory() as tmp:
+        int8 = quantize_int8(bundle.path / FP32_NAME, Path(tmp) / INT8_NAME, calibration, recipe)
+        return write_bundle(out_dir, {FP32_NAME: bundle.path / FP32_NAME, INT8_NAME: int8}, card)

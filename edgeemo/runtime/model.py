@@ -11,20 +11,51 @@ in memory whole. onnxruntime is imported only when a model is loaded, which keep
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeemo.bundle import FP32_NAME, INPUT_NAME, OUTPUT_NAME, Bundle, _verify, default_bundle_path
-from edgeemo.errors import AudioError, BundleError, EdgeemoError
+from edgeemo.bundle import (
+    FP32_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Bundle,
+    check_outputs,
+    default_bundle_path,
+    load_card,
+    open_bundle,
+)
+from edgeemo.errors import AudioError, EdgeemoError
 from edgeemo.features import FeatureConfig
-from edgeemo.runtime.audio import SILENCE_PEAK, iter_audio_blocks
+from edgeemo.runtime.audio import audio_info, iter_audio_blocks
+from edgeemo.runtime.limits import check_sample_rate, check_threads
 from edgeemo.runtime.stream import PredictionChunk, StreamingPredictor, check_smoothing, quadrant
 
 MAX_BATCH = 64  # windows per ONNX run (bounds memory when a long signal is pushed at once)
 CSV_FIELDS = ("file", "time_s", "valence", "arousal", "quadrant")
+
+
+def check_path(path: object, what: str = "audio path") -> Path:
+    """``path`` as a :class:`Path` when it is a ``str`` or ``os.PathLike[str]``, else a one-line :class:`EdgeemoError`.
+
+    File objects (``open(..., "rb")``, ``io.BytesIO``) are refused with a hint: the
+    decoder (:mod:`edgeemo.runtime.audio`) reads paths only.
+    """
+    if hasattr(path, "read"):
+        raise EdgeemoError(
+            f"{what} must be a path, got a file object ({type(path).__name__}); "
+            "save it to a file, or decode it yourself and use predict_signal(samples, sample_rate)"
+        )
+    if isinstance(path, str):
+        return Path(path)
+    if isinstance(path, os.PathLike):
+        fs = os.fspath(path)
+        if isinstance(fs, str):
+            return Path(fs)
+    raise EdgeemoError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
 
 
 @dataclass
@@ -106,24 +137,11 @@ class EmotionModel:
         it as default), else the fp32 ``model.onnx``. ``threads`` sets onnxruntime's
         intra-op threads (1 suits several concurrent streams; inter-op is always 1).
         """
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise EdgeemoError(f"threads must be a positive integer, got {threads!r}")
-        path = Path(path) if path is not None else default_bundle_path()
-        from edgeemo.bundle import load_card
-
+        threads = check_threads(threads)
+        path = check_path(path, "bundle path") if path is not None else default_bundle_path()
         card = load_card(path)
         chosen = card["default_model"] if prefer_int8 else FP32_NAME
-
-        def make_session(name: str, file: Path) -> Any:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads if name == chosen else 1
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            return ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
-
-        bundle, sessions = _verify(path, make_session, only=(chosen,))
+        bundle, sessions = open_bundle(path, models=(chosen,), threads=threads)
         return cls(bundle, sessions[chosen], chosen, threads)
 
     def __repr__(self) -> str:
@@ -131,7 +149,12 @@ class EmotionModel:
 
     # --- windows ----------------------------------------------------------------
     def predict_windows(self, mel: np.ndarray) -> np.ndarray:
-        """``(B, 1, n_mels, n_frames)`` log-mel windows -> ``(B, 2)`` float32 (valence, arousal)."""
+        """``(B, 1, n_mels, n_frames)`` log-mel windows -> ``(B, 2)`` float32 (valence, arousal) in [-1, 1].
+
+        Outputs are clipped to [-1, 1]; a model that overshoots by more than
+        :data:`edgeemo.bundle.OUTPUT_TOLERANCE`, or returns NaN/inf or a wrong shape, raises
+        :class:`BundleError` (it is not a valid edgeemo model).
+        """
         if not isinstance(mel, np.ndarray):
             raise EdgeemoError(f"predict_windows expects a numpy array, got {type(mel).__name__}")
         if mel.ndim != 4 or mel.shape[1:] != self._window_shape:
@@ -149,39 +172,44 @@ class EmotionModel:
             self._session.run([OUTPUT_NAME], {INPUT_NAME: x[s : s + MAX_BATCH]})[0]
             for s in range(0, x.shape[0], MAX_BATCH)
         ]
-        out = np.asarray(outs[0] if len(outs) == 1 else np.concatenate(outs), dtype=np.float32)
-        if out.shape != (x.shape[0], 2) or not np.all(np.isfinite(out)):
-            raise BundleError(f"{self.bundle.path}: {self.model_file} returned {out.shape} or non-finite values")
-        return out
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return check_outputs(out, x.shape[0], f"{self.bundle.path}: {self.model_file}")
 
     # --- streams and files ------------------------------------------------------
     def stream(self, sample_rate: int, *, smoothing: float = 0.0) -> StreamingPredictor:
         """A new :class:`StreamingPredictor` for audio at ``sample_rate`` (resampled inside)."""
         return StreamingPredictor(self, sample_rate, smoothing=smoothing)
 
-    def predict_file(self, path: str | Path, *, smoothing: float = 0.0) -> Prediction:
+    def predict_file(self, path: str | os.PathLike[str], *, smoothing: float = 0.0) -> Prediction:
         """Predict a whole file, decoded and streamed block by block (bounded memory).
 
+        ``path`` is a ``str`` or ``os.PathLike`` (bytes paths and file objects raise a
+        one-line :class:`EdgeemoError`). The file is decoded at its own sample rate (which
+        must lie within :mod:`edgeemo.runtime.limits`' range) and pushed through one
+        :class:`StreamingPredictor`, exactly as a live stream at that rate would be, so
+        ``predict_file`` and a stream of the same samples agree.
+
         A clip shorter than one window is zero-padded to one window (``padded=True``).
-        Like :func:`edgeemo.runtime.audio.load_audio`, a missing, corrupt, empty or
-        NaN-holding file and an all-silent one (peak below -100 dBFS) raise
-        :class:`AudioError`: silence carries no emotion to report. (A live stream may be
-        silent; only files are refused.)
+        A missing, corrupt, empty or NaN-holding file raises :class:`AudioError`, and so
+        does a silent one (:attr:`StreamingPredictor.silent`: no sample swing above
+        -100 dBFS, which includes DC-only and one-sample files): silence carries no
+        emotion to report. (A live stream or a signal may be silent; only files are refused.)
         """
+        path = check_path(path)
         check_smoothing(smoothing)
-        cfg = self.feature_config
-        predictor = StreamingPredictor(self, cfg.sample_rate, smoothing=smoothing, source=str(path))
+        rate = check_sample_rate(audio_info(path)[0], f"{path}: sample rate")
+        predictor = StreamingPredictor(self, rate, smoothing=smoothing, source=str(path))
         chunks: list[PredictionChunk] = []
         try:
-            for block in iter_audio_blocks(path, cfg.sample_rate):
+            for block in iter_audio_blocks(path, rate):
                 chunks.append(predictor.push(block))
         except EdgeemoError:
             raise
         except (RuntimeError, ValueError, OSError, EOFError) as exc:  # decoder surprises on odd files
             raise AudioError(f"decoding failed ({' '.join(str(exc).split())[:160]})", path=path) from None
         chunks.append(predictor.flush())
-        if predictor.peak < SILENCE_PEAK:
-            raise AudioError("audio is all silent", path=path)
+        if predictor.silent:
+            raise AudioError("audio is all silent (or constant)", path=path)
         return self._prediction(str(path), chunks, predictor)
 
     def predict_signal(
@@ -189,8 +217,12 @@ class EmotionModel:
     ) -> Prediction:
         """Predict an in-memory signal (``(n,)`` or ``(n, channels)`` at ``sample_rate``) via one stream.
 
-        Silence is not refused here (unlike :meth:`predict_file`).
+        ``sample_rate`` is checked like :meth:`stream`'s; ``samples`` like
+        :meth:`StreamingPredictor.push`'s. Silence is not refused here (unlike
+        :meth:`predict_file`); a signal shorter than one window gives one padded window.
         """
+        if name is not None and not isinstance(name, str):
+            raise EdgeemoError(f"name must be a str or None, got {type(name).__name__}")
         predictor = StreamingPredictor(self, sample_rate, smoothing=smoothing, source=name or "signal")
         chunks = [predictor.push(samples), predictor.flush()]
         return self._prediction(name, chunks, predictor)
