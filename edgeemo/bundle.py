@@ -542,5 +542,5 @@ def card_summary(bundle: Bundle) -> str:
         lines.append(
             f"    {name:<16} {entry.get('bytes', 0) / 1e6:8.2f} MB  sha256 {entry['sha256'][:16]}… ok{default}"
         )
-    lines.append("  hashes ok, embedded cards match card.json")
+    lines.append("  hashes ok, embedded cards match card.json, probe windows give (N, 2) outputs in [-1, 1]")
     return "\n".join(lines)

@@ -132,3 +132,57 @@ def test_requantize_bundle_writes_a_verified_float_head_bundle(models, tmp_path)
     q = EmotionModel.load(out).predict_windows(x)
     f = EmotionModel.load(out, prefer_int8=False).predict_windows(x)
     assert np.abs(q - f).max() <= MAX_INT8_ERROR and np.abs(q).max() <= 1.0
+
+
+# --- the shipped bundle on real audio ------------------------------------------------------------------
+# Bounds for a bundle's int8 model on real music (4q-dev MP3s), stated in docs/hardening.md:
+MAX_CHUNKING_WINDOW = 0.02  # per window, between chunkings of one 8 kHz stream (2 x the old 2/255 output step)
+MAX_CHUNKING_SONG = 0.005  # per song mean
+MAX_I16_SONG_EXCESS = 0.03  # per song mean: int8's int16-vs-float change may exceed fp32's by this much
+
+
+def _real_clips(n: int) -> list[Path]:
+    from tests.realdata import SHARED_DATA
+
+    files = sorted((SHARED_DATA / "4q-dev" / "audio").glob("*.mp3"))[-n:]
+    if len(files) < n:
+        pytest.skip("needs the 4q-dev clips in shared/data")
+    return files
+
+
+def test_shipped_int8_model_is_stable_on_real_audio():
+    from edgeemo.bundle import default_bundle_path
+    from edgeemo.errors import BundleError
+    from edgeemo.runtime.audio import load_audio, resample
+
+    try:
+        path = default_bundle_path()
+    except BundleError:
+        pytest.skip("no reference bundle")
+    clips = _real_clips(3)
+    q8, fp = EmotionModel.load(path), EmotionModel.load(path, prefer_int8=False)
+    if q8.model_file == fp.model_file:
+        pytest.skip("the reference bundle ships no int8 model")
+    cfg = q8.feature_config
+    for clip in clips:
+        x = load_audio(clip, cfg.sample_rate, end_s=20.0)
+        i16 = np.round(np.clip(x, -1, 1) * 32767).astype(np.int16)
+        song = {}
+        for name, m in (("int8", q8), ("fp32", fp)):
+            a, b = m.predict_signal(x, cfg.sample_rate), m.predict_signal(i16, cfg.sample_rate)
+            for p in (a, b):
+                values = np.concatenate([p.valence, p.arousal])
+                assert values.min() >= -1.0 and values.max() <= 1.0
+            song[name] = max(
+                abs(a.summary["valence"] - b.summary["valence"]), abs(a.summary["arousal"] - b.summary["arousal"])
+            )
+        assert song["int8"] <= song["fp32"] + MAX_I16_SONG_EXCESS, (clip.name, song)
+        x8 = resample(x, cfg.sample_rate, 8000)
+        runs = []
+        for chunk in (len(x8), 4096, 333):
+            stream = q8.stream(8000)
+            parts = [stream.push(x8[i : i + chunk]) for i in range(0, len(x8), chunk)] + [stream.flush()]
+            runs.append(np.concatenate([np.stack([p.valence, p.arousal], 1) for p in parts if len(p)]))
+        for other in runs[1:]:
+            assert np.abs(other - runs[0]).max() <= MAX_CHUNKING_WINDOW, clip.name
+            assert np.abs(other.mean(0) - runs[0].mean(0)).max() <= MAX_CHUNKING_SONG, clip.name
