@@ -455,3 +455,14 @@ def test_evaluate_fails_when_songs_cannot_be_decoded_unless_skipped(bundle, audi
     m.write_text("path,valence,arousal\nbad1.wav,0,0\n")
     res = runner.invoke(main, ["evaluate", str(bundle), "--data", str(m), "--skip-bad"])
     assert res.exit_code == 2 and "no usable songs" in res.output
+
+
+def test_evaluate_refuses_bad_cards_and_manifests_in_one_line(bundle, audio, tmp_path):
+    m = audio / "m.csv"
+    m.write_text("path,valence,arousal\na.wav,0,0\n")
+    nan_card = _card_copy(bundle, tmp_path, CARD_EDITS["hop_nan"][0])
+    res = CliRunner().invoke(main, ["evaluate", str(nan_card), "--data", str(m)])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and "window_hop_s must be finite" in res.output
+    m.write_bytes("path,valence,arousal\na.wav,0,0\n".encode("utf-16"))
+    res = CliRunner().invoke(main, ["evaluate", str(bundle), "--data", str(m)])
+    assert res.exit_code == 2 and res.output == f"error: {m}: the manifest is UTF-16 text; save it as UTF-8 CSV\n"
