@@ -7,6 +7,7 @@ Flatten -> Gemm -> Clip) is quantised with the export recipe with and without
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,16 @@ pytest.importorskip("onnx")
 
 import onnx
 
-from edgeemo.bundle import open_session, verify_bundle, write_bundle
-from edgeemo.exporting.quantize import DEFAULT_RECIPE, head_nodes, quantize_int8, requantize_bundle
+from edgeemo.bundle import WEIGHTS_ONLY_FORMAT, open_session, quantization_format, verify_bundle, write_bundle
+from edgeemo.exporting.quantize import (
+    CANDIDATES,
+    DEFAULT_RECIPE,
+    QuantRecipe,
+    head_nodes,
+    input_nodes,
+    quantize_int8,
+    requantize_bundle,
+)
 from edgeemo.features import frame_windows, log_mel
 from edgeemo.runtime import EmotionModel
 from tests.runtime_fixtures import SMALL_CFG, mood_clip, sample_card
@@ -25,6 +34,7 @@ from tests.runtime_fixtures import SMALL_CFG, mood_clip, sample_card
 # The bounds these tests hold the float-head int8 model to (against its own fp32 graph):
 MAX_INT8_ERROR = 0.05  # per window, |int8 - fp32|
 MAX_NUDGE_CHANGE = 0.01  # per window, |int8(x) - int8(x + 1e-5 noise)|: no 2/255 output-grid jumps
+MAX_WEIGHTS_ERROR = 0.02  # per window, |weight-only int8 - fp32|
 
 
 def _conv_model(path: Path) -> Path:
@@ -81,8 +91,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
     calib = _windows(range(4))
     out = {"fp32": fp32}
     for name, head in (("float_head", True), ("int8_head", False)):
-        recipe = DEFAULT_RECIPE.__class__(**{**DEFAULT_RECIPE.__dict__, "float_head": head})
+        recipe = replace(DEFAULT_RECIPE, float_head=head)
         out[name] = quantize_int8(fp32, d / f"{name}.onnx", calib, recipe)
+    out["weights"] = quantize_int8(
+        fp32, d / "weights.onnx", calib, QuantRecipe(WEIGHTS_ONLY_FORMAT, reduce_range=False)
+    )
     return out
 
 
@@ -119,6 +132,60 @@ def test_tiny_input_changes_move_the_float_head_model_a_little(models):
     fh = np.abs(_run(models["float_head"], x) - _run(models["float_head"], nudged)).max()
     fp = np.abs(_run(models["fp32"], x) - _run(models["fp32"], nudged)).max()
     assert fp < 1e-4 and fh <= MAX_NUDGE_CHANGE
+
+
+def test_weight_only_format_keeps_int8_weights_and_float_math(models):
+    import onnx
+
+    graph = onnx.load(str(models["weights"])).graph
+    ops = [n.op_type for n in graph.node]
+    assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") >= 2  # only the weights are dequantized
+    constants = {i.name for i in graph.initializer}
+    assert {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"} <= constants  # no activation DQ
+    int8 = sorted(i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
+    assert int8 == ["w1_quantized", "w2_quantized"]  # the two conv weights; the head stays float
+    x = _windows(range(30, 36))
+    nudged = x + np.random.default_rng(0).normal(0, 1e-5, x.shape).astype(np.float32)
+    fp, w = _run(models["fp32"], x), _run(models["weights"], x)
+    assert np.abs(w - fp).max() <= MAX_WEIGHTS_ERROR and w.min() >= -1.0 and w.max() <= 1.0
+    moved_w = np.abs(_run(models["weights"], nudged) - w).max()
+    moved_fp = np.abs(_run(models["fp32"], nudged) - fp).max()
+    assert moved_w <= 2 * moved_fp + 1e-6  # as smooth as fp32: no quantisation step to cross
+
+
+def test_weights_candidate_keeps_the_input_layer_in_float(models, tmp_path):
+    weights = [r for r in CANDIDATES if r.fmt == WEIGHTS_ONLY_FORMAT]
+    assert len(weights) == 1 and weights[0].float_input and weights[0].float_depthwise and not weights[0].reduce_range
+    assert input_nodes(onnx.load(str(models["fp32"]))) == ["conv1"]
+    path = quantize_int8(models["fp32"], tmp_path / "w.onnx", _windows(range(4)), weights[0])
+    graph = onnx.load(str(path)).graph
+    assert sorted(i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4) == [
+        "w2_quantized"
+    ]
+    x = _windows(range(50, 53))
+    assert np.abs(_run(path, x) - _run(models["fp32"], x)).max() <= MAX_WEIGHTS_ERROR
+
+
+def test_weights_bundle_loads_with_folded_weights(models, tmp_path, monkeypatch):
+    import edgeemo.bundle
+
+    src = write_bundle(tmp_path / "src", {"model.onnx": models["fp32"]}, sample_card(SMALL_CFG, name="small"))
+    recipe = next(r for r in CANDIDATES if r.fmt == WEIGHTS_ONLY_FORMAT)
+    out = requantize_bundle(src, _windows(range(4)), tmp_path / "w", recipe)
+    assert quantization_format(verify_bundle(out).card) == WEIGHTS_ONLY_FORMAT
+    opened = []
+
+    def recording(path, threads=1, *, fold_weights=False):
+        opened.append((Path(path).name, fold_weights))
+        return open_session(path, threads, fold_weights=fold_weights)
+
+    monkeypatch.setattr(edgeemo.bundle, "open_session", recording)
+    verify_bundle(out)
+    assert sorted(opened) == [("model.int8.onnx", True), ("model.onnx", False)]
+    x = _windows(range(60, 62))
+    got = EmotionModel.load(out).predict_windows(x)  # a session with the weights folded at load
+    plain = open_session(out / "model.int8.onnx").run(None, {"mel": x})[0]  # dequantizing on every run
+    assert np.abs(got - plain).max() <= 1e-4
 
 
 def test_requantize_bundle_writes_a_verified_float_head_bundle(models, tmp_path):
