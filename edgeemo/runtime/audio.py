@@ -49,10 +49,8 @@ class StreamResampler:
         if sr_in <= 0 or sr_out <= 0:
             raise AudioError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
         self.sr_in, self.sr_out = int(sr_in), int(sr_out)
-        self._stream = (
-            None
-            if self.sr_in == self.sr_out
-            else soxr.ResampleStream(self.sr_in, self.sr_out, 1, dtype="float32", quality="HQ")
+        self._stream = None if self.sr_in == self.sr_out else soxr.ResampleStream(
+            self.sr_in, self.sr_out, 1, dtype="float32", quality="HQ"
         )
 
     def push(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
