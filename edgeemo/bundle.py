@@ -10,11 +10,17 @@ Layout of ``export/<name>/``::
 The card (everything in ``card.json`` except ``files``) is also embedded in every ONNX
 file's ``metadata_props`` under the key ``edgeemo_card``, so a model file separated from
 its folder still says what it is. :func:`verify_bundle` refuses a bundle whose schema
-version it does not know, whose files do not match their hashes, or whose embedded
-card differs from ``card.json``, always with a one-line :class:`BundleError`.
+version it does not know, whose card fails the schema check (a card is untrusted input:
+types, finite numbers, shapes), whose files do not match their hashes, whose embedded
+card differs from ``card.json``, or whose model gives a wrong shape, NaN/inf or values
+more than :data:`OUTPUT_TOLERANCE` outside [-1, 1] on the probe windows, always with a
+one-line :class:`BundleError`.
 
-Reading needs only onnxruntime (the embedded card is read through
-``InferenceSession.get_modelmeta()``); writing is export-side and imports ``onnx``.
+Also owns the one onnxruntime session builder (:func:`open_session`), the model I/O
+names (:data:`INPUT_NAME`, :data:`OUTPUT_NAME`) and the output check the runtime applies
+to every batch (:func:`check_outputs`). Reading needs only onnxruntime (the embedded card
+is read through ``InferenceSession.get_modelmeta()``); writing is export-side and
+imports ``onnx``.
 """
 
 from __future__ import annotations

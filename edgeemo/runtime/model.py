@@ -1,11 +1,12 @@
 """The embeddable emotion model: a verified bundle + one onnxruntime session.
 
-Owns :class:`EmotionModel` (load a bundle, run windows, predict a file, open streams)
-and :class:`Prediction` (a file's per-window series and its summary). Files are
-decoded block by block and pushed through the same :class:`StreamingPredictor` that
-live audio uses, so a file and a stream of it agree and an hour-long file never sits
-in memory whole. onnxruntime is imported only when a model is loaded, which keeps
-``import edgeemo.runtime`` cheap.
+Owns :class:`EmotionModel` (load a bundle, run windows, predict a file, open streams),
+:class:`Prediction` (a file's per-window series and its summary) and the check of the
+path arguments (:func:`check_path`). Files are decoded block by block at their own
+sample rate and pushed through the same :class:`StreamingPredictor` that live audio
+uses, so a file and a stream of it agree and an hour-long file never sits in memory
+whole. onnxruntime is imported only when a model is loaded, which keeps ``import
+edgeemo.runtime`` cheap.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from edgeemo.bundle import (
 from edgeemo.errors import AudioError, EdgeemoError
 from edgeemo.features import FeatureConfig
 from edgeemo.runtime.audio import audio_info, iter_audio_blocks
-from edgeemo.runtime.limits import check_sample_rate, check_threads
+from edgeemo.runtime.limits import check_threads
 from edgeemo.runtime.stream import PredictionChunk, StreamingPredictor, check_smoothing, quadrant
 
 MAX_BATCH = 64  # windows per ONNX run (bounds memory when a long signal is pushed at once)
@@ -197,7 +198,7 @@ class EmotionModel:
         """
         path = check_path(path)
         check_smoothing(smoothing)
-        rate = check_sample_rate(audio_info(path)[0], f"{path}: sample rate")
+        rate = audio_info(path)[0]  # the header's rate, checked by the predictor like any stream's
         predictor = StreamingPredictor(self, rate, smoothing=smoothing, source=str(path))
         chunks: list[PredictionChunk] = []
         try:
