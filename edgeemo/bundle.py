@@ -15,13 +15,18 @@ Layout of ``export/<name>/``::
 The card (everything in ``card.json`` except ``files``) is also embedded in every ONNX
 file's ``metadata_props`` under the key ``edgeemo_card``, so a model file separated from
 its folder still says what it is. :func:`verify_bundle` refuses a bundle whose schema
-version it does not know, whose files do not match their hashes, or whose embedded
-card differs from ``card.json``, always with a one-line :class:`BundleError`; it also
-runs a fixed probe signal through each raw-audio file and the student it wraps and
-refuses a disagreement above :data:`RAW_AUDIO_TOLERANCE`.
+version it does not know, whose card fails the schema check (a card is untrusted input:
+types, finite numbers, shapes), whose files do not match their hashes, whose embedded
+card differs from ``card.json``, or whose model gives a wrong shape, NaN/inf or values
+more than :data:`OUTPUT_TOLERANCE` outside [-1, 1] on the probe windows, always with a
+one-line :class:`BundleError`; it also runs a fixed probe signal through each raw-audio
+file and the student it wraps and refuses a disagreement above :data:`RAW_AUDIO_TOLERANCE`.
 
-Reading needs only onnxruntime (the embedded card is read through
-``InferenceSession.get_modelmeta()``); writing is export-side and imports ``onnx``.
+Also owns the one onnxruntime session builder (:func:`open_session`), the model I/O
+names (:data:`INPUT_NAME`, :data:`OUTPUT_NAME`) and the output check the runtime applies
+to every batch (:func:`check_outputs`). Reading needs only onnxruntime (the embedded card
+is read through ``InferenceSession.get_modelmeta()``); writing is export-side and
+imports ``onnx``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,7 @@ import numpy as np
 
 from edgeemo import __version__
 from edgeemo.errors import BundleError, EdgeemoError
-from edgeemo.features import FeatureConfig
+from edgeemo.features import FeatureConfig, log_mel
 from edgeemo.filehash import sha256_file
 
 SCHEMA_VERSION = 1
@@ -68,7 +73,11 @@ RAW_FILE_NAMES = tuple(n for onnx_name in RAW_AUDIO_NAMES.values() for n in (onn
 FILE_NAMES = MODEL_NAMES + RAW_FILE_NAMES
 INPUT_NAME = "mel"
 OUTPUT_NAME = "valence_arousal"
+OUTPUT_RANGE = (-1.0, 1.0)  # documented valence/arousal range; the runtime clips to it
+OUTPUT_TOLERANCE = 0.01  # a model may overshoot the range by this much (an 8-bit output step is 2/255 = 0.0078)
 REQUIRED_KEYS = ("schema_version", "feature_config", "input", "output", "default_model")
+MAX_CARD_BYTES = 1_000_000
+WEIGHTS_ONLY_FORMAT = "weights"  # quantization.recipe.fmt of an int8 model with int8 weights and float activations
 
 
 def _jsonable(value: Any) -> Any:
@@ -115,13 +124,13 @@ def write_bundle(out_dir: str | Path, models: Mapping[str, str | Path], card: Ma
     card.setdefault("schema_version", SCHEMA_VERSION)
     card.setdefault("edgeemo_version", __version__)
     card.setdefault("default_model", INT8_NAME if INT8_NAME in models else FP32_NAME)
-    cfg = _check_card_fields(card, where="card to write")
-    if card["default_model"] not in models:
-        raise BundleError(f"card default_model {card['default_model']!r} is not among the models given")
     try:
         text = _canonical(card)
     except (TypeError, ValueError) as exc:
         raise BundleError(f"the card is not plain JSON ({exc})") from None
+    cfg = _check_card_fields(json.loads(text), where="card to write")  # checked as readers will see it
+    if card["default_model"] not in models:
+        raise BundleError(f"card default_model {card['default_model']!r} is not among the models given")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -234,19 +243,17 @@ def load_card(path: str | Path) -> dict[str, Any]:
             "write one with `edgeemo export` or pass --bundle DIR)"
         )
     try:
-        card = json.loads(card_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if card_file.stat().st_size > MAX_CARD_BYTES:
+            raise BundleError(f"{card_file}: card is larger than {MAX_CARD_BYTES // 1_000_000} MB; not an edgeemo card")
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers JSON and UTF-8 decoding errors
         raise BundleError(f"{card_file}: unreadable card ({' '.join(str(exc).split())})") from None
     if not isinstance(card, dict):
         raise BundleError(f"{card_file}: the card must be a JSON object")
     _check_schema(card, card_file)
     _check_card_fields(card, where=str(card_file))
-    files = card.get("files")
-    if not isinstance(files, dict) or FP32_NAME not in files:
-        raise BundleError(f"{card_file}: card lists no files (needs files.{FP32_NAME} with sha256 and bytes)")
-    for name, entry in files.items():
-        if name not in FILE_NAMES or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise BundleError(f"{card_file}: bad files entry {name!r} (expected {' / '.join(FILE_NAMES)} with sha256)")
+    _check_files(card.get("files"), str(card_file))
+    files = card["files"]
     if card["default_model"] not in files:
         raise BundleError(f"{card_file}: default_model {card['default_model']!r} is not among the bundle's files")
     return card
@@ -268,7 +275,35 @@ def _check_schema(card: Mapping[str, Any], where: Path | str) -> None:
         )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_shape(shape: Any, expected: list[int | None], what: str, where: str) -> None:
+    """``shape`` (optional) must be a list like ``expected``: ``None`` entries are any dynamic dim."""
+    if shape is None:
+        return
+    ok = isinstance(shape, list) and len(shape) == len(expected)
+    ok = ok and all(d is None or (_is_int(d) and d > 0) for d in shape)
+    if not ok or any(e is not None and d != e for d, e in zip(shape, expected, strict=True)):
+        dims = ", ".join("batch" if e is None else str(e) for e in expected)
+        raise BundleError(f"{where}: {what} shape {shape!r} does not match feature_config ({dims})")
+
+
+OPTIONAL_TEXT_KEYS = ("name", "edgeemo_version", "created", "reproduce")
+OPTIONAL_OBJECT_KEYS = ("metrics", "compression", "quantization", "gate", "models")
+
+
 def _check_card_fields(card: Mapping[str, Any], where: str) -> FeatureConfig:
+    """Schema check of every card field the runtime reads: types, finite numbers, shapes, names.
+
+    A card is untrusted input (a bundle may come from anywhere), so each problem is a
+    one-line :class:`BundleError` here rather than a TypeError deep in the runtime.
+    """
     missing = [k for k in REQUIRED_KEYS if k not in card]
     if missing:
         raise BundleError(f"{where}: card lacks {', '.join(missing)}")
@@ -276,42 +311,131 @@ def _check_card_fields(card: Mapping[str, Any], where: str) -> FeatureConfig:
         raise BundleError(f"{where}: feature_config must be an object")
     try:
         cfg = FeatureConfig.from_dict(card["feature_config"])
-    except (EdgeemoError, TypeError) as exc:
+    except (EdgeemoError, TypeError, ValueError, OverflowError) as exc:
         raise BundleError(f"{where}: bad feature_config ({exc})") from None
     inp, out = card["input"], card["output"]
     if not isinstance(inp, dict) or inp.get("name") != INPUT_NAME:
-        raise BundleError(f"{where}: input must be named {INPUT_NAME!r}")
+        raise BundleError(f"{where}: input must be an object named {INPUT_NAME!r}")
     if not isinstance(out, dict) or out.get("name") != OUTPUT_NAME:
-        raise BundleError(f"{where}: output must be named {OUTPUT_NAME!r}")
-    shape = inp.get("shape")
-    if shape is not None and list(shape)[1:] != [1, cfg.n_mels, cfg.n_frames]:
-        raise BundleError(
-            f"{where}: input shape {shape} does not match feature_config (1, {cfg.n_mels}, {cfg.n_frames})"
-        )
-    if card["default_model"] not in MODEL_NAMES:
+        raise BundleError(f"{where}: output must be an object named {OUTPUT_NAME!r}")
+    _check_shape(inp.get("shape"), [None, 1, cfg.n_mels, cfg.n_frames], "input", where)
+    _check_shape(out.get("shape"), [None, 2], "output", where)
+    if inp.get("dtype", "float32") != "float32":
+        raise BundleError(f"{where}: input dtype must be 'float32', got {inp.get('dtype')!r}")
+    labels = out.get("labels")
+    if labels is not None and (
+        not isinstance(labels, list) or len(labels) != 2 or not all(isinstance(x, str) for x in labels)
+    ):
+        raise BundleError(f"{where}: output labels must be two names, got {labels!r}")
+    rng = out.get("range")
+    if rng is not None and (
+        not isinstance(rng, list) or [float(x) if _is_finite_number(x) else None for x in rng] != list(OUTPUT_RANGE)
+    ):
+        raise BundleError(f"{where}: output range must be {list(OUTPUT_RANGE)}, got {rng!r}")
+    if not isinstance(card["default_model"], str) or card["default_model"] not in MODEL_NAMES:
         raise BundleError(f"{where}: default_model must be one of {', '.join(MODEL_NAMES)}")
+    for key in OPTIONAL_TEXT_KEYS:
+        if card.get(key) is not None and not isinstance(card[key], str):
+            raise BundleError(f"{where}: {key} must be text, got {type(card[key]).__name__}")
+    for key in OPTIONAL_OBJECT_KEYS:
+        if card.get(key) is not None and not isinstance(card[key], dict):
+            raise BundleError(f"{where}: {key} must be an object, got {type(card[key]).__name__}")
+    if card.get("training_data") is not None and not isinstance(card["training_data"], (str, dict)):
+        raise BundleError(f"{where}: training_data must be text or an object")
     return cfg
 
 
-SessionFactory = Callable[[str, Path], Any]
+def _check_files(files: Any, where: str) -> None:
+    if not isinstance(files, dict) or FP32_NAME not in files:
+        raise BundleError(f"{where}: card lists no files (needs files.{FP32_NAME} with sha256 and bytes)")
+    for name, entry in files.items():
+        ok = name in FILE_NAMES and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+        ok = ok and len(entry["sha256"]) == 64 and all(c in "0123456789abcdef" for c in entry["sha256"])
+        if not ok or ("bytes" in entry and not (_is_int(entry["bytes"]) and entry["bytes"] >= 0)):
+            raise BundleError(
+                f"{where}: bad files entry {name!r} (expected {' / '.join(FILE_NAMES)} with a sha256 hex digest "
+                "and a byte count)"
+            )
 
 
-def _default_session(name: str, path: Path) -> Any:
+# ----------------------------------------------------------------------------- sessions and the probe
+
+
+def open_session(path: str | Path, threads: int = 1, *, fold_weights: bool = False) -> Any:
+    """The one way edgeemo opens an ONNX model: an onnxruntime CPU session with ``threads`` intra-op
+    threads, one inter-op thread, quiet logs. Callers taking ``threads`` from a user check it first
+    with :func:`edgeemo.runtime.limits.check_threads`.
+
+    ``fold_weights`` is for models in the :data:`WEIGHTS_ONLY_FORMAT` (int8 weights, float
+    activations): it turns off onnxruntime's QDQ fusions, which lets constant folding
+    dequantize the weights once at load instead of on every run (fp32 speed; measured 7.2 vs
+    9.1 ms per window on a busy machine where fp32 took 7.4). Do not set it for QDQ models
+    with quantised activations: they would then run unfused.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if fold_weights:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def quantization_format(card: Mapping[str, Any]) -> str | None:
+    """The card's ``quantization.recipe.fmt`` (e.g. ``"qoperator"`` or :data:`WEIGHTS_ONLY_FORMAT`), if recorded."""
+    quant = card.get("quantization")
+    recipe = quant.get("recipe") if isinstance(quant, dict) else None
+    fmt = recipe.get("fmt") if isinstance(recipe, dict) else None
+    return fmt if isinstance(fmt, str) else None
+
+
+def probe_windows(cfg: FeatureConfig) -> Any:
+    """Three fixed log-mel windows ``(3, 1, n_mels, n_frames)``: silence, a tone chord and loud noise."""
+
+    n = cfg.window_samples
+    t = np.arange(n) / cfg.sample_rate
+    chord = sum(0.2 * np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))
+    noise = 0.5 * np.random.default_rng(0).uniform(-1.0, 1.0, n)
+    signals = [np.zeros(n), chord, noise]
+    return np.stack([log_mel(x.astype(np.float32), cfg)[:, : cfg.n_frames] for x in signals])[:, None]
+
+
+def check_outputs(out: Any, n_windows: int, what: str) -> Any:
+    """``out`` as float32 ``(n_windows, 2)`` clipped to :data:`OUTPUT_RANGE`; :class:`BundleError` when its
+    shape is wrong, it holds NaN/inf, or it leaves the range by more than :data:`OUTPUT_TOLERANCE`."""
+    out = np.asarray(out, dtype=np.float32)
+    if out.shape != (n_windows, 2):
+        raise BundleError(f"{what} returned shape {out.shape} for {n_windows} window(s); expected ({n_windows}, 2)")
+    if not np.all(np.isfinite(out)):
+        raise BundleError(f"{what} returned NaN/inf valence/arousal")
+    lo, hi = OUTPUT_RANGE
+    worst = float(np.max(np.abs(out))) if out.size else 0.0
+    if worst > hi + OUTPUT_TOLERANCE:
+        raise BundleError(
+            f"{what} returned {worst:.4g}, outside the documented range [{lo:g}, {hi:g}] "
+            f"(tolerance {OUTPUT_TOLERANCE:g}); not a valid edgeemo model"
+        )
+    return np.clip(out, lo, hi)
+
+
+def probe_session(session: Any, cfg: FeatureConfig, what: str) -> None:
+    """Run the model on :func:`probe_windows` and apply :func:`check_outputs` (one line on failure)."""
+    x = probe_windows(cfg)
+    try:
+        out = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+        raise BundleError(f"{what} fails on a probe window ({' '.join(str(exc).split())[:160]})") from None
+    check_outputs(out, len(x), what)
+
+
 def verify_bundle(path: str | Path) -> Bundle:
-    """Check a bundle completely (schema, card, sizes, sha256, embedded cards); return it.
+    """Check a bundle completely (schema, card, sizes, sha256, embedded cards, a probe run of every model).
 
     Raises :class:`BundleError` with one line on any problem.
     """
-    bundle, sessions = _verify(path, _default_session)
+    bundle, sessions = open_bundle(path)
     for name, diff in raw_audio_disagreement(bundle, sessions).items():
         if not diff <= RAW_AUDIO_TOLERANCE:
             raise BundleError(
@@ -321,12 +445,13 @@ def verify_bundle(path: str | Path) -> Bundle:
     return bundle
 
 
-def _verify(
-    path: str | Path, make_session: SessionFactory, only: tuple[str, ...] | None = None
+def open_bundle(
+    path: str | Path, *, models: tuple[str, ...] | None = None, threads: int = 1
 ) -> tuple[Bundle, dict[str, Any]]:
-    """Verify the bundle: card, sizes and sha256 of every file; then open an onnxruntime
-    session (``make_session``) for each model file, or only those named in ``only``, and
-    check its embedded card and I/O. Returns the bundle and the sessions by file name."""
+    """Verify the bundle: card schema, sizes and sha256 of every file; then open an onnxruntime
+    session (:func:`open_session`, ``threads`` threads) for each model file, or only those named in
+    ``models``, and check its embedded card, I/O and outputs on a probe window
+    (:func:`probe_session`). Returns the bundle and the sessions by file name."""
     path = Path(path)
     card = load_card(path)
     cfg = FeatureConfig.from_dict(card["feature_config"])
@@ -346,10 +471,12 @@ def _verify(
     expected = json.loads(_canonical(card))
     sessions: dict[str, Any] = {}
     for name in files:
-        if only is not None and name not in only:
+        if models is not None and name not in models:
             continue
         try:
-            session = make_session(name, path / name)
+            int8 = name == INT8_NAME or (name in RAW_FILE_NAMES and "int8" in name)
+            fold = int8 and quantization_format(card) == WEIGHTS_ONLY_FORMAT
+            session = open_session(path / name, threads, fold_weights=fold)
         except EdgeemoError:
             raise
         except Exception as exc:
@@ -369,6 +496,8 @@ def _verify(
                 "the files come from different exports"
             )
         _check_session_io(session, name, path, cfg)
+        if name not in RAW_FILE_NAMES:  # raw-audio files are probed against their student (verify_bundle)
+            probe_session(session, cfg, f"{path}: {name}")
         sessions[name] = session
     return Bundle(path=path, card=card, feature_config=cfg, files=dict(files)), sessions
 
@@ -387,6 +516,9 @@ def _check_session_io(session: Any, name: str, path: Path, cfg: FeatureConfig) -
         isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)
     ):
         raise BundleError(f"{path}: {name} input shape {shape} does not match feature_config")
+    out_shape = outputs[OUTPUT_NAME]
+    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != 2):
+        raise BundleError(f"{path}: {name} output shape {out_shape} is not (batch, 2)")
 
 
 def raw_audio_disagreement(bundle: Bundle, sessions: Mapping[str, Any]) -> dict[str, float]:
@@ -404,7 +536,7 @@ def raw_audio_disagreement(bundle: Bundle, sessions: Mapping[str, Any]) -> dict[
     cfg = bundle.feature_config
     signal = probe_signal(cfg)
     mel = np.ascontiguousarray(frame_windows(log_mel(signal, cfg), cfg)[:, None])
-    ref = sessions[student].run([OUTPUT_NAME], {INPUT_NAME: mel})[0]
+    ref = np.clip(sessions[student].run([OUTPUT_NAME], {INPUT_NAME: mel})[0], *OUTPUT_RANGE)  # as the runtime clips
     pcm = pcm_windows(signal, cfg)
     return {n: float(np.max(np.abs(sessions[n].run([OUTPUT_NAME], {PCM_INPUT_NAME: pcm})[0] - ref))) for n in raw}
 
@@ -432,6 +564,11 @@ def default_bundle_path() -> Path:
     )
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else ``{}`` (descriptive card sections are free-form)."""
+    return value if isinstance(value, dict) else {}
+
+
 def card_summary(bundle: Bundle) -> str:
     """Human-readable summary of a verified bundle (used by ``edgeemo bundle check``)."""
     card = bundle.card
@@ -452,11 +589,13 @@ def card_summary(bundle: Bundle) -> str:
             lines.append(f"  data licence: {data['licence']}")
         pre = data.get("pretraining")
         if isinstance(pre, dict):
-            hours = pre.get("hours") or {}
-            signal = pre.get("teacher_signal") or {}
+            hours = sum(h for h in _object(pre.get("hours")).values() if _is_finite_number(h))
+            signal = _object(pre.get("teacher_signal"))
+            folders = pre.get("unlabeled_folders")
+            folders = [str(f) for f in folders] if isinstance(folders, list) else []
             lines.append(
-                f"  teacher pretrained on: {sum(hours.values()):.2f} h of unlabeled audio in "
-                f"{', '.join(pre.get('unlabeled_folders') or [])}; teacher signal {signal.get('name', '?')} "
+                f"  teacher pretrained on: {hours:.2f} h of unlabeled audio in "
+                f"{', '.join(folders)}; teacher signal {signal.get('name', '?')} "
                 f"({signal.get('licence', 'licence not recorded')})"
                 + ("; the student was pretrained on it too" if pre.get("student") else "")
             )
@@ -468,10 +607,10 @@ def card_summary(bundle: Bundle) -> str:
                 )
     elif data:
         lines.append(f"  trained on: {data}")
-    metrics = card.get("metrics") or {}
+    metrics = _object(card.get("metrics"))
 
     def numbers(d: dict) -> str:
-        return ", ".join(f"{k} {v:.4g}" for k, v in d.items())
+        return ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in d.items())
 
     for key, value in metrics.items():
         if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
@@ -484,7 +623,7 @@ def card_summary(bundle: Bundle) -> str:
             lines.append(f"  {key}: {value}")
     if card.get("reproduce"):
         lines.append(f"  reproduce: {card['reproduce']}")
-    comp = card.get("compression") or {}
+    comp = _object(card.get("compression"))
     if isinstance(comp, dict) and comp:
         lines.append(
             "  compression: " + ", ".join(f"{k} {v}" for k, v in comp.items() if isinstance(v, (int, float, str)))
@@ -502,5 +641,5 @@ def card_summary(bundle: Bundle) -> str:
             f"{cfg.window_samples}) mono PCM at {cfg.sample_rate} Hz, one window every {raw.get('hop_samples')} "
             f"samples; wraps {raw.get('student')} (agrees on the probe signal within {RAW_AUDIO_TOLERANCE:g})"
         )
-    lines.append("  hashes ok, embedded cards match card.json")
+    lines.append("  hashes ok, embedded cards match card.json, probe windows give (N, 2) outputs in [-1, 1]")
     return "\n".join(lines)

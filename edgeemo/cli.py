@@ -269,6 +269,9 @@ def live(
     type=click.Path(path_type=Path),
     help="Write the song-level quadrant confusion matrix as a PNG (needs Q1..Q4 labels, e.g. 4Q).",
 )
+@click.option(
+    "--skip-bad", is_flag=True, help="Score the other songs when some are missing or undecodable (default: fail)."
+)
 def evaluate_cmd(
     model_path: Path,
     run_dir: Path | None,
@@ -277,6 +280,7 @@ def evaluate_cmd(
     json_out: Path | None,
     predictions_csv: Path | None,
     confusion_png: Path | None,
+    skip_bad: bool,
 ) -> None:
     """Metrics table for a checkpoint (.pt) or an exported bundle on a run split or any dataset.
 
@@ -295,6 +299,7 @@ def evaluate_cmd(
         data_path=data_path,
         predictions_csv=predictions_csv,
         confusion_png=confusion_png,
+        skip_bad=skip_bad,
     )
     click.echo(report["table"])
     if json_out:

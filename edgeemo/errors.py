@@ -16,8 +16,9 @@ class EdgeemoError(Exception):
 
     def __init__(self, message: str, *, path: str | Path | None = None) -> None:
         one_line = " ".join(str(message).split())
-        if path is not None:
-            one_line = f"{path}: {one_line}"
+        if path is not None:  # a file name may hold line breaks: shown escaped, so the message stays one line
+            shown = str(path).replace("\r", "\\r").replace("\n", "\\n")
+            one_line = f"{shown}: {one_line}"
         super().__init__(one_line)
         self.path = None if path is None else str(path)
 

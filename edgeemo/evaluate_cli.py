@@ -11,11 +11,13 @@ confusion matrix to a PNG (``--confusion``) on request.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeemo.atomic import atomic_write_text
 from edgeemo.data.windows import build_windows, default_cache_dir
 from edgeemo.errors import EdgeemoError
 from edgeemo.evaluation import (
@@ -54,7 +56,8 @@ def load_predictor(model_path: Path) -> tuple[Predictor, FeatureConfig, str]:
     raise EdgeemoError(f"{model_path}: expected a .pt checkpoint or a bundle folder")
 
 
-def _songs(model_path: Path, run_dir: Path | None, split: str, data_path: Path | None) -> tuple[list, str]:
+def _songs(model_path: Path, run_dir: Path | None, split: str, data_path: Path | None) -> tuple[list, list[str], str]:
+    """The songs to score, the dataset's songs left out at loading (missing audio), and a description."""
     if data_path is not None:
         if str(data_path) == "builtin":
             from edgeemo.data.synth import builtin_corpus
@@ -64,7 +67,7 @@ def _songs(model_path: Path, run_dir: Path | None, split: str, data_path: Path |
             from edgeemo.data.check import load_dataset
 
             ss = load_dataset(Path(data_path))
-        return ss.songs, f"{ss.name}: all {len(ss.songs)} songs"
+        return ss.songs, list(ss.skipped), f"{ss.name}: all {len(ss.songs)} songs"
     if run_dir is None and model_path.suffix == ".pt" and (model_path.parent.parent / "split.json").is_file():
         run_dir = model_path.parent.parent
     if run_dir is None:
@@ -74,7 +77,7 @@ def _songs(model_path: Path, run_dir: Path | None, split: str, data_path: Path |
 
     run = open_run(Path(run_dir), None)
     data = prepare_run_data(run.dir, run.cfg.data)
-    return data.splits[split], f"run {run.dir} {split} split ({len(data.splits[split])} songs)"
+    return data.splits[split], [], f"run {run.dir} {split} split ({len(data.splits[split])} songs)"
 
 
 def metrics_table(report: dict[str, float]) -> str:
@@ -119,12 +122,13 @@ def _check_writable(path: Path, option: str) -> None:
 def write_song_predictions(rows: list[dict[str, Any]], path: Path) -> Path:
     """Per-song predictions as CSV with columns :data:`SONG_PREDICTION_FIELDS`."""
     path = Path(path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SONG_PREDICTION_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: f"{v:.9g}" if isinstance(v, float) else v for k, v in r.items()})
     try:
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=SONG_PREDICTION_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: f"{v:.9g}" if isinstance(v, float) else v for k, v in r.items()})
+        atomic_write_text(path, buf.getvalue())
     except OSError as exc:
         raise EdgeemoError(f"cannot write {path} ({exc.strerror or exc})") from None
     return path
@@ -171,6 +175,7 @@ def evaluate_model(
     data_path: Path | None = None,
     predictions_csv: Path | None = None,
     confusion_png: Path | None = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Score ``model_path``: a dict with ``model``, ``data``, ``metrics`` (CCC etc.) and ``table``.
 
@@ -180,6 +185,10 @@ def evaluate_model(
     ``predictions_csv`` receives one row per song (any dataset); ``confusion_png`` the
     quadrant confusion matrix, which needs quadrant-labelled songs (:class:`EdgeemoError`
     otherwise, raised before any audio is decoded).
+
+    A song whose audio is missing or cannot be decoded makes the evaluation fail with an
+    :class:`EdgeemoError` saying how many songs failed, unless ``skip_bad``: then the
+    others are scored and the count goes into the table header and ``skipped``.
     """
     for out, option in ((predictions_csv, "--predictions"), (confusion_png, "--confusion")):
         if out is not None:
@@ -189,15 +198,22 @@ def evaluate_model(
 
         require_matplotlib()  # fail before scoring anything when matplotlib is missing
     predict, cfg, label = load_predictor(Path(model_path))
-    songs, what = _songs(Path(model_path), run_dir, split, data_path)
+    songs, missing, what = _songs(Path(model_path), run_dir, split, data_path)
     if confusion_png is not None and not any(s.quadrant for s in songs):
         raise EdgeemoError(f"--confusion needs quadrant labels (Q1..Q4); none of the {len(songs)} songs has one")
     windows = build_windows(songs, cfg, default_cache_dir(), progress=True)
+    bad = missing + windows.failed
+    if bad and not skip_bad:
+        total = len(songs) + len(missing)
+        raise EdgeemoError(
+            f"{len(bad)} of {total} songs could not be used ({len(missing)} missing, {len(windows.failed)} "
+            f"undecodable; first: {bad[0]}); fix them or pass --skip-bad to score the other {total - len(bad)}"
+        )
     preds = predict_windowset(predict, windows)
     report = window_and_song_report(windows, preds)
     quadrants = song_quadrant_report(windows, preds)
     header = f"{label}\non {what}: {len(windows)} windows" + (
-        f" ({len(windows.failed)} songs failed to decode)" if windows.failed else ""
+        f" ({len(bad)} songs skipped: {len(missing)} missing, {len(windows.failed)} undecodable)" if bad else ""
     )
     table = header + "\n" + metrics_table(report)
     if quadrants is not None:
@@ -208,7 +224,7 @@ def evaluate_model(
         if quadrants is None:
             raise EdgeemoError("--confusion: none of the songs with a quadrant label could be decoded")
         plot_confusion(quadrants, Path(confusion_png), title=label)
-    out: dict[str, Any] = {"model": label, "data": what, "metrics": report}
+    out: dict[str, Any] = {"model": label, "data": what, "metrics": report, "skipped": bad}
     if quadrants is not None:
         out["quadrants"] = quadrants.to_dict()
     if predictions_csv is not None:

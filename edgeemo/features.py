@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -22,7 +23,23 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from edgeemo.errors import EdgeemoError
 
-_CHUNK_FRAMES = 128  # frames per STFT batch: small enough to stay in cache (2x faster than one big batch)
+# Upper bounds that keep a config from an untrusted card from allocating without bound
+# (a window is n_mels x n_frames floats; the filterbank n_mels x n_fft/2).
+MAX_SIZES = {
+    "sample_rate": 1_000_000,
+    "n_fft": 65_536,
+    "hop_length": 65_536,
+    "n_mels": 1_024,
+    "n_frames": 10_000,
+    "window_hop_s": 3_600.0,
+}
+_CHUNK_FRAMES = 128
+
+
+def _short(value: Any) -> str:
+    """A number for an error message, at most 23 characters."""
+    text = repr(value)
+    return text if len(text) <= 23 else text[:20] + "..."
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,10 @@ class FeatureConfig:
 
     The log scaling is ``(10*log10(mel_power + amin) - db_offset) / db_scale``: fixed
     constants, so a stream and a whole file give identical features.
+
+    Every field must be a finite number (integers where the field is an int) within
+    :data:`MAX_SIZES`; anything else (NaN, a string, ``True``, ``n_fft = 10**12``) is a
+    one-line :class:`EdgeemoError`, since configs also come from untrusted bundle cards.
     """
 
     sample_rate: int = 16000
@@ -50,13 +71,25 @@ class FeatureConfig:
         # normalise numeric types so equal configs serialise (and digest) identically: fmax=8000 is fmax=8000.0
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-                if f.type == "float":
-                    object.__setattr__(self, f.name, float(v))
-                elif float(v).is_integer():
-                    object.__setattr__(self, f.name, int(v))
-                else:
-                    problems.append(f"{f.name} must be an integer, got {v}")
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                problems.append(f"{f.name} must be a number, got {type(v).__name__}")
+            elif isinstance(v, (int, np.integer)) and abs(int(v)) > 2**53:  # also keeps float() from overflowing
+                problems.append(f"{f.name} {_short(v)} is too large")
+            elif isinstance(v, (int, np.integer)):
+                object.__setattr__(self, f.name, float(v) if f.type == "float" else int(v))
+            elif not math.isfinite(v):
+                problems.append(f"{f.name} must be finite, got {v}")
+            elif f.type == "float":
+                object.__setattr__(self, f.name, float(v))
+            elif float(v).is_integer():
+                object.__setattr__(self, f.name, int(v))
+            else:
+                problems.append(f"{f.name} must be an integer, got {v}")
+        if problems:  # the checks below need finite numbers
+            raise EdgeemoError("invalid FeatureConfig: " + "; ".join(problems))
+        for name, high in MAX_SIZES.items():
+            if getattr(self, name) > high:
+                problems.append(f"{name} {_short(getattr(self, name))} is above {high}")
         if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop_length <= 0:
             problems.append("sample_rate, n_fft and hop_length must be positive")
         if self.n_mels <= 0 or self.n_frames <= 0:
@@ -113,6 +146,8 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        if not isinstance(data, dict):
+            raise EdgeemoError(f"FeatureConfig must be an object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -161,7 +161,7 @@ def test_non_numeric_labels_name_the_line(audio_dir: Path):
     with pytest.raises(DataError, match=r"line 2: valence is nan"):
         read_manifest(m)
     m = _write(audio_dir / "m.csv", "path,valence,arousal\naudio/a.wav,0.5\n")  # a short row
-    with pytest.raises(DataError, match=r"line 2: arousal None is not a number"):
+    with pytest.raises(DataError, match=r"line 2: 2 field\(s\), the header has 3"):
         read_manifest(m)
 
 

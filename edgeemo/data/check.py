@@ -4,7 +4,8 @@ Owns telling a DEAM folder, a quadrant folder and a CSV manifest apart
 (:func:`detect_kind`), dispatching to their loaders (:func:`load_dataset`, used by the
 training CLI), and summarising a dataset (:func:`check_dataset` -> :class:`DatasetReport`):
 song and skip counts, audio durations read from file headers, label ranges, dynamic
-label and group counts, and audio files that will not open.
+label and group counts, audio files that will not open and excerpts (``start_s``/``end_s``)
+that do not lie inside their audio.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class DatasetReport:
     n_skipped: int = 0
     skipped: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # audio files that exist but will not open
+    excerpts: list[str] = field(default_factory=list)  # start_s/end_s outside their audio file
     total_hours: float = 0.0
     duration_min_s: float | None = None
     duration_median_s: float | None = None
@@ -131,8 +133,8 @@ class DatasetReport:
 
     @property
     def ok(self) -> bool:
-        """True when there are usable songs and every audio file present opens."""
-        return self.n_songs > 0 and not self.problems
+        """True when there are usable songs, every audio file present opens and every excerpt lies inside it."""
+        return self.n_songs > 0 and not self.problems and not self.excerpts
 
     def text(self) -> str:
         """A readable multi-line summary."""
@@ -155,7 +157,11 @@ class DatasetReport:
             lines.append(f"  dynamic labels: {self.n_dynamic} songs")
         if self.quadrant_counts is not None:
             lines.append("  quadrants: " + ", ".join(f"{q} {n}" for q, n in self.quadrant_counts.items()))
-        for title, items in (("skipped", self.skipped), ("unreadable audio", self.problems)):
+        for title, items in (
+            ("skipped", self.skipped),
+            ("unreadable audio", self.problems),
+            ("excerpts outside their audio", self.excerpts),
+        ):
             if items:
                 lines.append(f"  {title} ({len(items)}):")
                 lines.extend(f"    {item}" for item in items[:MAX_LISTED])
@@ -164,8 +170,10 @@ class DatasetReport:
         lines.extend(f"  note: {note}" for note in self.notes)
         if self.ok:
             lines.append("  status: OK")
-        elif self.problems:
-            lines.append(f"  status: NOT OK ({self.n_unreadable} audio file(s) will not open)")
+        elif self.problems or self.excerpts:
+            why = [f"{self.n_unreadable} audio file(s) will not open"] if self.problems else []
+            why += [f"{len(self.excerpts)} excerpt(s) outside their audio"] if self.excerpts else []
+            lines.append(f"  status: NOT OK ({'; '.join(why)})")
         else:
             lines.append("  status: NOT OK (no usable songs)")
         return "\n".join(lines)
@@ -175,6 +183,24 @@ def _stats(values: list[float]) -> tuple[float, float, float] | None:
     if not values:
         return None
     return min(values), max(values), sum(values) / len(values)
+
+
+END_TOLERANCE_S = 0.5  # an end_s this far past the audio's end is rounding, not a wrong excerpt
+
+
+def excerpt_problem(start_s: float, end_s: float | None, duration_s: float) -> str | None:
+    """Why ``[start_s, end_s)`` does not fit in audio of ``duration_s`` seconds, or None when it does.
+
+    ``start_s`` must be before the end of the audio; ``end_s`` may overshoot it by at most
+    :data:`END_TOLERANCE_S` (the excerpt is then cut at the end of the audio).
+    """
+    if start_s < 0:
+        return f"start_s {start_s:g} is negative"
+    if start_s >= duration_s:
+        return f"start_s {start_s:g} is past the end of the audio ({duration_s:.3f} s)"
+    if end_s is not None and end_s > duration_s + END_TOLERANCE_S:
+        return f"end_s {end_s:g} is past the end of the audio ({duration_s:.3f} s)"
+    return None
 
 
 def check_dataset(path: str | Path) -> DatasetReport:
@@ -207,8 +233,12 @@ def check_dataset(path: str | Path) -> DatasetReport:
         info = headers[song.path]
         if isinstance(info, AudioError):
             continue
+        problem = excerpt_problem(song.start_s, song.end_s, info)
+        if problem:
+            report.excerpts.append(f"{song.id}: {problem}")
+            continue
         end = info if song.end_s is None else min(song.end_s, info)
-        durations.append(max(0.0, end - song.start_s))
+        durations.append(end - song.start_s)
     if durations:
         report.total_hours = sum(durations) / 3600.0
         report.duration_min_s = min(durations)

@@ -36,10 +36,13 @@ def build_raw_audio_model(student_path: str | Path, cfg: FeatureConfig, out_path
     """Write ``out_path``: the front end of ``cfg`` followed by the student ONNX at ``student_path``.
 
     The student's input ``mel`` becomes an inner tensor fed by the front end; the new graph
-    input is ``pcm`` ``(batch, cfg.window_samples)`` float32 at ``cfg.sample_rate``.
+    input is ``pcm`` ``(batch, cfg.window_samples)`` float32 at ``cfg.sample_rate``. The output is
+    clipped to [-1, 1] in the graph, as the runtime clips the log-mel model's (an int8 output layer
+    can step 1/255 past the range).
     """
+    import numpy as np
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     student = onnx.load(str(student_path))
     graph = student.graph
@@ -51,9 +54,18 @@ def build_raw_audio_model(student_path: str | Path, cfg: FeatureConfig, out_path
         raise BundleError(f"{student_path}: tensor names {clash[:3]} clash with the front end's")
     nodes, inits = frontend_nodes(cfg, pcm=PCM_INPUT_NAME, mel=INPUT_NAME, prefix=FRONTEND_PREFIX)
     student_nodes = list(graph.node)
+    unclipped = FRONTEND_PREFIX + "unclipped"
+    for node in student_nodes:
+        node.output[:] = [unclipped if o == OUTPUT_NAME else o for o in node.output]
+    bounds = [
+        numpy_helper.from_array(np.array(v, np.float32), FRONTEND_PREFIX + name) for name, v in (("lo", -1), ("hi", 1))
+    ]
+    clip = helper.make_node(
+        "Clip", [unclipped, *(b.name for b in bounds)], [OUTPUT_NAME], name=FRONTEND_PREFIX + "clip"
+    )
     del graph.node[:]
-    graph.node.extend([*nodes, *student_nodes])
-    graph.initializer.extend(inits)
+    graph.node.extend([*nodes, *student_nodes, clip])
+    graph.initializer.extend([*inits, *bounds])
     del graph.input[:]
     graph.input.append(helper.make_tensor_value_info(PCM_INPUT_NAME, TensorProto.FLOAT, ["batch", cfg.window_samples]))
     graph.name = "edgeemo_raw_audio"

@@ -3,22 +3,27 @@
 Owns the exporter choice (the TorchScript-based ``torch.onnx.export(dynamo=False)``:
 it handles timm's MobileViT and ViT graphs in one pass and gives a plain opset-17
 graph that onnxruntime's quantiser understands), the I/O names the runtime expects
-(``mel`` -> ``valence_arousal``, dynamic batch axis) and the parity gate: ONNX fp32
-must match torch within ``tol`` on real windows or the export fails.
+(:data:`edgeemo.bundle.INPUT_NAME` -> :data:`edgeemo.bundle.OUTPUT_NAME`, dynamic batch axis)
+and the parity gate: ONNX fp32 must match torch within ``tol`` on real windows or the export fails.
+torch is imported only by the functions that need it, so the session and predictor helpers serve
+torch-free callers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from edgeemo.bundle import INPUT_NAME, OUTPUT_NAME, open_session
 from edgeemo.errors import EdgeemoError
+from edgeemo.runtime.limits import check_threads
 
-INPUT_NAME = "mel"
-OUTPUT_NAME = "valence_arousal"
 OPSET = 17
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ExportError(EdgeemoError):
@@ -27,6 +32,8 @@ class ExportError(EdgeemoError):
 
 def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, int], opset: int = OPSET) -> Path:
     """Export ``model`` (eval mode, outputs clamped to [-1, 1]) with a fixed window shape and dynamic batch."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
@@ -47,13 +54,8 @@ def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, int]
 
 
 def onnx_session(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """An onnxruntime session over ``path`` (:func:`edgeemo.bundle.open_session`, threads checked)."""
+    return open_session(path, check_threads(threads))
 
 
 def onnx_predict(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -67,6 +69,8 @@ def onnx_predict(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 def check_parity(model: torch.nn.Module, onnx_path: Path, windows: np.ndarray, tol: float = 1e-4) -> float:
     """Max |ONNX - torch| over ``windows``; raises :class:`ExportError` above ``tol``."""
+    import torch
+
     model = model.eval().cpu()
     with torch.no_grad():
         ref = model(torch.from_numpy(np.asarray(windows, dtype=np.float32))).numpy()

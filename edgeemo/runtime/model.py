@@ -1,16 +1,18 @@
 """The embeddable emotion model: a verified bundle + one onnxruntime session.
 
-Owns :class:`EmotionModel` (load a bundle, run windows, predict a file, open streams)
-and :class:`Prediction` (a file's per-window series and its summary). Files are
-decoded block by block and pushed through the same :class:`StreamingPredictor` that
-live audio uses, so a file and a stream of it agree and an hour-long file never sits
-in memory whole. onnxruntime is imported only when a model is loaded, which keeps
-``import edgeemo.runtime`` cheap.
+Owns :class:`EmotionModel` (load a bundle, run windows, predict a file, open streams),
+:class:`Prediction` (a file's per-window series and its summary) and the check of the
+path arguments (:func:`check_path`). Files are decoded block by block at their own
+sample rate and pushed through the same :class:`StreamingPredictor` that live audio
+uses, so a file and a stream of it agree and an hour-long file never sits in memory
+whole. onnxruntime is imported only when a model is loaded, which keeps ``import
+edgeemo.runtime`` cheap.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +27,17 @@ from edgeemo.bundle import (
     PCM_INPUT_NAME,
     RAW_FILE_NAMES,
     Bundle,
-    _verify,
+    check_outputs,
     default_bundle_path,
+    load_card,
+    open_bundle,
 )
 from edgeemo.errors import AudioError, BundleError, EdgeemoError
 from edgeemo.features import FeatureConfig
 from edgeemo.mood import mood_name, quadrant_code
 from edgeemo.rawaudio import PcmWindower
-from edgeemo.runtime.audio import SILENCE_PEAK, StreamResampler, iter_audio_blocks
+from edgeemo.runtime.audio import SILENCE_PEAK, StreamResampler, audio_info, iter_audio_blocks
+from edgeemo.runtime.limits import check_threads
 from edgeemo.runtime.stream import (
     PredictionChunk,
     StreamingPredictor,
@@ -41,9 +46,29 @@ from edgeemo.runtime.stream import (
     ema_smooth,
 )
 
-MODEL_CHOICES = ("default", "e2e", "e2e-ort")  # EmotionModel.load(model=...)
 MAX_BATCH = 64  # windows per ONNX run (bounds memory when a long signal is pushed at once)
+MODEL_CHOICES = ("default", "e2e", "e2e-ort")  # EmotionModel.load(model=...)
 CSV_FIELDS = ("file", "time_s", "valence", "arousal", "quadrant", "mood")
+
+
+def check_path(path: object, what: str = "audio path") -> Path:
+    """``path`` as a :class:`Path` when it is a ``str`` or ``os.PathLike[str]``, else a one-line :class:`EdgeemoError`.
+
+    File objects (``open(..., "rb")``, ``io.BytesIO``) are refused with a hint: the
+    decoder (:mod:`edgeemo.runtime.audio`) reads paths only.
+    """
+    if hasattr(path, "read"):
+        raise EdgeemoError(
+            f"{what} must be a path, got a file object ({type(path).__name__}); "
+            "save it to a file, or decode it yourself and use predict_signal(samples, sample_rate)"
+        )
+    if isinstance(path, str):
+        return Path(path)
+    if isinstance(path, os.PathLike):
+        fs = os.fspath(path)
+        if isinstance(fs, str):
+            return Path(fs)
+    raise EdgeemoError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
 
 
 @dataclass
@@ -130,10 +155,10 @@ class EmotionModel:
         self.feature_config: FeatureConfig = bundle.feature_config
         self.model_file = model_file
         self.threads = threads
+        self.raw_audio = model_file in RAW_FILE_NAMES  # the model takes PCM windows (see predict_pcm)
         self._session = session
         cfg = self.feature_config
         self._window_shape = (1, cfg.n_mels, cfg.n_frames)
-        self.raw_audio = model_file in RAW_FILE_NAMES  # the model takes PCM windows (see predict_pcm)
 
     @classmethod
     def load(
@@ -148,13 +173,10 @@ class EmotionModel:
         copy): the log-mel front end runs inside ONNX; files and signals are cut into PCM windows
         (:meth:`predict_pcm`); :meth:`predict_windows` and :meth:`stream` need the default model.
         """
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise EdgeemoError(f"threads must be a positive integer, got {threads!r}")
+        threads = check_threads(threads)
         if model not in MODEL_CHOICES:
             raise EdgeemoError(f"model must be one of {', '.join(MODEL_CHOICES)}, got {model!r}")
-        path = Path(path) if path is not None else default_bundle_path()
-        from edgeemo.bundle import load_card
-
+        path = check_path(path, "bundle path") if path is not None else default_bundle_path()
         card = load_card(path)
         chosen = card["default_model"] if prefer_int8 else FP32_NAME
         if model != "default":
@@ -165,17 +187,7 @@ class EmotionModel:
                     "(or add one with edgeemo.exporting.e2e.add_raw_audio_to_bundle)"
                 )
             chosen = raw[1] if model == "e2e-ort" else raw[0]
-
-        def make_session(name: str, file: Path) -> Any:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads if name == chosen else 1
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            return ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
-
-        bundle, sessions = _verify(path, make_session, only=(chosen,))
+        bundle, sessions = open_bundle(path, models=(chosen,), threads=threads)
         return cls(bundle, sessions[chosen], chosen, threads)
 
     def __repr__(self) -> str:
@@ -183,7 +195,12 @@ class EmotionModel:
 
     # --- windows ----------------------------------------------------------------
     def predict_windows(self, mel: np.ndarray) -> np.ndarray:
-        """``(B, 1, n_mels, n_frames)`` log-mel windows -> ``(B, 2)`` float32 (valence, arousal)."""
+        """``(B, 1, n_mels, n_frames)`` log-mel windows -> ``(B, 2)`` float32 (valence, arousal) in [-1, 1].
+
+        Outputs are clipped to [-1, 1]; a model that overshoots by more than
+        :data:`edgeemo.bundle.OUTPUT_TOLERANCE`, or returns NaN/inf or a wrong shape, raises
+        :class:`BundleError` (it is not a valid edgeemo model).
+        """
         if self.raw_audio:
             raise EdgeemoError(f"{self.model_file} takes PCM windows: use predict_pcm, or load model='default'")
         if not isinstance(mel, np.ndarray):
@@ -218,10 +235,8 @@ class EmotionModel:
             self._session.run([OUTPUT_NAME], {input_name: x[s : s + MAX_BATCH]})[0]
             for s in range(0, x.shape[0], MAX_BATCH)
         ]
-        out = np.asarray(outs[0] if len(outs) == 1 else np.concatenate(outs), dtype=np.float32)
-        if out.shape != (x.shape[0], 2) or not np.all(np.isfinite(out)):
-            raise BundleError(f"{self.bundle.path}: {self.model_file} returned {out.shape} or non-finite values")
-        return out
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return check_outputs(out, x.shape[0], f"{self.bundle.path}: {self.model_file}")
 
     # --- streams and files ------------------------------------------------------
     def stream(self, sample_rate: int, *, smoothing: float = 0.0) -> StreamingPredictor:
@@ -230,33 +245,41 @@ class EmotionModel:
             raise EdgeemoError("streams run the log-mel model: load the bundle with model='default'")
         return StreamingPredictor(self, sample_rate, smoothing=smoothing)
 
-    def predict_file(self, path: str | Path, *, smoothing: float = 0.0) -> Prediction:
+    def predict_file(self, path: str | os.PathLike[str], *, smoothing: float = 0.0) -> Prediction:
         """Predict a whole file, decoded and streamed block by block (bounded memory).
 
+        ``path`` is a ``str`` or ``os.PathLike`` (bytes paths and file objects raise a
+        one-line :class:`EdgeemoError`). The file is decoded at its own sample rate (which
+        must lie within :mod:`edgeemo.runtime.limits`' range) and pushed through one
+        :class:`StreamingPredictor`, exactly as a live stream at that rate would be, so
+        ``predict_file`` and a stream of the same samples agree.
+
         A clip shorter than one window is zero-padded to one window (``padded=True``).
-        Like :func:`edgeemo.runtime.audio.load_audio`, a missing, corrupt, empty or
-        NaN-holding file and an all-silent one (peak below -100 dBFS) raise
-        :class:`AudioError`: silence carries no emotion to report. (A live stream may be
-        silent; only files are refused.)
+        A missing, corrupt, empty or NaN-holding file raises :class:`AudioError`, and so
+        does a silent one (:attr:`StreamingPredictor.silent`: no sample swing above
+        -100 dBFS, which includes DC-only and one-sample files): silence carries no
+        emotion to report. (A live stream or a signal may be silent; only files are refused.)
         """
+        path = check_path(path)
         check_smoothing(smoothing)
-        cfg = self.feature_config
         if self.raw_audio:
+            cfg = self.feature_config
             return self._predict_raw(
                 str(path), iter_audio_blocks(path, cfg.sample_rate), smoothing, refuse_silence=True
             )
-        predictor = StreamingPredictor(self, cfg.sample_rate, smoothing=smoothing, source=str(path))
+        rate = audio_info(path)[0]  # the header's rate, checked by the predictor like any stream's
+        predictor = StreamingPredictor(self, rate, smoothing=smoothing, source=str(path))
         chunks: list[PredictionChunk] = []
         try:
-            for block in iter_audio_blocks(path, cfg.sample_rate):
+            for block in iter_audio_blocks(path, rate):
                 chunks.append(predictor.push(block))
         except EdgeemoError:
             raise
         except (RuntimeError, ValueError, OSError, EOFError) as exc:  # decoder surprises on odd files
             raise AudioError(f"decoding failed ({' '.join(str(exc).split())[:160]})", path=path) from None
         chunks.append(predictor.flush())
-        if predictor.peak < SILENCE_PEAK:
-            raise AudioError("audio is all silent", path=path)
+        if predictor.silent:
+            raise AudioError("audio is all silent (or constant)", path=path)
         return self._prediction(str(path), chunks, predictor)
 
     def predict_signal(
@@ -264,11 +287,17 @@ class EmotionModel:
     ) -> Prediction:
         """Predict an in-memory signal (``(n,)`` or ``(n, channels)`` at ``sample_rate``) via one stream.
 
-        Silence is not refused here (unlike :meth:`predict_file`).
+        ``sample_rate`` is checked like :meth:`stream`'s; ``samples`` like
+        :meth:`StreamingPredictor.push`'s. Silence is not refused here (unlike
+        :meth:`predict_file`); a signal shorter than one window gives one padded window.
         """
+        if name is not None and not isinstance(name, str):
+            raise EdgeemoError(f"name must be a str or None, got {type(name).__name__}")
         if self.raw_audio:
+            from edgeemo.runtime.limits import check_sample_rate
+
             check_smoothing(smoothing)
-            resampler = StreamResampler(sample_rate, self.feature_config.sample_rate)
+            resampler = StreamResampler(check_sample_rate(sample_rate), self.feature_config.sample_rate)
             mono = as_mono(samples, name or "signal")
             blocks = [resampler.push(mono), resampler.push(np.zeros(0, np.float32), last=True)]
             return self._predict_raw(name, iter(blocks), smoothing, seconds=mono.size / sample_rate)

@@ -14,6 +14,7 @@ thread-safe, so many predictors in many threads may use one model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,8 @@ import numpy as np
 from edgeemo.errors import AudioError, EdgeemoError
 from edgeemo.features import FeatureConfig, LogMelStream, frame_windows, log_mel, pad_to_window
 from edgeemo.mood import MOOD_NAMES, MOOD_OF_QUADRANT, mood_name, quadrant_code
-from edgeemo.runtime.audio import StreamResampler, to_mono
+from edgeemo.runtime.audio import SILENCE_PEAK, StreamResampler, to_mono
+from edgeemo.runtime.limits import check_sample_rate
 
 if TYPE_CHECKING:
     from edgeemo.runtime.model import EmotionModel
@@ -147,7 +149,10 @@ def as_mono(samples: Any, source: str = "stream") -> np.ndarray:
 class StreamingPredictor:
     """Chunked valence/arousal prediction over one audio stream (create with :meth:`EmotionModel.stream`).
 
-    ``push(samples)`` takes any number of samples at ``sample_rate`` (1-D mono or
+    ``sample_rate`` must be a whole number of Hz within
+    :data:`edgeemo.runtime.limits.MIN_SAMPLE_RATE`..:data:`~edgeemo.runtime.limits.MAX_SAMPLE_RATE`
+    (else a one-line :class:`EdgeemoError`). ``push(samples)`` takes any number of samples
+    at ``sample_rate`` (1-D mono or
     ``(n, channels)``, downmixed) and returns the windows they complete; ``flush()``
     ends the stream (a stream shorter than one window gives one zero-padded window,
     flagged ``padded``); ``reset()`` starts over. Pushing a signal in any chunking gives
@@ -156,11 +161,9 @@ class StreamingPredictor:
 
     def __init__(self, model: EmotionModel, sample_rate: int, *, smoothing: float = 0.0, source: str = "stream"):
         try:
-            sr = int(sample_rate)
-        except (TypeError, ValueError):
-            raise AudioError(f"sample rate must be an integer, got {sample_rate!r}") from None
-        if sr != sample_rate or sr <= 0:
-            raise AudioError(f"sample rate must be a positive integer, got {sample_rate!r}")
+            sr = check_sample_rate(sample_rate, f"{source}: sample rate")
+        except EdgeemoError as exc:  # a rate is a property of the audio: AudioError, as for its samples
+            raise AudioError(str(exc)) from None
         self.model = model
         self.cfg: FeatureConfig = model.feature_config
         self.sample_rate = sr
@@ -182,7 +185,9 @@ class StreamingPredictor:
         self.windows_emitted = 0
         self.samples_in = 0  # input samples pushed, at the input rate
         self.samples_model = 0  # samples at the model rate
-        self.peak = 0.0  # max |sample| at the model rate (for the "all silent" check)
+        self.peak = 0.0  # max |sample| at the model rate
+        self.low = math.inf  # min and max input sample (for the "silent" rule, see :attr:`silent`)
+        self.high = -math.inf
         self.flushed = False
         self.padded = False
 
@@ -191,23 +196,49 @@ class StreamingPredictor:
         """Seconds of audio pushed so far."""
         return self.samples_in / self.sample_rate
 
+    @property
+    def swing(self) -> float:
+        """Half the peak-to-peak range of the input samples pushed so far (0 before any)."""
+        return (self.high - self.low) / 2 if self.samples_in else 0.0
+
+    @property
+    def silent(self) -> bool:
+        """True when the input so far carries no signal: :attr:`swing` below
+        :data:`edgeemo.runtime.audio.SILENCE_PEAK` (-100 dBFS).
+
+        The rule is judged on the input samples, before resampling, so it does not depend
+        on the input rate: digital silence, a constant (DC-only) signal at any level and a
+        single sample are all silent. A DC offset under real audio does not make it silent.
+        """
+        return self.swing < SILENCE_PEAK
+
     # --- pushing ----------------------------------------------------------------
     def push(self, samples: Any) -> PredictionChunk:
         """Add samples; returns the windows they complete (possibly none)."""
         if self.flushed:
             raise EdgeemoError("stream already flushed; call reset() to start a new one")
         mono = as_mono(samples, self.source)
+        if mono.size:
+            self.low = min(self.low, float(mono.min()))
+            self.high = max(self.high, float(mono.max()))
         self.samples_in += mono.size
         return self._feed(self._resampler.push(mono))
 
     def flush(self) -> PredictionChunk:
-        """End the stream: drain the resampler; pad a stream shorter than one window to one window."""
+        """End the stream: drain the resampler; pad a stream shorter than one window to one window.
+
+        Any stream that received at least one sample yields at least one window: one too
+        short for a window (even a single sample, which the resampler may turn into no
+        model-rate sample at all) gives exactly one zero-padded window, flagged ``padded``,
+        at every input rate. An empty stream yields none.
+        """
         if self.flushed:
             return PredictionChunk()
         chunk = self._feed(self._resampler.push(np.zeros(0, np.float32), last=True))
         self.flushed = True
-        if self.windows_emitted == 0 and self.samples_model > 0:
-            signal, padded = pad_to_window(np.concatenate(self._head), self.cfg)
+        if self.windows_emitted == 0 and self.samples_in > 0:
+            head = np.concatenate(self._head) if self._head else np.zeros(0, np.float32)
+            signal, padded = pad_to_window(head, self.cfg)
             window = log_mel(signal, self.cfg)[None, :, : self.cfg.n_frames]
             self._head = []
             self.padded = padded
