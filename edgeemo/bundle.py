@@ -36,7 +36,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,32 @@ def write_bundle(out_dir: str | Path, models: Mapping[str, str | Path], card: Ma
 def _expected_input(cfg: FeatureConfig, raw_audio: bool) -> tuple[str, tuple[int, ...]]:
     """Input name and shape after the batch axis: log-mel windows, or PCM windows for a raw-audio model."""
     return (PCM_INPUT_NAME, (cfg.window_samples,)) if raw_audio else (INPUT_NAME, (1, cfg.n_mels, cfg.n_frames))
+
+
+def rewrite_bundle(
+    bundle_dir: str | Path,
+    edit: Callable[[dict[str, Path], dict[str, Any], Path], None],
+    out_dir: str | Path | None = None,
+) -> Path:
+    """Rewrite the verified bundle at ``bundle_dir`` (or write a copy to ``out_dir``) through ``edit``.
+
+    The bundle's ONNX files are copied to a temporary folder first; ``edit(models, card, tmp)``
+    may change the card and add or replace entries of ``models`` (file name -> path, new files
+    written under ``tmp``); :func:`write_bundle` then writes the result atomically (re-embedding
+    the card, re-hashing), and the result is verified. The bundle is read before it is replaced.
+    """
+    bundle = verify_bundle(bundle_dir)
+    out = Path(out_dir) if out_dir is not None else bundle.path
+    card = {k: v for k, v in bundle.card.items() if k != "files"}
+    with tempfile.TemporaryDirectory(prefix="edgeemo-rewrite-") as tmp_s:
+        tmp = Path(tmp_s)
+        models = {name: tmp / name for name in bundle.files if not name.endswith(".ort")}
+        for name, dst in models.items():
+            shutil.copyfile(bundle.path / name, dst)
+        edit(models, card, tmp)
+        write_bundle(out, models, card)
+    verify_bundle(out)
+    return out
 
 
 def _check_io(proto: Any, src: Path, cfg: FeatureConfig, raw_audio: bool = False) -> None:

@@ -10,20 +10,16 @@ Export-side: needs ``onnx``.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgeemo.bundle import (
     INPUT_NAME,
-    MODEL_NAMES,
     OUTPUT_NAME,
     PCM_INPUT_NAME,
     ort_name,
     raw_audio_name,
-    verify_bundle,
-    write_bundle,
+    rewrite_bundle,
 )
 from edgeemo.errors import BundleError
 from edgeemo.exporting.frontend import frontend_nodes
@@ -119,15 +115,8 @@ def add_raw_audio_to_bundle(bundle_dir: str | Path, out_dir: str | Path | None =
 
     Returns the bundle folder. The bundle is verified before and after.
     """
-    bundle = verify_bundle(bundle_dir)
-    out = Path(out_dir) if out_dir is not None else bundle.path
-    card = {k: v for k, v in bundle.card.items() if k != "files"}
-    with tempfile.TemporaryDirectory(prefix="edgeemo-e2e-") as tmp_s:
-        tmp = Path(tmp_s)
-        models = {name: tmp / name for name in MODEL_NAMES if name in bundle.files}
-        for name, dst in models.items():
-            shutil.copyfile(bundle.path / name, dst)  # out may be the bundle itself: read before replacing
-        add_raw_audio(models, card, bundle.feature_config, tmp)
-        write_bundle(out, models, card)
-    verify_bundle(out)
-    return out
+
+    def edit(models: dict[str, Path], card: dict[str, Any], tmp: Path) -> None:
+        add_raw_audio(models, card, FeatureConfig.from_dict(card["feature_config"]), tmp)
+
+    return rewrite_bundle(bundle_dir, edit, out_dir)

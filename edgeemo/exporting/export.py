@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -325,23 +324,3 @@ def export_run(
         write_bundle(out_dir, models, card)
     log(f"[export] bundle written to {out_dir}")
     return card
-
-
-def rewrite_card(bundle_dir: Path, card: dict[str, Any]) -> Path:
-    """Rewrite a bundle with a new card and the same ONNX models (re-embedded, re-hashed, atomically).
-
-    For cards that gain fields after a bundle was trained (its recipe, its resolved config);
-    the models' weights are untouched.
-    """
-    from edgeemo.bundle import CARD_NAME, MODEL_NAMES, verify_bundle, write_bundle
-
-    bundle = verify_bundle(bundle_dir)
-    models = {name: bundle.path / name for name in MODEL_NAMES if name in bundle.files}
-    with tempfile.TemporaryDirectory(dir=Path(bundle_dir).resolve().parent) as tmp_s:
-        copies = {}
-        for name, src in models.items():
-            dst = Path(tmp_s) / name
-            shutil.copyfile(src, dst)
-            copies[name] = dst
-        write_bundle(bundle_dir, copies, {k: v for k, v in card.items() if k not in ("files", CARD_NAME)})
-    return Path(bundle_dir)
