@@ -248,9 +248,6 @@ class Bundle:
     def name(self) -> str:
         return str(self.card.get("name") or self.path.name)
 
-    @property
-    def has_int8(self) -> bool:
-        return INT8_NAME in self.files
 
     def model_path(self, prefer_int8: bool = True) -> Path:
         """The ONNX file to run: the card's ``default_model`` (the int8 model when the bundle

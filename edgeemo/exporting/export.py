@@ -178,7 +178,7 @@ def export_run(
     """
     import torch
 
-    from edgeemo.bundle import write_bundle
+    from edgeemo.bundle import INPUT_NAME, OUTPUT_NAME, write_bundle
     from edgeemo.exporting.e2e import add_raw_audio
     from edgeemo.train.models import count_params, load_model
     from edgeemo.train.pipeline import open_run
@@ -279,9 +279,9 @@ def export_run(
             "config": recorded.to_dict(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "feature_config": run.cfg.features.to_dict(),
-            "input": {"name": "mel", "shape": [None, 1, *shape], "dtype": "float32"},
+            "input": {"name": INPUT_NAME, "shape": [None, 1, *shape], "dtype": "float32"},
             "output": {
-                "name": "valence_arousal",
+                "name": OUTPUT_NAME,
                 "shape": [None, 2],
                 "labels": ["valence", "arousal"],
                 "range": [-1, 1],
