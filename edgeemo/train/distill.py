@@ -163,13 +163,5 @@ def train_student(
     groups = param_groups(student, cfg.lr, 1.0, cfg.weight_decay)
     groups.append({"name": "proj", "params": list(stage.proj.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    fit_cfg = stage_fit_config(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        accum_steps=cfg.accum_steps,
-        patience=cfg.patience,
-        ctx=ctx,
-        progress=progress,
-        ema_decay=cfg.ema,
-    )
+    fit_cfg = stage_fit_config(cfg, ctx, progress, ema_decay=cfg.ema)
     return fit(stage, optimizer, student_train_data(train, cached, ctx), val, out_dir, fit_cfg)

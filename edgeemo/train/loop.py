@@ -54,22 +54,14 @@ class FitConfig:
     ema_decay: float = 0.0  # > 0: validate, keep and export an EMA of the weights (train/ema.py)
 
 
-def stage_fit_config(
-    *,
-    epochs: int,
-    batch_size: int,
-    accum_steps: int,
-    patience: int | None,
-    ctx: StageContext,
-    progress: bool = True,
-    ema_decay: float = 0.0,
-) -> FitConfig:
-    """The shared loop's settings for a stage with these values and the run-wide seed and device."""
+def stage_fit_config(section: Any, ctx: StageContext, progress: bool = True, ema_decay: float = 0.0) -> FitConfig:
+    """The shared loop's settings for a stage: its section's ``epochs``, ``batch_size``, ``accum_steps``
+    (1 when the section has none) and ``patience``, with the run-wide seed and device."""
     return FitConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        accum_steps=accum_steps,
-        patience=patience,
+        epochs=section.epochs,
+        batch_size=section.batch_size,
+        accum_steps=getattr(section, "accum_steps", 1),
+        patience=section.patience,
         seed=ctx.seed,
         device=ctx.device,
         progress=progress,

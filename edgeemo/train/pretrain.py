@@ -355,9 +355,7 @@ def train_pretrain(
         weight_decay=cfg.weight_decay,
     )
     stage = PretrainStage(model, dims, target_stats(train), cfg, ctx, val, probe)
-    fit_cfg = stage_fit_config(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, accum_steps=1, patience=cfg.patience, ctx=ctx, progress=progress
-    )
+    fit_cfg = stage_fit_config(cfg, ctx, progress)
     result = fit(stage, optimizer, lambda epoch: PretrainWindows(train), None, out_dir, fit_cfg)
     write_backbone(Path(out_dir) / "best.pt", Path(out_dir) / "backbone.pt")
     return result

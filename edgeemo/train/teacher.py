@@ -173,14 +173,7 @@ def train_teacher(
         param_groups(model, cfg.head_lr, cfg.backbone_lr_mult, cfg.weight_decay), lr=cfg.head_lr
     )
     stage = TeacherStage(model, cfg, ctx, started_from=backbone)
-    fit_cfg = stage_fit_config(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        accum_steps=cfg.accum_steps,
-        patience=cfg.patience,
-        ctx=ctx,
-        progress=progress,
-    )
+    fit_cfg = stage_fit_config(cfg, ctx, progress)
     return fit(
         stage, optimizer, teacher_train_data(data, ctx, gan_sampler, gan_ratio), data.windows("val"), out_dir, fit_cfg
     )
