@@ -21,8 +21,6 @@ from edgeemo.train.cv_recipe import fold_config, recipe_system
 from tests.data_fixtures import write_miniature_quadrants
 from tests.train_fixtures import tiny_config
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture()
 def mini_recipe(tmp_path, monkeypatch):
@@ -35,6 +33,7 @@ def mini_recipe(tmp_path, monkeypatch):
     return root
 
 
+@pytest.mark.slow
 def test_recipe_folds_leave_out_their_songs_and_resume(mini_recipe, tmp_path):
     songs = load_quadrants(mini_recipe).songs
     folds = grouped_folds(songs, 2, seed=0)

@@ -271,6 +271,7 @@ def test_cli_live_with_fake_mic_records_csv(bundle, fake_sd, tmp_path):
     np.testing.assert_allclose(rec[:, 2], want.arousal, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_live_from_file_in_real_time(bundle, tmp_path):
     x = mood_clip(6.0, 44100, seed=16, channels=2)
     path = write_clip(tmp_path / "song.wav", x, 44100)
@@ -397,6 +398,7 @@ def _align_capture(model: EmotionModel, clip: np.ndarray, sr: int, rec: np.ndarr
     return best[1], best[2], best[3]
 
 
+@pytest.mark.slow
 def test_live_capture_through_pulseaudio(pulse_server, bundle, tmp_path):
     sr = 44100
     clip = mood_clip(6.0, sr, seed=17)

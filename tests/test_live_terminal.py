@@ -53,6 +53,7 @@ def _run_in_tmux(cmd: str, width: int, height: int = 40, timeout: float = 60.0) 
 
 
 @pytest.mark.parametrize("width", [60, 80, 120])
+@pytest.mark.slow
 def test_live_panel_fits_and_redraws_in_place(tmp_path_factory, long_clip, width):
     bundle = cached_bundle(tmp_path_factory, SMALL_CFG)
     cmd = shlex.join(

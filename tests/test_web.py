@@ -161,6 +161,7 @@ def _open(browser, served_url: str):
     return page, hosts, errors
 
 
+@pytest.mark.slow
 def test_page_predicts_a_file_like_the_python_runtime_and_the_mic_makes_windows(browser, bundle, tmp_path):
     from edgeemo.runtime import EmotionModel
 
