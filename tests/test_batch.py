@@ -18,22 +18,13 @@ pytest.importorskip("onnx")  # building the test bundle
 
 from edgeemo.cli import main
 from edgeemo.mood import mood_name, quadrant_code
-from edgeemo.runtime import EmotionModel
 from edgeemo.runtime.batch import expand_inputs
 from edgeemo.runtime.output import SUMMARY_FIELDS
-from tests.runtime_fixtures import SMALL_CFG, cached_bundle, mood_clip, write_clip
+from tests.runtime_fixtures import mood_clip, write_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return cached_bundle(tmp_path_factory, SMALL_CFG)
-
-
-@pytest.fixture(scope="module")
-def model(bundle) -> EmotionModel:
-    return EmotionModel.load(bundle)
 
 
 @pytest.fixture

@@ -25,9 +25,8 @@ from edgeemo.bundle import load_card
 from edgeemo.data.manifest import read_manifest
 from edgeemo.errors import AudioError, BundleError, DataError, EdgeemoError
 from edgeemo.features import FeatureConfig
-from edgeemo.runtime import EmotionModel
 from edgeemo.runtime.limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_threads
-from tests.runtime_fixtures import SMALL_CFG, cached_bundle, write_clip
+from tests.runtime_fixtures import SMALL_CFG, write_clip
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -47,14 +46,6 @@ ANY_ARG = (
 )
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return cached_bundle(tmp_path_factory, SMALL_CFG)
-
-
-@pytest.fixture(scope="module")
-def model(bundle) -> EmotionModel:
-    return EmotionModel.load(bundle)
 
 
 def _one_line(exc: Exception) -> None:

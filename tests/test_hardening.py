@@ -25,19 +25,11 @@ from edgeemo.data.check import check_dataset
 from edgeemo.data.manifest import read_manifest
 from edgeemo.errors import AudioError, BundleError, DataError, EdgeemoError
 from edgeemo.runtime import EmotionModel
-from tests.runtime_fixtures import SMALL_CFG, cached_bundle, mood_clip, sample_card, write_clip
+from tests.runtime_fixtures import SMALL_CFG, mood_clip, sample_card, write_clip
 
 BAD_RATES = [2**62, 1, True, False, 1e9, 2**40, math.inf, -math.inf, math.nan, 0, -16000, 999, 16000.5, "16000", None]
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return cached_bundle(tmp_path_factory, SMALL_CFG)
-
-
-@pytest.fixture(scope="module")
-def model(bundle) -> EmotionModel:
-    return EmotionModel.load(bundle)
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

@@ -26,17 +26,7 @@ from edgeemo.errors import EdgeemoError
 from edgeemo.mood import mood_name, quadrant_code
 from edgeemo.runtime import EmotionModel, mic
 from edgeemo.runtime.live import LiveSummary, level_dbfs, run_live, va_plane
-from tests.runtime_fixtures import SMALL_CFG, cached_bundle, mood_clip, write_clip
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return cached_bundle(tmp_path_factory, SMALL_CFG)
-
-
-@pytest.fixture(scope="module")
-def model(bundle) -> EmotionModel:
-    return EmotionModel.load(bundle)
+from tests.runtime_fixtures import SMALL_CFG, mood_clip, write_clip
 
 
 def _read_record(path: Path) -> np.ndarray:
