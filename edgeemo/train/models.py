@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeemo.config import TEACHER_POOLS, TEACHER_STEMS
 from edgeemo.errors import TrainingError
 from edgeemo.train.checkpoint import load_checkpoint
-from edgeemo.train.stem import STEMS, ConvStem, install_conv_stem
+from edgeemo.train.stem import ConvStem, install_conv_stem
 
 
 def head_dims(width: int) -> tuple[int, int]:
@@ -124,7 +125,6 @@ def build_model(spec: dict[str, Any]) -> Regressor:
     return Regressor(backbone, head, spec)
 
 
-TEACHER_POOLS = ("token", "avg")
 
 
 def teacher_spec(
@@ -149,8 +149,8 @@ def teacher_spec(
     """
     if pool not in TEACHER_POOLS:
         raise TrainingError(f"teacher pool must be one of {', '.join(TEACHER_POOLS)}, got {pool!r}")
-    if stem not in STEMS:
-        raise TrainingError(f"teacher stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    if stem not in TEACHER_STEMS:
+        raise TrainingError(f"teacher stem must be one of {', '.join(TEACHER_STEMS)}, got {stem!r}")
     kwargs: dict[str, Any] = {} if depth is None else {"depth": depth}
     if pool != "token":
         kwargs["global_pool"] = pool

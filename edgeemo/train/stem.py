@@ -16,7 +16,6 @@ from torch import nn
 
 from edgeemo.errors import TrainingError
 
-STEMS = ("patch", "conv")
 _FIRST_CHANNELS = 24
 _MAX_CHANNELS = 192
 
