@@ -141,6 +141,15 @@ SMALL_CLI = [
 ]  # fmt: skip
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes started by ``pid`` and by them (Linux /proc)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [d for c in children for d in (c, *_descendants(c))]
+
+
 def _layout(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
 
@@ -150,9 +159,7 @@ def test_two_rank_train_all_killed_mid_run_resumes_into_one_run_folder(tmp_path:
     pytest.importorskip("timm")
     cache = tmp_path / "cache"
     cli = ["-m", "edgeemo", "train-all", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(cache), *SMALL_CLI]
-    proc = subprocess.Popen(
-        _torchrun(2, *cli, "--name", "ddp"), env=_env(), cwd=REPO, start_new_session=True, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen(_torchrun(2, *cli, "--name", "ddp"), env=_env(), cwd=REPO, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "runs" / "ddp" / "teacher" / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -160,7 +167,8 @@ def test_two_rank_train_all_killed_mid_run_resumes_into_one_run_folder(tmp_path:
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the job ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # every rank and the launcher at once
+    for pid in [*_descendants(proc.pid), proc.pid]:  # every rank (torchrun starts each in its own session), then it
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
     killed_at = len(metrics.read_text().splitlines())
     assert killed_at < 6
