@@ -121,9 +121,10 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path: Path) -
     assert [h["lr"] for h in two["history"]] == pytest.approx([h["lr"] for h in one["history"]], rel=1e-9)
     # The same samples in every optimiser step, gradients averaged over them: the same training up to float
     # rounding (the worker's teacher has no batch norm, dropout or augmentation, whose draws would differ).
-    # AdamW at lr 1e-3 amplifies that rounding over the epochs: one process regrouping the same step as 4 x 2
-    # instead of 1 x 8 moves epoch-1 validation CCC by 0.12 here. Tolerance: 2 % on the first epoch's training
-    # loss (measured 0.6 %), 0.15 on every epoch's validation CCC (measured <= 0.054).
+    # AdamW at lr 1e-3 amplifies that rounding over the epochs: one process regrouping the same steps as
+    # micro-batch 2 x 4 accumulation steps instead of 8 x 1 moves epoch-1 validation CCC by 0.12 here.
+    # Tolerance: 2 % on the first epoch's training loss (measured 0.6 %), 0.15 on every epoch's validation CCC
+    # (measured <= 0.054).
     assert two["history"][0]["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=0.02)
     for a, b in zip(one["history"], two["history"], strict=True):
         assert b["val_ccc_mean"] == pytest.approx(a["val_ccc_mean"], abs=0.15)
