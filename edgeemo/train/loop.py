@@ -262,8 +262,13 @@ def fit(
 
         if device.type == "cuda":  # batch-norm statistics over every rank's micro-batch (CUDA only in torch)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # rank 0's weights reach every rank here (they are identical after a resume anyway)
-        ddp = DistributedDataParallel(_StageLoss(stage), device_ids=[device.index] if device.type == "cuda" else None)
+        # rank 0's weights reach every rank here (they are identical after a resume anyway); a stage may leave part
+        # of its model out of the loss (pretraining does not use the regression head), so DDP looks for such parts
+        ddp = DistributedDataParallel(
+            _StageLoss(stage),
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
         if main:
             log(f"[{stage.name}] data-parallel on {world} processes: effective batch {effective_batch}")
     stopped_early = bool(history and history[-1].get("stopped_early"))
