@@ -135,6 +135,19 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path: Path) -
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
 
 
+@pytest.mark.slow
+def test_two_ranks_train_a_stage_that_leaves_parameters_out_of_its_loss(tmp_path: Path) -> None:
+    res = subprocess.run(
+        _torchrun(2, "-m", "tests.test_distributed", "unused", str(tmp_path)),
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "result.json").read_text())
+    assert out["history"][-1]["train_loss"] < out["history"][0]["train_loss"]
+    assert out["unused_changed"] is False  # no gradient reached it: weight decay-free SGD left it alone
+    assert [h["effective_batch"] for h in out["history"]] == [16, 16, 16]
+
+
 SMALL_CLI = [
     "--corpus-n", "16", "--set", "corpus_duration=6", "--set", 'features={"n_mels": 32, "n_frames": 64, '
     '"hop_length": 500}', "--teacher-depth", "1", "--teacher-epochs", "6", "--student-epochs", "1", "--gan-epochs", "1",
@@ -221,6 +234,63 @@ def _teacher_worker(out: str, batch: str, accum: str, epochs: str) -> None:
     distributed.destroy()
 
 
+class _PartlyUsedStage:
+    """A linear regressor whose model also holds a layer its loss never uses (as pretraining's regression head)."""
+
+    name = "partly-used"
+    score_key = "neg_mse"
+
+    def __init__(self) -> None:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        self.model = nn.ModuleDict({"used": nn.Linear(4, 2), "unused": nn.Linear(3, 3)})
+        self.x = torch.randn(40, 4)
+        self.y = self.x[:, :2] * 0.5 - self.x[:, 2:] * 0.25
+
+    def loss(self, x, y):
+        import torch
+
+        loss = torch.nn.functional.mse_loss(self.model["used"](x), y)
+        return loss, {"loss": loss.item()}
+
+    def predict(self, x):
+        return self.model["used"](x)
+
+    def validate(self, val, device, batch_size):
+        import torch
+
+        with torch.no_grad():
+            return {"neg_mse": -float(torch.nn.functional.mse_loss(self.predict(self.x), self.y))}
+
+    def epoch_extras(self, val_metrics):
+        return {}
+
+    def checkpoint_meta(self):
+        return {}
+
+
+def _unused_worker(out: str) -> None:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from edgeemo.atomic import atomic_write_json
+    from edgeemo.train.loop import FitConfig, fit
+
+    stage = _PartlyUsedStage()
+    before = stage.model["unused"].weight.detach().clone()
+    optimizer = torch.optim.SGD(stage.model.parameters(), lr=0.1)
+    cfg = FitConfig(epochs=3, batch_size=4, accum_steps=2, device="cpu", progress=False)
+    result = fit(stage, optimizer, lambda epoch: TensorDataset(stage.x, stage.y), None, Path(out), cfg)
+    if distributed.is_main():
+        changed = not torch.equal(before, stage.model["unused"].weight.detach())
+        atomic_write_json(Path(out) / "result.json", {"history": result.history, "unused_changed": changed})
+    distributed.destroy()
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "unused":
+        _unused_worker(sys.argv[2])
     if sys.argv[1] == "teacher":
         _teacher_worker(*sys.argv[2:6])
