@@ -183,6 +183,13 @@ def run_options(command: str) -> Callable[[Callable], Callable]:
             click.option("--restart", is_flag=True, help="Delete the run and start over."),
             click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Feature/corpus cache."),
             click.option("--quiet", is_flag=True, help="No progress bars."),
+            click.option(
+                "--nproc-per-node",
+                "nproc_per_node",
+                type=click.IntRange(1),
+                default=None,
+                help="Train data-parallel on N processes of this machine (re-launches under torch.distributed.run).",
+            ),
         ]
         for d in reversed(decorators):
             fn = d(fn)
@@ -245,9 +252,40 @@ def config_from_card(path: Path) -> tuple[RunConfig, str]:
     return cfg, str(card.get("run_name") or card.get("name") or "default")
 
 
+def strip_option(args: list[str], flag: str) -> list[str]:
+    """``args`` without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def relaunch_distributed(nproc: int) -> None:
+    """Run this same command line again under ``torch.distributed.run --standalone`` on ``nproc`` processes
+    and exit with its status."""
+    import os
+    import subprocess
+    import sys
+
+    if "WORLD_SIZE" in os.environ:
+        raise EdgeemoError("--nproc-per-node is for a plain launch; under torchrun, torchrun sets the processes")
+    args = strip_option(sys.argv[1:], "--nproc-per-node")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    log(f"re-launching on {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m edgeemo ...")
+    raise SystemExit(subprocess.call([*cmd, "-m", "edgeemo", *args]))
+
+
 def _run_stages(kw: dict[str, Any], stages: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
     from edgeemo.train.pipeline import train_all
 
+    nproc = kw.pop("nproc_per_node")
+    if nproc is not None and nproc > 1:
+        relaunch_distributed(nproc)
     run, kw = _open(kw)
     progress = not kw.pop("quiet")
     kinds = ", ".join(s.kind for s in run.cfg.data.sources)
@@ -259,9 +297,12 @@ def _run_stages(kw: dict[str, Any], stages: tuple[str, ...]) -> tuple[dict[str, 
 @run_options("train-all")
 def train_all_cmd(**kw: Any) -> None:
     """Data -> [pretrain] -> GAN -> teacher -> student into runs/<name>/, resuming interrupted stages."""
+    from edgeemo.train.distributed import is_main
     from edgeemo.train.pipeline import format_table
 
     summary, run = _run_stages(kw, ("pretrain", "gan", "teacher", "student"))
+    if not is_main():  # rank 0 prints the table
+        return
     click.echo(format_table(summary))
     click.echo(f"summary: {run.dir / 'summary.json'}  plot: {run.dir / 'summary.png'}")
 

@@ -7,6 +7,14 @@ CCC-based model selection, atomic ``best.pt``/``last.pt``, ``metrics.jsonl`` and
 ``last.pt``. Randomness is re-seeded from ``(seed, epoch)`` at every epoch, so a
 resumed run draws the same batches and dropout masks as an uninterrupted one.
 
+Under ``torchrun`` (world size > 1, see :mod:`edgeemo.train.distributed`) the same loop
+trains data-parallel: the model runs inside DistributedDataParallel, each rank takes a
+disjoint share of every epoch's shuffled order, gradients are synchronised only on the
+micro-step that updates (``no_sync`` before it), rank 0 validates and hands its figures to
+every rank (so selection and early stopping agree), and only rank 0 writes files; every
+rank resumes from the same ``last.pt``. The effective batch is micro-batch x accumulation
+x world size.
+
 A stage plugs in through :class:`Stage`: its model, its loss on a batch, and any
 extra per-epoch figures (e.g. retention).
 """
@@ -24,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from edgeemo import __version__
 from edgeemo.config import StageContext
@@ -33,6 +41,7 @@ from edgeemo.errors import TrainingError
 from edgeemo.evaluation import predict_windowset, window_and_song_report
 from edgeemo.log import log
 from edgeemo.progress import progress_iter
+from edgeemo.train import distributed
 from edgeemo.train.checkpoint import load_checkpoint, save_checkpoint, write_metrics_jsonl
 from edgeemo.train.ema import WeightEma
 
@@ -114,6 +123,7 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    name = distributed.local_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -144,6 +154,18 @@ def _lr_lambda(total_steps: int, warmup_steps: int, min_frac: float) -> Callable
         return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+class _StageLoss(nn.Module):
+    """A stage's model with its loss as ``forward``, so DistributedDataParallel sees the whole training step."""
+
+    def __init__(self, stage: Stage) -> None:
+        super().__init__()
+        self.net = stage.model
+        self.stage_loss = stage.loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.stage_loss(x, y)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -198,10 +220,12 @@ def fit(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    world, main = (distributed.world_size(), distributed.is_main()) if distributed.init() else (1, True)
     device = resolve_device(cfg.device)
     model = stage.model.to(device)
     use_amp = device.type == "cuda"
-    n_batches = math.ceil(len(train_data(0)) / cfg.batch_size)
+    effective_batch = cfg.batch_size * cfg.accum_steps * world
+    n_batches = math.ceil(math.ceil(len(train_data(0)) / world) / cfg.batch_size)
     steps_per_epoch = max(1, math.ceil(n_batches / cfg.accum_steps))
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -230,8 +254,23 @@ def fit(
         history = ck["history"]
         best_epoch, best_score, since_best = ck["best_epoch"], ck["best_score"], ck["since_best"]
         start_epoch = ck["epoch"] + 1
-        if start_epoch <= cfg.epochs:
+        if start_epoch <= cfg.epochs and main:
             log(f"[{stage.name}] resuming from {last_path} at epoch {start_epoch}/{cfg.epochs}")
+    ddp: nn.Module | None = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":  # batch-norm statistics over every rank's micro-batch (CUDA only in torch)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # rank 0's weights reach every rank here (they are identical after a resume anyway); a stage may leave part
+        # of its model out of the loss (pretraining does not use the regression head), so DDP looks for such parts
+        ddp = DistributedDataParallel(
+            _StageLoss(stage),
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+        if main:
+            log(f"[{stage.name}] data-parallel on {world} processes: effective batch {effective_batch}")
     stopped_early = bool(history and history[-1].get("stopped_early"))
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stopped_early:
@@ -240,30 +279,42 @@ def fit(
         seed_everything(cfg.seed * 100_003 + epoch)
         dataset = train_data(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=gen,
-            num_workers=cfg.num_workers,
-            drop_last=False,
-        )
+        if world == 1:
+            loader = DataLoader(
+                dataset,
+                batch_size=cfg.batch_size,
+                shuffle=True,
+                generator=gen,
+                num_workers=cfg.num_workers,
+                drop_last=False,
+            )
+        else:  # every rank draws the order one process would (same generator, same draws), then takes its share
+            order = [int(i) for i in DataLoader(range(len(dataset)), batch_size=None, shuffle=True, generator=gen)]
+            shard = distributed.shard_indices(order, world, distributed.rank())
+            loader = DataLoader(Subset(dataset, shard), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+            if not main:  # augmentation and dropout differ between ranks
+                seed_everything(cfg.seed * 100_003 + epoch + 7_919 * distributed.rank())
         model.train()
         sums: dict[str, float] = {}
         n_seen = 0
         optimizer.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(progress_iter(loader, cfg.progress, f"{stage.name} {epoch}/{cfg.epochs}")):
+        bar = f"{stage.name} {epoch}/{cfg.epochs}"
+        for i, (x, y) in enumerate(progress_iter(loader, cfg.progress and main, bar)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, terms = stage.loss(x, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"{stage.name}: loss became {loss.item()} at epoch {epoch}, batch {i + 1}; "
-                    f"stopped, the last good checkpoint is {last_path if last_path.exists() else 'none yet'}"
-                )
-            (loss / cfg.accum_steps).backward()
             last_batch = i + 1 == n_batches
-            if (i + 1) % cfg.accum_steps == 0 or last_batch:
+            updates = (i + 1) % cfg.accum_steps == 0 or last_batch
+            # gradients are all-reduced only on the micro-step that updates the weights
+            sync = ddp.no_sync() if ddp is not None and not updates else nullcontext()
+            with sync:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss, terms = stage.loss(x, y) if ddp is None else ddp(x, y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"{stage.name}: loss became {loss.item()} at epoch {epoch}, batch {i + 1}; "
+                        f"stopped, the last good checkpoint is {last_path if last_path.exists() else 'none yet'}"
+                    )
+                (loss / cfg.accum_steps).backward()
+            if updates:
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -274,17 +325,30 @@ def fit(
             n_seen += bs
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * bs
+        if world > 1:  # the epoch's loss figures over every rank's share
+            keys = sorted(sums)
+            totals = distributed.all_reduce_sum([float(n_seen), *(sums[k] for k in keys)])
+            n_seen, sums = int(totals[0]), dict(zip(keys, totals[1:], strict=True))
         model.eval()
-        with ema.swapped_in(model) if ema is not None else nullcontext({}) as raw_state:
-            val_metrics, score_key = stage.validate(val, device, cfg.eval_batch_size), stage.score_key
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        extras = stage.epoch_extras(val_metrics)
+        score_key = stage.score_key
+        val_metrics: dict[str, float] = {}
+        extras: dict[str, float] = {}
+        state: dict[str, Any] = {}
+        raw_state: dict[str, Any] = {}
+        if main:  # rank 0 validates; every rank selects with its figures
+            with ema.swapped_in(model) if ema is not None else nullcontext({}) as raw_state:
+                val_metrics = stage.validate(val, device, cfg.eval_batch_size)
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            extras = stage.epoch_extras(val_metrics)
+        if world > 1:
+            val_metrics, extras = distributed.broadcast_object((val_metrics, extras))
         score = val_metrics[score_key]
         improved = score > best_score
         record: dict[str, Any] = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 2)}
         record.update({f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()})
         record.update({f"val_{k}": v for k, v in {**val_metrics, **extras}.items()})
         record["lr"] = optimizer.param_groups[-1]["lr"]
+        record["effective_batch"] = effective_batch
         if improved:
             best_epoch, best_score, since_best = epoch, score, 0
         else:
@@ -293,6 +357,8 @@ def fit(
             record["stopped_early"] = True
             stopped_early = True
         history.append(record)
+        if not main:
+            continue
         payload = {
             "stage": stage.name,
             "edgeemo_version": __version__,
@@ -325,7 +391,7 @@ def fit(
             val_txt = " | ".join(f"{k}: {v:.3f}" for k, v in val_metrics.items())
         log(
             f"[{stage.name}] epoch {epoch}/{cfg.epochs} {loss_txt} | {val_txt}{extra_txt} | "
-            f"best {best_score:.3f} @{best_epoch} | {record['seconds']:.1f} s"
+            f"best {best_score:.3f} @{best_epoch} | batch {effective_batch} | {record['seconds']:.1f} s"
             + (" | early stop" if stopped_early else "")
         )
     if not history:

@@ -5,6 +5,9 @@ folder per stage with ``done.json`` when finished, ``summary.json`` and
 ``summary.png`` at the end), skipping finished stages, resuming interrupted ones,
 ``--restart``, and the final test-split report (teacher vs student, retention,
 parameters, wall time per stage).
+
+Under ``torchrun`` only rank 0 writes the run's files (config, split, caches, ``done.json``,
+summary); the other ranks wait at a barrier and then read what it wrote.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from edgeemo.errors import EdgeemoError, TrainingError
 from edgeemo.evaluation import window_and_song_report
 from edgeemo.log import log
 from edgeemo.metrics import retention
+from edgeemo.train import distributed
 from edgeemo.train.checkpoint import history_seconds, read_json
 from edgeemo.train.rundata import RunData, prepare_run_data
 
@@ -61,8 +65,13 @@ def read_run_config(path: Path) -> RunConfig:
 
 
 def open_run(run_dir: Path, cfg: RunConfig | None, restart: bool = False) -> Run:
-    """Create or reopen ``run_dir``. An existing run must have the same config unless ``restart``."""
-    run_dir = Path(run_dir)
+    """Create or reopen ``run_dir``. An existing run must have the same config unless ``restart``.
+    Under torchrun rank 0 creates it first and the other ranks then open what it wrote."""
+    with distributed.main_first():
+        return _open_run(Path(run_dir), cfg, restart and distributed.is_main())
+
+
+def _open_run(run_dir: Path, cfg: RunConfig | None, restart: bool) -> Run:
     cfg_path = run_dir / "config.json"
     if restart and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -96,6 +105,14 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     return out
 
 
+def finish_stage(run: Run, stage: str, done: dict[str, Any]) -> dict[str, Any]:
+    """Record a finished stage in its ``done.json`` (rank 0), then let every rank go on to the next stage."""
+    if distributed.is_main():
+        atomic_write_json(run.stage_dir(stage) / "done.json", done)
+    distributed.barrier()
+    return done
+
+
 def run_gan(run: Run, data: RunData, progress: bool = True) -> dict[str, Any] | None:
     if not run.cfg.uses_gan:
         return None
@@ -103,6 +120,9 @@ def run_gan(run: Run, data: RunData, progress: bool = True) -> dict[str, Any] | 
     if done:
         log(f"[gan] done earlier ({run.stage_dir('gan')}), skipping")
         return done
+    if not distributed.is_main():  # the GAN trains on rank 0 alone; the others wait for its generator
+        distributed.barrier()
+        return run.done("gan")
     from edgeemo.train.gan import train_gan
 
     result = train_gan(data.windows("train"), run.cfg.gan, run.ctx, run.stage_dir("gan"), progress=progress)
@@ -112,8 +132,7 @@ def run_gan(run: Run, data: RunData, progress: bool = True) -> dict[str, Any] | 
         "diversity_ratio": result.diversity_ratio,
         "generator": str(result.generator_path.relative_to(run.dir)),
     }
-    atomic_write_json(run.stage_dir("gan") / "done.json", done)
-    return done
+    return finish_stage(run, "gan", done)
 
 
 def _gan_sampler(run: Run) -> Any:
@@ -160,8 +179,7 @@ def run_pretrain(run: Run, data: RunData, progress: bool = True) -> dict[str, An
         progress=progress,
         labels=labels,
     )
-    atomic_write_json(run.stage_dir("pretrain") / "done.json", done)
-    return done
+    return finish_stage(run, "pretrain", done)
 
 
 def pretrained_backbone(run: Run, role: str) -> Path | None:
@@ -194,8 +212,7 @@ def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
         progress=progress,
     )
     done = {"seconds": history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
-    atomic_write_json(run.stage_dir("teacher") / "done.json", done)
-    return done
+    return finish_stage(run, "teacher", done)
 
 
 def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
@@ -218,8 +235,7 @@ def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
         progress=progress,
     )
     done = {"seconds": history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
-    atomic_write_json(run.stage_dir("student") / "done.json", done)
-    return done
+    return finish_stage(run, "student", done)
 
 
 def evaluate_run(run: Run, data: RunData, split: str = "test") -> dict[str, Any]:
@@ -325,9 +341,11 @@ def train_all(
 ) -> dict[str, Any]:
     """Run the stages in order, skipping finished ones; returns (and writes) ``summary.json``."""
     t0 = time.perf_counter()
-    data = prepare_run_data(run.dir, run.cfg.data, cache_dir)
-    for split in ("train", "val", "test"):
-        data.windows(split, progress=progress)
+    progress = progress and distributed.is_main()
+    with distributed.main_first():  # rank 0 writes split.json and the caches; the others then read them
+        data = prepare_run_data(run.dir, run.cfg.data, cache_dir)
+        for split in ("train", "val", "test"):
+            data.windows(split, progress=progress)
     seconds: dict[str, float] = {"features": time.perf_counter() - t0}
     for stage, fn in (("pretrain", run_pretrain), ("gan", run_gan), ("teacher", run_teacher), ("student", run_student)):
         if stage in stages:
@@ -336,6 +354,9 @@ def train_all(
                 seconds[stage] = done["seconds"]
     if "student" not in stages:
         return {}
+    if not distributed.is_main():  # rank 0 evaluates and writes the summary
+        distributed.barrier()
+        return read_json(run.dir / "summary.json")
     test = evaluate_run(run, data, "test")
     summary = {
         "edgeemo_version": __version__,
@@ -354,4 +375,5 @@ def train_all(
         run.dir / "test_predictions.npy",
         np.concatenate([test["_targets"], test["_preds"]["teacher"], test["_preds"]["student"]], 1),
     )
+    distributed.barrier()
     return summary
