@@ -424,3 +424,114 @@ def test_diversity():
     x = rng.normal(0, 1, (300, 1, 8, 8))
     assert diversity(x) == pytest.approx(math.sqrt(2), rel=0.05)  # iid N(0, 1): E|a-b|^2 = 2 per element
     assert diversity(x[:1]) == 0.0
+
+
+# ----------------------------------------------------------------------------- nets v2
+nn = torch.nn
+
+
+def test_nets_field_is_neutral_round_trips_and_selects_the_nets():
+    from edgeemo.config import ADDED_FIELDS, RunConfig
+    from edgeemo.recipes import recipe_config
+
+    assert ADDED_FIELDS["gan.nets"] == "v1" == RunConfig().gan.nets
+    tiny = recipe_config("tiny")
+    v2 = tiny.replace({"gan.nets": "v2"})
+    assert RunConfig.from_dict(v2.to_dict()) == v2 and v2.gan.nets == "v2"
+    assert v2.digest() != tiny.digest()
+    old = tiny.to_dict()
+    del old["gan"]["nets"]  # a config recorded before the field existed reads as v1
+    assert RunConfig.from_dict(old) == tiny
+    with pytest.raises(EdgeemoError, match="nets"):
+        tiny.replace({"gan.nets": "v3"})
+    g, d, _, _ = gan_nets(gan_config(gan_nets="v2"))
+    assert type(g) is gan_mod.GeneratorV2 and type(d) is gan_mod.DiscriminatorV2
+    g, d, _, _ = gan_nets(gan_config())
+    assert type(g) is Generator and type(d) is Discriminator
+
+
+def test_v1_nets_are_unchanged():
+    """v1 keeps its layers and parameter counts exactly (a recipe's GAN stays the GAN it names)."""
+    g, d = Generator((64, 128), 64), Discriminator((64, 128))
+    assert (count_parameters(g), count_parameters(d)) == (242185, 44281)
+    assert not any(isinstance(m, nn.Upsample) for m in g.modules())
+    assert not any(n.endswith("original") for n, _ in d.named_parameters())  # no spectral norm
+
+
+def test_v2_nets_shapes_spectral_norm_and_no_transposed_convs():
+    for shape in ((32, 64), (64, 128), (128, 256)):
+        g, d = gan_mod.GeneratorV2(shape, 16).eval(), gan_mod.DiscriminatorV2(shape).eval()
+        with torch.no_grad():
+            x = g(torch.randn(3, 16), torch.zeros(3, 2))
+            assert x.shape == (3, 1, *shape)
+            assert d(x, torch.zeros(3, 2)).shape == (3,)
+    g, d = gan_mod.GeneratorV2((64, 128), 64), gan_mod.DiscriminatorV2((64, 128))
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in g.modules())
+    assert sum(isinstance(m, nn.Upsample) for m in g.modules()) == 4
+    weighted = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(weighted) == 8 and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in weighted)
+    assert count_parameters(d) > 5 * count_parameters(Discriminator((64, 128)))
+    assert count_parameters(g) <= 1_000_000 and count_parameters(d) <= 1_000_000
+    # spectral norm: every weight's largest singular value is ~1 after a few power iterations in training mode
+    d.train()
+    for _ in range(30):
+        d(torch.randn(4, 1, 64, 128), torch.zeros(4, 2))
+    for m in weighted:
+        w = m.weight.detach().reshape(m.weight.shape[0], -1)
+        assert torch.linalg.matrix_norm(w, 2).item() == pytest.approx(1.0, rel=0.05)
+    with pytest.raises(TrainingError, match="divisible by 16"):
+        gan_mod.DiscriminatorV2((40, 64))
+
+
+def test_minibatch_std_against_a_hand_computation():
+    torch.manual_seed(0)
+    h = torch.randn(8, 3, 2, 5)
+    out = gan_mod.minibatch_std(h, group=4)
+    assert out.shape == (8, 4, 2, 5) and torch.equal(out[:, :3], h)
+    for i in range(8):  # groups of 4 windows taken with stride 2: {0, 2, 4, 6} and {1, 3, 5, 7}
+        members = h[i % 2 :: 2]
+        expect = torch.sqrt(members.var(0, unbiased=False) + 1e-8).mean()
+        assert torch.allclose(out[i, 3], torch.full((2, 5), expect.item()), atol=1e-6)
+    assert torch.equal(gan_mod.minibatch_std(h[:1])[:, 3], torch.zeros(1, 2, 5))  # a batch of one
+    assert gan_mod.minibatch_std(h[:6], group=4).shape == (6, 4, 2, 5)  # 6 windows: groups of 3
+    same = h[:1].repeat(4, 1, 1, 1)  # identical windows (mode collapse) have a ~0 statistic
+    assert gan_mod.minibatch_std(same)[:, 3].max().item() < 1e-3
+
+
+def test_mel_position_channel_and_d_sees_frequency():
+    x = torch.zeros(2, 1, 32, 64)
+    pos = gan_mod.mel_position(x)
+    assert pos.shape == x.shape
+    assert pos[0, 0, 0, 0].item() == -1.0 and pos[1, 0, -1, 7].item() == 1.0
+    assert torch.equal(pos[:, :, :, 0], pos[:, :, :, 9])  # constant over time
+
+
+def test_v2_scores_real_and_fake_in_separate_calls(monkeypatch):
+    """With minibatch-std, a joint real+fake batch would let generated windows share statistics with real ones."""
+    d = gan_mod.DiscriminatorV2((32, 64))
+    sizes = []
+    real_forward = d.forward
+    monkeypatch.setattr(d, "forward", lambda x, y: (sizes.append(len(x)), real_forward(x, y))[1])
+    real, fake, y = torch.randn(4, 1, 32, 64), torch.randn(4, 1, 32, 64), torch.zeros(4, 2)
+    out = gan_mod.score(d, real, fake, y)
+    assert sizes == [4, 4] and out.shape == (8,)
+    with torch.no_grad():
+        d.eval()
+        assert torch.allclose(gan_mod.score(d, real, fake, y)[:4], d(real, y), atol=1e-6)
+    d1 = Discriminator((32, 64))
+    assert torch.allclose(gan_mod.score(d1, real, fake, y), d1(torch.cat([real, fake]), torch.cat([y, y])))
+
+
+def test_v2_run_trains_samples_and_reloads(train, tmp_path):
+    cfg = gan_config(gan_nets="v2", gan_epochs=2)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        result = fit_gan(train, cfg, tmp_path, progress=False)
+    assert "nets v2" in err.getvalue()
+    assert len(result.history) == 2
+    sampler = GanSampler.load(result.generator_path)
+    assert type(sampler.g) is gan_mod.GeneratorV2
+    x = sampler(np.array([[0.5, 0.5], [-0.5, 0.5]], np.float32), seed=3)
+    assert x.shape == (2, 1, 32, 64) and np.isfinite(x).all()
+    assert np.array_equal(x, sampler(np.array([[0.5, 0.5], [-0.5, 0.5]], np.float32), seed=3))
+    with pytest.raises(TrainingError, match="other GAN settings"):  # v1 settings refuse a v2 run's files
+        fit_gan(train, gan_config(gan_epochs=2), tmp_path, progress=False)

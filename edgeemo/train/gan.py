@@ -1,7 +1,9 @@
 """Conditional spectrogram GAN for augmentation, trained with the stabilised recipe.
 
 Owns the generator G(z, valence, arousal) -> one log-mel window, the projection
-discriminator D(x, valence, arousal), the training loop and its outputs, and
+discriminator D(x, valence, arousal) in two versions chosen by ``GanConfig.nets`` (v1: a small
+transposed-conv G and a plain 4-conv D; v2: an upsample+conv G and a wider, spectrally
+normalised D with a mel-position input channel and minibatch-std), the training loop and its outputs, and
 :class:`GanSampler`, which loads the finished generator (``gen.pt``) and feeds
 generated windows to the teacher (it matches ``edgeemo.train.teacher.GanSampler``).
 
@@ -43,7 +45,7 @@ from torch import nn
 
 from edgeemo import __version__
 from edgeemo.atomic import atomic_write_bytes, atomic_write_json
-from edgeemo.config import GanConfig, StageContext, to_plain
+from edgeemo.config import ADDED_FIELDS, GanConfig, StageContext, to_plain
 from edgeemo.data.windows import WindowSet
 from edgeemo.errors import TrainingError
 from edgeemo.log import log
@@ -130,8 +132,15 @@ def check_gan_config(cfg: GanConfig, shape: tuple[int, int]) -> None:
 
 
 # ----------------------------------------------------------------------------- networks
+def _checked_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    m, f = int(shape[0]), int(shape[1])
+    if m % _BASE or f % _BASE or m < _BASE or f < _BASE:
+        raise TrainingError(f"GAN needs n_mels and n_frames divisible by {_BASE}, got {m} x {f}")
+    return m, f
+
+
 class Generator(nn.Module):
-    """G(z, labels): latent ``z`` + (valence, arousal) -> one window ``(1, n_mels, n_frames)``.
+    """G(z, labels) for ``nets: v1``: latent ``z`` + (valence, arousal) -> one window ``(1, n_mels, n_frames)``.
 
     The labels go through a small linear embedding and are concatenated with ``z``; a
     linear layer makes a ``(width, n_mels/16, n_frames/16)`` map that four stride-2
@@ -139,11 +148,11 @@ class Generator(nn.Module):
     halving the channels each stage. Output is unbounded (log-mel scale).
     """
 
+    nets = "v1"
+
     def __init__(self, shape: tuple[int, int], latent_dim: int = 64, width: int = G_WIDTH) -> None:
         super().__init__()
-        m, f = int(shape[0]), int(shape[1])
-        if m % _BASE or f % _BASE or m < _BASE or f < _BASE:
-            raise TrainingError(f"GAN needs n_mels and n_frames divisible by {_BASE}, got {m} x {f}")
+        m, f = _checked_shape(shape)
         self.shape, self.latent_dim, self.width = (m, f), latent_dim, width
         self.label = nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2))
         self.fc = nn.Linear(latent_dim + 32, width * (m // _BASE) * (f // _BASE))
@@ -161,18 +170,19 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(x, labels) -> one logit per window (a projection discriminator).
+    """D(x, labels) for ``nets: v1`` -> one logit per window (a projection discriminator).
 
     Four stride-2 convolutions (LeakyReLU) give a ``(width, n_mels/16, n_frames/16)`` map;
     it is averaged over time only (frequency position matters in a spectrogram) and
     flattened to features ``h``. ``logit = linear(h) + <embed(labels), h> / sqrt(dim h)``.
     """
 
+    nets = "v1"
+    batch_statistics = False
+
     def __init__(self, shape: tuple[int, int], width: int = D_WIDTH) -> None:
         super().__init__()
-        m, f = int(shape[0]), int(shape[1])
-        if m % _BASE or f % _BASE or m < _BASE or f < _BASE:
-            raise TrainingError(f"GAN needs n_mels and n_frames divisible by {_BASE}, got {m} x {f}")
+        m, f = _checked_shape(shape)
         self.shape, self.width = (m, f), width
         chans = [1, width // 8, width // 4, width // 2, width]
         layers: list[nn.Module] = []
@@ -188,15 +198,125 @@ class Discriminator(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1) / math.sqrt(h.shape[1])
 
 
+G2_WIDTH = 128  # v2 generator channels at the (n_mels/16, n_frames/16) map; halved at every stage down to /8
+D2_WIDTH = 128  # v2 discriminator channels after its last stage
+MBSTD_GROUP = 4  # minibatch-std group size (the largest divisor of the batch up to this)
+
+
+def mel_position(x: torch.Tensor) -> torch.Tensor:
+    """A channel holding each row's mel-bin position in [-1, 1], shaped like ``x`` (B, 1, n_mels, n_frames)."""
+    pos = torch.linspace(-1.0, 1.0, x.shape[2], device=x.device, dtype=x.dtype)
+    return pos.view(1, 1, -1, 1).expand(x.shape[0], 1, x.shape[2], x.shape[3])
+
+
+def minibatch_std(h: torch.Tensor, group: int = MBSTD_GROUP) -> torch.Tensor:
+    """``h`` with one channel appended: per group of windows, the mean over features of the std across the group.
+
+    The group is the largest divisor of the batch up to ``group``; a batch of one gets a zero channel. Generated
+    windows that all look alike (mode collapse) give a std that real windows do not, which D can see.
+    """
+    n = h.shape[0]
+    g = max(k for k in range(1, min(group, n) + 1) if n % k == 0)
+    if g == 1:
+        stat = torch.zeros(n, 1, *h.shape[2:], device=h.device, dtype=h.dtype)
+    else:
+        grouped = h.reshape(g, n // g, *h.shape[1:])  # window i is in group i % (n // g)
+        std = torch.sqrt(grouped.var(dim=0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))  # (n // g,)
+        stat = std.view(1, -1, 1, 1, 1).expand(g, -1, 1, *h.shape[2:]).reshape(n, 1, *h.shape[2:])
+    return torch.cat([h, stat], 1)
+
+
+def _sn(module: nn.Module) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(module)
+
+
+class GeneratorV2(nn.Module):
+    """G(z, labels) for ``nets: v2``: the v1 conditioning, then four (nearest x2 upsample + 3x3 conv + BatchNorm +
+    LeakyReLU) stages, which grow the map without the checkerboard pattern of stride-2 transposed convolutions,
+    and a 3x3 output convolution. Channels ``width`` halving per stage down to ``width / 8``."""
+
+    nets = "v2"
+
+    def __init__(self, shape: tuple[int, int], latent_dim: int = 64, width: int = G2_WIDTH) -> None:
+        super().__init__()
+        m, f = _checked_shape(shape)
+        self.shape, self.latent_dim, self.width = (m, f), latent_dim, width
+        self.label = nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2))
+        self.fc = nn.Linear(latent_dim + 32, width * (m // _BASE) * (f // _BASE))
+        chans = [width, width // 2, width // 4, width // 8, width // 8]
+        blocks: list[nn.Module] = [nn.BatchNorm2d(width), nn.LeakyReLU(0.2)]
+        for cin, cout in itertools.pairwise(chans):
+            blocks += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.2),
+            ]
+        self.up = nn.Sequential(*blocks)
+        self.out = nn.Conv2d(chans[-1], 1, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat([z, self.label(labels)], 1))
+        h = h.view(z.shape[0], self.width, self.shape[0] // _BASE, self.shape[1] // _BASE)
+        return self.out(self.up(h))
+
+
+class DiscriminatorV2(nn.Module):
+    """D(x, labels) for ``nets: v2``: a projection discriminator that can tell generated windows apart.
+
+    Frequency-aware input: the window plus a mel-position channel (:func:`mel_position`), so every filter knows
+    which band it looks at, and a first 3x3 convolution at full resolution. Then four stride-2 4x4 convolutions
+    (``width / 8`` ... ``width`` channels), :func:`minibatch_std` and a 3x3 convolution; every convolution and
+    linear layer is spectrally normalised; LeakyReLU(0.2) throughout. The map is averaged over time only and
+    ``logit = linear(h) + <embed(labels), h> / sqrt(dim h)``. Because of the minibatch statistic, real and
+    generated windows must be scored in separate calls (``batch_statistics``).
+    """
+
+    nets = "v2"
+    batch_statistics = True
+
+    def __init__(self, shape: tuple[int, int], width: int = D2_WIDTH) -> None:
+        super().__init__()
+        m, f = _checked_shape(shape)
+        self.shape, self.width = (m, f), width
+        chans = [width // 8, width // 8, width // 4, width // 2, width]
+        layers: list[nn.Module] = [_sn(nn.Conv2d(2, chans[0], 3, padding=1)), nn.LeakyReLU(0.2)]
+        for cin, cout in itertools.pairwise(chans):
+            layers += [_sn(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        self.final = nn.Sequential(_sn(nn.Conv2d(width + 1, width, 3, padding=1)), nn.LeakyReLU(0.2))
+        dim = width * (m // _BASE)
+        self.linear = _sn(nn.Linear(dim, 1))
+        self.embed = _sn(nn.Linear(2, dim))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.features(torch.cat([x, mel_position(x)], 1))
+        h = self.final(minibatch_std(h)).mean(dim=3).flatten(1)
+        return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1) / math.sqrt(h.shape[1])
+
+
+GENERATORS: dict[str, type[nn.Module]] = {"v1": Generator, "v2": GeneratorV2}
+DISCRIMINATORS: dict[str, type[nn.Module]] = {"v1": Discriminator, "v2": DiscriminatorV2}
+
+
 def build_gan(
     cfg: GanConfig, shape: tuple[int, int]
-) -> tuple[Generator, Discriminator, torch.optim.Optimizer, torch.optim.Optimizer]:
-    """G, D and their Adam optimisers (betas (0.5, 0.999)); D's LR is ``gan_d_lr_mult`` x G's."""
-    g = Generator(shape, cfg.latent_dim)
-    d = Discriminator(shape)
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
+    """G, D (``cfg.nets``: v1 or v2) and their Adam optimisers (betas (0.5, 0.999)); D's LR is ``d_lr_mult`` x G's."""
+    if cfg.nets not in GENERATORS:
+        raise TrainingError(f"unknown gan.nets {cfg.nets!r}; choose one of {', '.join(GENERATORS)}")
+    g = GENERATORS[cfg.nets](shape, cfg.latent_dim)
+    d = DISCRIMINATORS[cfg.nets](shape)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr * cfg.d_lr_mult, betas=ADAM_BETAS)
     return g, d, opt_g, opt_d
+
+
+def score(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """D's logits for ``real`` then ``fake`` (same ``labels``): one call, or two for a D with batch statistics."""
+    if getattr(d, "batch_statistics", False):
+        return torch.cat([d(real, labels), d(fake, labels)])
+    return d(torch.cat([real, fake]), torch.cat([labels, labels]))
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -310,7 +430,7 @@ class GanSampler:
     and seed give the same windows (the latent of row ``i`` depends only on ``seed`` and ``i``).
     """
 
-    def __init__(self, generator: Generator, device: str = "cpu", batch_size: int = 256) -> None:
+    def __init__(self, generator: nn.Module, device: str = "cpu", batch_size: int = 256) -> None:
         self.g = generator.to(device).eval()
         self.latent_dim = generator.latent_dim
         self.shape = generator.shape
@@ -344,12 +464,16 @@ class GanSampler:
         return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
-def _spec(g: Generator) -> dict[str, Any]:
-    return {"shape": list(g.shape), "latent_dim": g.latent_dim, "width": g.width}
+def _spec(g: nn.Module) -> dict[str, Any]:
+    return {"shape": list(g.shape), "latent_dim": g.latent_dim, "width": g.width, "nets": g.nets}
 
 
-def _generator_from(spec: dict[str, Any], state: dict[str, Any]) -> Generator:
-    g = Generator(tuple(spec["shape"]), spec["latent_dim"], spec.get("width", G_WIDTH))
+def _generator_from(spec: dict[str, Any], state: dict[str, Any]) -> nn.Module:
+    nets = spec.get("nets", "v1")
+    if nets not in GENERATORS:
+        raise TrainingError(f"generator file names unknown nets {nets!r}")
+    cls = GENERATORS[nets]
+    g = cls(tuple(spec["shape"]), spec["latent_dim"], spec.get("width", G_WIDTH if nets == "v1" else G2_WIDTH))
     g.load_state_dict(state)
     return g.eval()
 
@@ -434,8 +558,10 @@ class GanResult:
 
 def gan_recipe(cfg: GanConfig, ctx: StageContext) -> dict[str, Any]:
     """The settings a trained GAN depends on (compared on resume and reuse): its section but the mixing ratio,
-    and the run's front end, seed and windows per song."""
-    keep = {k: v for k, v in to_plain(cfg).items() if k != "ratio"}
+    and the run's front end, seed and windows per song. A field added later is left out at its neutral value, so a
+    GAN trained before the field existed is still recognised."""
+    added = {k.removeprefix("gan."): v for k, v in ADDED_FIELDS.items() if k.startswith("gan.")}
+    keep = {k: v for k, v in to_plain(cfg).items() if k != "ratio" and not (k in added and added[k] == v)}
     return keep | {"features": ctx.features.to_dict(), "seed": ctx.seed, "windows_per_song": ctx.windows_per_song}
 
 
@@ -447,9 +573,9 @@ def _recipe_mismatch(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
     return ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
 
 
-def _recipe_line(cfg: GanConfig, g: Generator, d: Discriminator) -> str:
+def _recipe_line(cfg: GanConfig, g: nn.Module, d: nn.Module) -> str:
     return (
-        f"[gan] G {count_parameters(g) / 1e3:.0f}k params, D {count_parameters(d) / 1e3:.0f}k | "
+        f"[gan] nets {cfg.nets}: G {count_parameters(g) / 1e3:.0f}k params, D {count_parameters(d) / 1e3:.0f}k | "
         f"lr G {cfg.lr:g}, D {cfg.lr * cfg.d_lr_mult:g} (x{cfg.d_lr_mult:g}) | "
         f"D targets real {cfg.real_label:g} fake {cfg.fake_label:g} | "
         f"instance noise {cfg.noise_std:g} -> {cfg.noise_min:g} | "
@@ -552,7 +678,8 @@ def train_gan(train: WindowSet, cfg: GanConfig, ctx: StageContext, out_dir: Path
                 with torch.no_grad():
                     fake = g(torch.randn(n, cfg.latent_dim, device=device), y)
                 both = torch.cat([real, fake])
-                out = d(both + sigma * torch.randn_like(both), torch.cat([y, y]))  # instance noise on real and fake
+                both = both + sigma * torch.randn_like(both)  # instance noise on real and fake
+                out = score(d, both[:n], both[n:], y)
                 out_real, out_fake = out[:n], out[n:]
                 loss_d = 0.5 * (
                     _bce(out_real, smoothed_targets(n, True, cfg).to(device))
