@@ -292,7 +292,7 @@ def test_instance_noise_reaches_real_and_fake_inputs(tmp_path, monkeypatch):
     assert result.history[0]["d_steps"] == 2  # iterations 0 and 3 with d_every 3
     assert result.history[0]["g_steps"] == iterations
     training = calls[: 2 * 2 + 2 * iterations]  # D step: G then D; G step: G then D
-    assert len(calls) == len(training)  # nothing else ran the hooked nets
+    assert all(kind == "G" for kind, _ in calls[len(training) :])  # after training only G ran (the epoch's FD)
     real_noise, fake_noise = [], []
     for (kind_g, fake), (kind_d, x) in zip(training[0::2], training[1::2], strict=True):
         assert (kind_g, kind_d) == ("G", "D")
@@ -469,7 +469,7 @@ def test_v2_nets_shapes_spectral_norm_and_no_transposed_convs():
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in g.modules())
     assert sum(isinstance(m, nn.Upsample) for m in g.modules()) == 4
     weighted = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert len(weighted) == 8 and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in weighted)
+    assert len(weighted) == 7 and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in weighted)
     assert count_parameters(d) > 5 * count_parameters(Discriminator((64, 128)))
     assert count_parameters(g) <= 1_000_000 and count_parameters(d) <= 1_000_000
     # spectral norm: every weight's largest singular value is ~1 after a few power iterations in training mode
@@ -535,3 +535,88 @@ def test_v2_run_trains_samples_and_reloads(train, tmp_path):
     assert np.array_equal(x, sampler(np.array([[0.5, 0.5], [-0.5, 0.5]], np.float32), seed=3))
     with pytest.raises(TrainingError, match="other GAN settings"):  # v1 settings refuse a v2 run's files
         fit_gan(train, gan_config(gan_epochs=2), tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- sample quality
+def test_frechet_distance_against_hand_computations():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.0, 1.0, (200, 1)), rng.normal(2.0, 3.0, (300, 1))
+    ma, mb, sa, sb = a.mean(), b.mean(), a.std(ddof=1), b.std(ddof=1)
+    assert gan_mod.frechet_distance(a, b) == pytest.approx((ma - mb) ** 2 + (sa - sb) ** 2, rel=1e-9)
+    # independent dimensions (diagonal covariances): the 1-D distances add up
+    a2 = np.stack([rng.normal(0, 1, 5000), rng.normal(1, 2, 5000)], 1)
+    b2 = np.stack([rng.normal(1, 1, 5000), rng.normal(1, 0.5, 5000)], 1)
+    assert gan_mod.frechet_distance(a2, b2) == pytest.approx(1.0 + 1.5**2, abs=0.1)
+    # a scaled, shifted copy: C_b = 4 C_a -> FD = |mu_a - mu_b|^2 + tr(C_a) + 4 tr(C_a) - 2 tr(2 C_a)
+    c = rng.normal(0, 1, (400, 3)) @ np.array([[1.0, 0.3, 0.0], [0.0, 2.0, 0.5], [0.2, 0.0, 0.5]])
+    d = 2.0 * c + 1.0
+    tr = np.trace(np.cov(c, rowvar=False))
+    assert gan_mod.frechet_distance(c, d) == pytest.approx(((c.mean(0) - d.mean(0)) ** 2).sum() + tr, rel=1e-6)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # invariant under a rotation of both feature sets
+    e = rng.normal(0, 1, (300, 3)) * [0.5, 1.0, 3.0]
+    assert gan_mod.frechet_distance(c @ q, e @ q) == pytest.approx(gan_mod.frechet_distance(c, e), rel=1e-6)
+    assert gan_mod.frechet_distance(a2, a2) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(TrainingError, match="two"):
+        gan_mod.frechet_distance(a[:1], b)
+    with pytest.raises(TrainingError, match="two"):
+        gan_mod.frechet_distance(a2, b)
+
+
+def test_frozen_embedding_is_fixed_and_tells_structure_from_noise():
+    x = make_windows(n_songs=6).batch(np.arange(16))
+    f1 = gan_mod.embed_windows(x, float(x.mean()), float(x.std()))
+    gan_mod.frozen_embedding.cache_clear()  # a rebuilt embedding has the same weights
+    f2 = gan_mod.embed_windows(x, float(x.mean()), float(x.std()))
+    assert f1.shape == (16, gan_mod.EMBED_WIDTH) and np.array_equal(f1, f2)
+    assert not any(p.requires_grad for p in gan_mod.frozen_embedding().parameters())
+    real = make_windows(n_songs=20, seed=1).batch(np.arange(64))
+    other = make_windows(n_songs=20, seed=2).batch(np.arange(64))
+    noise = np.random.default_rng(0).normal(real.mean(), real.std(), real.shape).astype(np.float32)
+    c, s = float(real.mean()), float(real.std())
+    e_real = gan_mod.embed_windows(real, c, s)
+    same = gan_mod.frechet_distance(e_real, gan_mod.embed_windows(other, c, s))
+    far = gan_mod.frechet_distance(e_real, gan_mod.embed_windows(noise, c, s))
+    assert far > 5 * same
+
+
+def test_condition_scores_count_windows_in_their_quadrant():
+    def sampler(labels, seed):  # a "generator" whose windows are their labels; the scorer reads them back
+        return np.asarray(labels, np.float32).reshape(-1, 1, 1, 2)
+
+    flip = {"n": 0}
+
+    def scorer(x):  # reads the label, but flips valence of every 4th window
+        out = x.reshape(len(x), 2).astype(np.float64).copy()
+        out[::4, 0] *= -1
+        flip["n"] += 1
+        return out
+
+    rows = gan_mod.condition_scores(sampler, scorer, per_condition=8)
+    assert flip["n"] == len(gan_mod.SAMPLE_CONDITIONS)
+    assert rows[0]["condition"] == [0.7, 0.7] and rows[0]["in_quadrant"] == pytest.approx(0.75)
+    assert rows[0]["mean_score"] == pytest.approx([0.7 * 0.5, 0.7])
+    assert "in_quadrant" not in rows[-1]  # the centre is no quadrant
+
+
+def test_quality_is_logged_per_epoch_and_in_health(straight, train, tmp_path):
+    result, out, _, err = straight
+    assert all(h["FD"] > 0 and math.isfinite(h["FD"]) for h in result.history)
+    health = json.loads((out / "health.json").read_text())
+    q = health["quality"]
+    assert q["fd"] > 0 and "conditions" not in q
+    assert q["fd_real_floor"] is None  # 20 windows: no two disjoint real samples to compare
+    assert "sample FD" in err
+    sampler = GanSampler.load(result.generator_path)
+    real, labels, _ = gan_mod.quality_reference(train, 0)
+    assert gan_mod.sample_fd(sampler, real, labels, 0) == pytest.approx(q["fd"], rel=1e-6)
+    seen = []
+    res = fit_gan(
+        train,
+        gan_config(gan_epochs=1),
+        tmp_path,
+        progress=False,
+        scorer=lambda x: (seen.append(len(x)), np.tile([0.5, -0.5], (len(x), 1)))[1],
+    )
+    rows = res.health["quality"]["conditions"]
+    assert seen == [64] * 5 and rows[3]["condition"] == [0.7, -0.7] and rows[3]["in_quadrant"] == 1.0
+    assert rows[0]["in_quadrant"] == 0.0
