@@ -30,6 +30,7 @@ TEACHER_POOLS = ("token", "avg")
 TEACHER_STEMS = ("patch", "conv")
 TEACHER_LOSSES = ("mse", "ccc", "mix")
 QUANT_RECIPES = ("auto", "qdq", "qoperator")
+GAN_NETS = ("v1", "v2")
 ROOTS = ("EDGEEMO_DATA", "EDGEEMO_CACHE")
 
 
@@ -186,6 +187,12 @@ class GanConfig:
     fake_label: float = opt(0.1, "Discriminator target for generated windows.", min=0.0, max=1.0)
     batch_size: int = opt(32, "GAN batch size.", min=1)
     latent_dim: int = opt(64, "Generator latent size.", min=1)
+    nets: str = opt(
+        "v1",
+        "GAN networks: v1 (small transposed-conv G, plain 4-conv D) or v2 (upsample+conv G; wider spectrally "
+        "normalised D with a mel-position channel and minibatch-std).",
+        choices=GAN_NETS,
+    )
 
 
 @dataclass(frozen=True)
@@ -262,7 +269,7 @@ class ExportConfig:
 # Fields added after the first recipes were registered, with the value that keeps the earlier behaviour. A
 # recorded config (a card, a run) that lacks one reads it as that value, and the config digest leaves it out
 # while it has that value, so adding a field changes neither an old recipe's meaning nor its digest.
-ADDED_FIELDS: dict[str, Any] = {"data.exclude": []}
+ADDED_FIELDS: dict[str, Any] = {"data.exclude": [], "gan.nets": "v1"}
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,

@@ -292,7 +292,7 @@ def test_instance_noise_reaches_real_and_fake_inputs(tmp_path, monkeypatch):
     assert result.history[0]["d_steps"] == 2  # iterations 0 and 3 with d_every 3
     assert result.history[0]["g_steps"] == iterations
     training = calls[: 2 * 2 + 2 * iterations]  # D step: G then D; G step: G then D
-    assert len(calls) == len(training)  # nothing else ran the hooked nets
+    assert all(kind == "G" for kind, _ in calls[len(training) :])  # after training only G ran (the epoch's FD)
     real_noise, fake_noise = [], []
     for (kind_g, fake), (kind_d, x) in zip(training[0::2], training[1::2], strict=True):
         assert (kind_g, kind_d) == ("G", "D")
@@ -424,3 +424,226 @@ def test_diversity():
     x = rng.normal(0, 1, (300, 1, 8, 8))
     assert diversity(x) == pytest.approx(math.sqrt(2), rel=0.05)  # iid N(0, 1): E|a-b|^2 = 2 per element
     assert diversity(x[:1]) == 0.0
+
+
+# ----------------------------------------------------------------------------- nets v2
+nn = torch.nn
+
+
+def test_nets_field_is_neutral_round_trips_and_selects_the_nets():
+    from edgeemo.config import ADDED_FIELDS, RunConfig
+    from edgeemo.recipes import recipe_config
+
+    assert ADDED_FIELDS["gan.nets"] == "v1" == RunConfig().gan.nets
+    tiny = recipe_config("tiny")
+    v2 = tiny.replace({"gan.nets": "v2"})
+    assert RunConfig.from_dict(v2.to_dict()) == v2 and v2.gan.nets == "v2"
+    assert v2.digest() != tiny.digest()
+    old = tiny.to_dict()
+    del old["gan"]["nets"]  # a config recorded before the field existed reads as v1
+    assert RunConfig.from_dict(old) == tiny
+    with pytest.raises(EdgeemoError, match="nets"):
+        tiny.replace({"gan.nets": "v3"})
+    g, d, _, _ = gan_nets(gan_config(gan_nets="v2"))
+    assert type(g) is gan_mod.GeneratorV2 and type(d) is gan_mod.DiscriminatorV2
+    g, d, _, _ = gan_nets(gan_config())
+    assert type(g) is Generator and type(d) is Discriminator
+
+
+def test_v1_nets_are_unchanged():
+    """v1 keeps its layers and parameter counts exactly (a recipe's GAN stays the GAN it names)."""
+    g, d = Generator((64, 128), 64), Discriminator((64, 128))
+    assert (count_parameters(g), count_parameters(d)) == (242185, 44281)
+    assert not any(isinstance(m, nn.Upsample) for m in g.modules())
+    assert not any(n.endswith("original") for n, _ in d.named_parameters())  # no spectral norm
+
+
+def test_v2_nets_shapes_spectral_norm_and_no_transposed_convs():
+    for shape in ((32, 64), (64, 128), (128, 256)):
+        g, d = gan_mod.GeneratorV2(shape, 16).eval(), gan_mod.DiscriminatorV2(shape).eval()
+        with torch.no_grad():
+            x = g(torch.randn(3, 16), torch.zeros(3, 2))
+            assert x.shape == (3, 1, *shape)
+            assert d(x, torch.zeros(3, 2)).shape == (3,)
+    g, d = gan_mod.GeneratorV2((64, 128), 64), gan_mod.DiscriminatorV2((64, 128))
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in g.modules())
+    assert sum(isinstance(m, nn.Upsample) for m in g.modules()) == 4
+    weighted = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(weighted) == 7 and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in weighted)
+    assert count_parameters(d) > 5 * count_parameters(Discriminator((64, 128)))
+    assert count_parameters(g) <= 1_000_000 and count_parameters(d) <= 1_000_000
+    # spectral norm: every weight's largest singular value is ~1 after a few power iterations in training mode
+    d.train()
+    for _ in range(30):
+        d(torch.randn(4, 1, 64, 128), torch.zeros(4, 2))
+    for m in weighted:
+        w = m.weight.detach().reshape(m.weight.shape[0], -1)
+        assert torch.linalg.matrix_norm(w, 2).item() == pytest.approx(1.0, rel=0.05)
+    with pytest.raises(TrainingError, match="divisible by 16"):
+        gan_mod.DiscriminatorV2((40, 64))
+
+
+def test_minibatch_std_against_a_hand_computation():
+    torch.manual_seed(0)
+    h = torch.randn(8, 3, 2, 5)
+    out = gan_mod.minibatch_std(h, group=4)
+    assert out.shape == (8, 4, 2, 5) and torch.equal(out[:, :3], h)
+    for i in range(8):  # groups of 4 windows taken with stride 2: {0, 2, 4, 6} and {1, 3, 5, 7}
+        members = h[i % 2 :: 2]
+        expect = torch.sqrt(members.var(0, unbiased=False) + 1e-8).mean()
+        assert torch.allclose(out[i, 3], torch.full((2, 5), expect.item()), atol=1e-6)
+    assert torch.equal(gan_mod.minibatch_std(h[:1])[:, 3], torch.zeros(1, 2, 5))  # a batch of one
+    assert gan_mod.minibatch_std(h[:6], group=4).shape == (6, 4, 2, 5)  # 6 windows: groups of 3
+    same = h[:1].repeat(4, 1, 1, 1)  # identical windows (mode collapse) have a ~0 statistic
+    assert gan_mod.minibatch_std(same)[:, 3].max().item() < 1e-3
+
+
+def test_mel_position_channel_and_d_sees_frequency():
+    x = torch.zeros(2, 1, 32, 64)
+    pos = gan_mod.mel_position(x)
+    assert pos.shape == x.shape
+    assert pos[0, 0, 0, 0].item() == -1.0 and pos[1, 0, -1, 7].item() == 1.0
+    assert torch.equal(pos[:, :, :, 0], pos[:, :, :, 9])  # constant over time
+
+
+def test_v2_scores_real_and_fake_in_separate_calls(monkeypatch):
+    """With minibatch-std, a joint real+fake batch would let generated windows share statistics with real ones."""
+    d = gan_mod.DiscriminatorV2((32, 64))
+    sizes = []
+    real_forward = d.forward
+    monkeypatch.setattr(d, "forward", lambda x, y: (sizes.append(len(x)), real_forward(x, y))[1])
+    real, fake, y = torch.randn(4, 1, 32, 64), torch.randn(4, 1, 32, 64), torch.zeros(4, 2)
+    out = gan_mod.score(d, real, fake, y)
+    assert sizes == [4, 4] and out.shape == (8,)
+    with torch.no_grad():
+        d.eval()
+        assert torch.allclose(gan_mod.score(d, real, fake, y)[:4], d(real, y), atol=1e-6)
+    d1 = Discriminator((32, 64))
+    assert torch.allclose(gan_mod.score(d1, real, fake, y), d1(torch.cat([real, fake]), torch.cat([y, y])))
+
+
+def test_v2_run_trains_samples_and_reloads(train, tmp_path):
+    cfg = gan_config(gan_nets="v2", gan_epochs=2)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        result = fit_gan(train, cfg, tmp_path, progress=False)
+    assert "nets v2" in err.getvalue()
+    assert len(result.history) == 2
+    sampler = GanSampler.load(result.generator_path)
+    assert type(sampler.g) is gan_mod.GeneratorV2
+    x = sampler(np.array([[0.5, 0.5], [-0.5, 0.5]], np.float32), seed=3)
+    assert x.shape == (2, 1, 32, 64) and np.isfinite(x).all()
+    assert np.array_equal(x, sampler(np.array([[0.5, 0.5], [-0.5, 0.5]], np.float32), seed=3))
+    with pytest.raises(TrainingError, match="other GAN settings"):  # v1 settings refuse a v2 run's files
+        fit_gan(train, gan_config(gan_epochs=2), tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- sample quality
+def test_frechet_distance_against_hand_computations():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.0, 1.0, (200, 1)), rng.normal(2.0, 3.0, (300, 1))
+    ma, mb, sa, sb = a.mean(), b.mean(), a.std(ddof=1), b.std(ddof=1)
+    assert gan_mod.frechet_distance(a, b) == pytest.approx((ma - mb) ** 2 + (sa - sb) ** 2, rel=1e-9)
+    # independent dimensions (diagonal covariances): the 1-D distances add up
+    a2 = np.stack([rng.normal(0, 1, 5000), rng.normal(1, 2, 5000)], 1)
+    b2 = np.stack([rng.normal(1, 1, 5000), rng.normal(1, 0.5, 5000)], 1)
+    assert gan_mod.frechet_distance(a2, b2) == pytest.approx(1.0 + 1.5**2, abs=0.1)
+    # a scaled, shifted copy: C_b = 4 C_a -> FD = |mu_a - mu_b|^2 + tr(C_a) + 4 tr(C_a) - 2 tr(2 C_a)
+    c = rng.normal(0, 1, (400, 3)) @ np.array([[1.0, 0.3, 0.0], [0.0, 2.0, 0.5], [0.2, 0.0, 0.5]])
+    d = 2.0 * c + 1.0
+    tr = np.trace(np.cov(c, rowvar=False))
+    assert gan_mod.frechet_distance(c, d) == pytest.approx(((c.mean(0) - d.mean(0)) ** 2).sum() + tr, rel=1e-6)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # invariant under a rotation of both feature sets
+    e = rng.normal(0, 1, (300, 3)) * [0.5, 1.0, 3.0]
+    assert gan_mod.frechet_distance(c @ q, e @ q) == pytest.approx(gan_mod.frechet_distance(c, e), rel=1e-6)
+    assert gan_mod.frechet_distance(a2, a2) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(TrainingError, match="two"):
+        gan_mod.frechet_distance(a[:1], b)
+    with pytest.raises(TrainingError, match="two"):
+        gan_mod.frechet_distance(a2, b)
+
+
+def test_frozen_embedding_is_fixed_and_tells_structure_from_noise():
+    x = make_windows(n_songs=6).batch(np.arange(16))
+    f1 = gan_mod.embed_windows(x, float(x.mean()), float(x.std()))
+    gan_mod.frozen_embedding.cache_clear()  # a rebuilt embedding has the same weights
+    f2 = gan_mod.embed_windows(x, float(x.mean()), float(x.std()))
+    assert f1.shape == (16, gan_mod.EMBED_WIDTH) and np.array_equal(f1, f2)
+    assert not any(p.requires_grad for p in gan_mod.frozen_embedding().parameters())
+    real = make_windows(n_songs=20, seed=1).batch(np.arange(64))
+    other = make_windows(n_songs=20, seed=2).batch(np.arange(64))
+    noise = np.random.default_rng(0).normal(real.mean(), real.std(), real.shape).astype(np.float32)
+    c, s = float(real.mean()), float(real.std())
+    e_real = gan_mod.embed_windows(real, c, s)
+    same = gan_mod.frechet_distance(e_real, gan_mod.embed_windows(other, c, s))
+    far = gan_mod.frechet_distance(e_real, gan_mod.embed_windows(noise, c, s))
+    assert far > 5 * same
+
+
+def test_condition_scores_count_windows_in_their_quadrant():
+    def sampler(labels, seed):  # a "generator" whose windows are their labels; the scorer reads them back
+        return np.asarray(labels, np.float32).reshape(-1, 1, 1, 2)
+
+    flip = {"n": 0}
+
+    def scorer(x):  # reads the label, but flips valence of every 4th window
+        out = x.reshape(len(x), 2).astype(np.float64).copy()
+        out[::4, 0] *= -1
+        flip["n"] += 1
+        return out
+
+    rows = gan_mod.condition_scores(sampler, scorer, per_condition=8)
+    assert flip["n"] == len(gan_mod.SAMPLE_CONDITIONS)
+    assert rows[0]["condition"] == [0.7, 0.7] and rows[0]["in_quadrant"] == pytest.approx(0.75)
+    assert rows[0]["mean_score"] == pytest.approx([0.7 * 0.5, 0.7])
+    assert "in_quadrant" not in rows[-1]  # the centre is no quadrant
+
+
+def test_quality_is_logged_per_epoch_and_in_health(straight, train, tmp_path):
+    result, out, _, err = straight
+    assert all(h["FD"] > 0 and math.isfinite(h["FD"]) for h in result.history)
+    health = json.loads((out / "health.json").read_text())
+    q = health["quality"]
+    assert q["fd"] > 0 and "conditions" not in q
+    assert q["fd_real_floor"] is None  # 20 windows: no two disjoint real samples to compare
+    assert "sample FD" in err
+    sampler = GanSampler.load(result.generator_path)
+    real, labels, _ = gan_mod.quality_reference(train, 0)
+    assert gan_mod.sample_fd(sampler, real, labels, 0) == pytest.approx(q["fd"], rel=1e-6)
+    seen = []
+    res = fit_gan(
+        train,
+        gan_config(gan_epochs=1),
+        tmp_path,
+        progress=False,
+        scorer=lambda x: (seen.append(len(x)), np.tile([0.5, -0.5], (len(x), 1)))[1],
+    )
+    rows = res.health["quality"]["conditions"]
+    assert seen == [64] * 5 and rows[3]["condition"] == [0.7, -0.7] and rows[3]["in_quadrant"] == 1.0
+    assert rows[0]["in_quadrant"] == 0.0
+
+
+def test_v2_discriminator_wins_outright_without_the_recipe_handicaps():
+    """Unsmoothed targets, no noise, D alone against a fixed (freshly initialised, mean-matched) generator:
+    the v2 discriminator must separate real from generated windows of held-out songs almost perfectly."""
+    torch.manual_seed(0)
+    data = make_windows(n_songs=24, seed=3)
+    train_idx, test_idx = np.flatnonzero(data.index[:, 0] < 16), np.flatnonzero(data.index[:, 0] >= 16)
+    g = gan_mod.GeneratorV2(FEATURES.shape, 8)
+    with torch.no_grad():
+        g.out.bias.fill_(float(data.batch(train_idx).mean()))
+    sampler = GanSampler(g)
+    d = gan_mod.DiscriminatorV2(FEATURES.shape)
+    opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=gan_mod.ADAM_BETAS)
+    rng = np.random.default_rng(0)
+    for step in range(80):
+        b = rng.choice(train_idx, 16, replace=False)
+        y = torch.from_numpy(data.targets[b])
+        out = gan_mod.score(d, torch.from_numpy(data.batch(b)), torch.from_numpy(sampler(data.targets[b], step)), y)
+        loss = nn.functional.binary_cross_entropy_with_logits(out, torch.cat([torch.ones(16), torch.zeros(16)]))
+        optimizer_step(loss, d, opt)
+    d.eval()
+    with torch.no_grad():
+        y = torch.from_numpy(data.targets[test_idx])
+        d_real = torch.sigmoid(d(torch.from_numpy(data.batch(test_idx)), y)).mean().item()
+        d_fake = torch.sigmoid(d(torch.from_numpy(sampler(data.targets[test_idx], 999)), y)).mean().item()
+    assert d_real > 0.9 and d_fake < 0.1

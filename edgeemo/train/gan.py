@@ -1,7 +1,9 @@
 """Conditional spectrogram GAN for augmentation, trained with the stabilised recipe.
 
 Owns the generator G(z, valence, arousal) -> one log-mel window, the projection
-discriminator D(x, valence, arousal), the training loop and its outputs, and
+discriminator D(x, valence, arousal) in two versions chosen by ``GanConfig.nets`` (v1: a small
+transposed-conv G and a plain 4-conv D; v2: an upsample+conv G and a wider, spectrally
+normalised D with a mel-position input channel and minibatch-std), the training loop and its outputs, and
 :class:`GanSampler`, which loads the finished generator (``gen.pt``) and feeds
 generated windows to the teacher (it matches ``edgeemo.train.teacher.GanSampler``).
 
@@ -28,11 +30,12 @@ re-seeded from ``(seed, epoch)``, so a resumed run equals an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ from torch import nn
 
 from edgeemo import __version__
 from edgeemo.atomic import atomic_write_bytes, atomic_write_json
-from edgeemo.config import GanConfig, StageContext, to_plain
+from edgeemo.config import ADDED_FIELDS, GanConfig, StageContext, to_plain
 from edgeemo.data.windows import WindowSet
 from edgeemo.errors import TrainingError
 from edgeemo.log import log
@@ -130,8 +133,15 @@ def check_gan_config(cfg: GanConfig, shape: tuple[int, int]) -> None:
 
 
 # ----------------------------------------------------------------------------- networks
+def _checked_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    m, f = int(shape[0]), int(shape[1])
+    if m % _BASE or f % _BASE or m < _BASE or f < _BASE:
+        raise TrainingError(f"GAN needs n_mels and n_frames divisible by {_BASE}, got {m} x {f}")
+    return m, f
+
+
 class Generator(nn.Module):
-    """G(z, labels): latent ``z`` + (valence, arousal) -> one window ``(1, n_mels, n_frames)``.
+    """G(z, labels) for ``nets: v1``: latent ``z`` + (valence, arousal) -> one window ``(1, n_mels, n_frames)``.
 
     The labels go through a small linear embedding and are concatenated with ``z``; a
     linear layer makes a ``(width, n_mels/16, n_frames/16)`` map that four stride-2
@@ -139,11 +149,11 @@ class Generator(nn.Module):
     halving the channels each stage. Output is unbounded (log-mel scale).
     """
 
+    nets = "v1"
+
     def __init__(self, shape: tuple[int, int], latent_dim: int = 64, width: int = G_WIDTH) -> None:
         super().__init__()
-        m, f = int(shape[0]), int(shape[1])
-        if m % _BASE or f % _BASE or m < _BASE or f < _BASE:
-            raise TrainingError(f"GAN needs n_mels and n_frames divisible by {_BASE}, got {m} x {f}")
+        m, f = _checked_shape(shape)
         self.shape, self.latent_dim, self.width = (m, f), latent_dim, width
         self.label = nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2))
         self.fc = nn.Linear(latent_dim + 32, width * (m // _BASE) * (f // _BASE))
@@ -161,18 +171,19 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(x, labels) -> one logit per window (a projection discriminator).
+    """D(x, labels) for ``nets: v1`` -> one logit per window (a projection discriminator).
 
     Four stride-2 convolutions (LeakyReLU) give a ``(width, n_mels/16, n_frames/16)`` map;
     it is averaged over time only (frequency position matters in a spectrogram) and
     flattened to features ``h``. ``logit = linear(h) + <embed(labels), h> / sqrt(dim h)``.
     """
 
+    nets = "v1"
+    batch_statistics = False
+
     def __init__(self, shape: tuple[int, int], width: int = D_WIDTH) -> None:
         super().__init__()
-        m, f = int(shape[0]), int(shape[1])
-        if m % _BASE or f % _BASE or m < _BASE or f < _BASE:
-            raise TrainingError(f"GAN needs n_mels and n_frames divisible by {_BASE}, got {m} x {f}")
+        m, f = _checked_shape(shape)
         self.shape, self.width = (m, f), width
         chans = [1, width // 8, width // 4, width // 2, width]
         layers: list[nn.Module] = []
@@ -188,15 +199,125 @@ class Discriminator(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1) / math.sqrt(h.shape[1])
 
 
+G2_WIDTH = 64  # v2 generator channels at the (n_mels/16, n_frames/16) map; halved at every stage down to /8
+D2_WIDTH = 128  # v2 discriminator channels after its last stage
+MBSTD_GROUP = 4  # minibatch-std group size (the largest divisor of the batch up to this)
+
+
+def mel_position(x: torch.Tensor) -> torch.Tensor:
+    """A channel holding each row's mel-bin position in [-1, 1], shaped like ``x`` (B, 1, n_mels, n_frames)."""
+    pos = torch.linspace(-1.0, 1.0, x.shape[2], device=x.device, dtype=x.dtype)
+    return pos.view(1, 1, -1, 1).expand(x.shape[0], 1, x.shape[2], x.shape[3])
+
+
+def minibatch_std(h: torch.Tensor, group: int = MBSTD_GROUP) -> torch.Tensor:
+    """``h`` with one channel appended: per group of windows, the mean over features of the std across the group.
+
+    The group is the largest divisor of the batch up to ``group``; a batch of one gets a zero channel. Generated
+    windows that all look alike (mode collapse) give a std that real windows do not, which D can see.
+    """
+    n = h.shape[0]
+    g = max(k for k in range(1, min(group, n) + 1) if n % k == 0)
+    if g == 1:
+        stat = torch.zeros(n, 1, *h.shape[2:], device=h.device, dtype=h.dtype)
+    else:
+        grouped = h.reshape(g, n // g, *h.shape[1:])  # window i is in group i % (n // g)
+        std = torch.sqrt(grouped.var(dim=0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))  # (n // g,)
+        stat = std.view(1, -1, 1, 1, 1).expand(g, -1, 1, *h.shape[2:]).reshape(n, 1, *h.shape[2:])
+    return torch.cat([h, stat], 1)
+
+
+def _sn(module: nn.Module) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(module)
+
+
+class GeneratorV2(nn.Module):
+    """G(z, labels) for ``nets: v2``: the v1 conditioning, then four (nearest x2 upsample + 3x3 conv + BatchNorm +
+    LeakyReLU) stages, which grow the map without the checkerboard pattern of stride-2 transposed convolutions,
+    and a 3x3 output convolution. Channels: ``width`` halving per stage down to ``width / 8`` (kept at full size)."""
+
+    nets = "v2"
+
+    def __init__(self, shape: tuple[int, int], latent_dim: int = 64, width: int = G2_WIDTH) -> None:
+        super().__init__()
+        m, f = _checked_shape(shape)
+        self.shape, self.latent_dim, self.width = (m, f), latent_dim, width
+        self.label = nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2))
+        self.fc = nn.Linear(latent_dim + 32, width * (m // _BASE) * (f // _BASE))
+        chans = [width, width // 2, width // 4, width // 8, width // 8]
+        blocks: list[nn.Module] = [nn.BatchNorm2d(width), nn.LeakyReLU(0.2)]
+        for cin, cout in itertools.pairwise(chans):
+            blocks += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.2),
+            ]
+        self.up = nn.Sequential(*blocks)
+        self.out = nn.Conv2d(chans[-1], 1, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat([z, self.label(labels)], 1))
+        h = h.view(z.shape[0], self.width, self.shape[0] // _BASE, self.shape[1] // _BASE)
+        return self.out(self.up(h))
+
+
+class DiscriminatorV2(nn.Module):
+    """D(x, labels) for ``nets: v2``: a projection discriminator that can tell generated windows apart.
+
+    Frequency-aware input: the window plus a mel-position channel (:func:`mel_position`), so every filter knows
+    which band it looks at. Then four stride-2 4x4 convolutions (``width / 8`` ... ``width`` channels),
+    :func:`minibatch_std` and a 3x3 convolution; every convolution and
+    linear layer is spectrally normalised; LeakyReLU(0.2) throughout. The map is averaged over time only and
+    ``logit = linear(h) + <embed(labels), h> / sqrt(dim h)``. Because of the minibatch statistic, real and
+    generated windows must be scored in separate calls (``batch_statistics``).
+    """
+
+    nets = "v2"
+    batch_statistics = True
+
+    def __init__(self, shape: tuple[int, int], width: int = D2_WIDTH) -> None:
+        super().__init__()
+        m, f = _checked_shape(shape)
+        self.shape, self.width = (m, f), width
+        chans = [2, width // 8, width // 4, width // 2, width]
+        layers: list[nn.Module] = []
+        for cin, cout in itertools.pairwise(chans):
+            layers += [_sn(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        self.final = nn.Sequential(_sn(nn.Conv2d(width + 1, width, 3, padding=1)), nn.LeakyReLU(0.2))
+        dim = width * (m // _BASE)
+        self.linear = _sn(nn.Linear(dim, 1))
+        self.embed = _sn(nn.Linear(2, dim))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.features(torch.cat([x, mel_position(x)], 1))
+        h = self.final(minibatch_std(h)).mean(dim=3).flatten(1)
+        return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1) / math.sqrt(h.shape[1])
+
+
+GENERATORS: dict[str, type[nn.Module]] = {"v1": Generator, "v2": GeneratorV2}
+DISCRIMINATORS: dict[str, type[nn.Module]] = {"v1": Discriminator, "v2": DiscriminatorV2}
+
+
 def build_gan(
     cfg: GanConfig, shape: tuple[int, int]
-) -> tuple[Generator, Discriminator, torch.optim.Optimizer, torch.optim.Optimizer]:
-    """G, D and their Adam optimisers (betas (0.5, 0.999)); D's LR is ``gan_d_lr_mult`` x G's."""
-    g = Generator(shape, cfg.latent_dim)
-    d = Discriminator(shape)
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
+    """G, D (``cfg.nets``: v1 or v2) and their Adam optimisers (betas (0.5, 0.999)); D's LR is ``d_lr_mult`` x G's."""
+    if cfg.nets not in GENERATORS:
+        raise TrainingError(f"unknown gan.nets {cfg.nets!r}; choose one of {', '.join(GENERATORS)}")
+    g = GENERATORS[cfg.nets](shape, cfg.latent_dim)
+    d = DISCRIMINATORS[cfg.nets](shape)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr * cfg.d_lr_mult, betas=ADAM_BETAS)
     return g, d, opt_g, opt_d
+
+
+def score(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """D's logits for ``real`` then ``fake`` (same ``labels``): one call, or two for a D with batch statistics."""
+    if getattr(d, "batch_statistics", False):
+        return torch.cat([d(real, labels), d(fake, labels)])
+    return d(torch.cat([real, fake]), torch.cat([labels, labels]))
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -218,6 +339,102 @@ def diversity(x: np.ndarray, max_items: int = 128, seed: int = 0) -> float:
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
     iu = np.triu_indices(len(x), 1)
     return float(np.sqrt(d2[iu]).mean() / math.sqrt(x.shape[1]))
+
+
+EMBED_SEED = 20_240_601  # the frozen embedding's weights: fixed forever, so distances compare across runs
+EMBED_WIDTH = 64  # features of the frozen embedding
+QUALITY_WINDOWS = 128  # real and generated windows compared per Frechet distance
+
+
+@functools.lru_cache(maxsize=1)
+def frozen_embedding() -> nn.Module:
+    """A fixed, randomly initialised (seed ``EMBED_SEED``) conv net: window -> ``EMBED_WIDTH`` pooled features.
+
+    Three stride-2 3x3 convolutions (16, 32, 64 channels, ReLU, He-normal weights from a seeded generator, zero
+    biases), then the mean and the std of the last map over frequency and time, projected to ``EMBED_WIDTH`` by a
+    seeded random matrix. Random conv features are a standard frozen embedding for distances between image sets;
+    this one needs no download and never changes.
+    """
+    gen = torch.Generator().manual_seed(EMBED_SEED)
+    chans = (1, 16, 32, 64)
+    layers: list[nn.Module] = []
+    for cin, cout in itertools.pairwise(chans):
+        conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * math.sqrt(2.0 / (cin * 9)))
+            conv.bias.zero_()
+        layers += [conv, nn.ReLU()]
+    net = nn.Sequential(*layers)
+    proj = torch.randn(2 * chans[-1], EMBED_WIDTH, generator=gen) / math.sqrt(2 * chans[-1])
+
+    class Embedding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.register_buffer("proj", proj)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.net(x).flatten(2)
+            return torch.cat([h.mean(2), h.std(2)], 1) @ self.proj
+
+    return Embedding().eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def embed_windows(x: np.ndarray, center: float, scale: float, batch: int = 256) -> np.ndarray:
+    """:func:`frozen_embedding` features ``(n, EMBED_WIDTH)`` float64 of windows ``(n, 1, m, f)``, standardised
+    by ``(x - center) / scale`` first (the real windows' mean and std, the same for both sets compared; a scale of
+    ~0, from constant windows, counts as 1)."""
+    net = frozen_embedding()
+    x = (np.asarray(x, dtype=np.float32) - center) / (scale if scale > 1e-6 else 1.0)
+    out = [net(torch.from_numpy(np.ascontiguousarray(x[s : s + batch]))) for s in range(0, len(x), batch)]
+    return torch.cat(out).double().numpy() if out else np.zeros((0, EMBED_WIDTH))
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets ``a`` (n, k) and ``b`` (m, k):
+    ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))``, with ``tr((C_a C_b)^(1/2))`` computed as the sum of the
+    square roots of the eigenvalues of the symmetric ``C_a^(1/2) C_b C_a^(1/2)``. Needs two items per set."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise TrainingError(f"frechet_distance needs two (n >= 2, k) feature sets, got {a.shape} and {b.shape}")
+    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(ca)
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cb @ root_a), 0.0, None)).sum()
+    mean = float(((a.mean(0) - b.mean(0)) ** 2).sum())
+    return max(mean + float(np.trace(ca) + np.trace(cb) - 2.0 * cross), 0.0)
+
+
+def sample_fd(sampler: GanSampler, real: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    """Frechet distance on :func:`frozen_embedding` features between ``real`` windows and windows generated for
+    their ``labels`` (``seed``), both standardised by the real windows' mean and std."""
+    center, scale = float(real.mean()), float(real.std())
+    fake = sampler(labels, seed=seed)
+    return frechet_distance(embed_windows(real, center, scale), embed_windows(fake, center, scale))
+
+
+def condition_scores(
+    sampler: GanSampler,
+    scorer: Callable[[np.ndarray], np.ndarray],
+    per_condition: int = 64,
+    seed: int = 0,
+    conditions: tuple[tuple[float, float], ...] | None = None,
+) -> list[dict[str, Any]]:
+    """Do generated windows carry their condition? ``per_condition`` windows per (valence, arousal) condition
+    (default :data:`SAMPLE_CONDITIONS`) scored by ``scorer`` (windows -> (n, 2), e.g. a bundle's
+    ``EmotionModel.predict_windows`` or a teacher): the mean score and, for a quadrant condition, the share of
+    windows scored in that quadrant (signs of both outputs match)."""
+    out = []
+    for v, a in conditions or SAMPLE_CONDITIONS:
+        pred = np.asarray(scorer(sampler(np.tile([v, a], (per_condition, 1)), seed=seed)), np.float64)
+        row: dict[str, Any] = {"condition": [v, a], "mean_score": [float(x) for x in pred.mean(0)]}
+        if v != 0.0 and a != 0.0:
+            row["in_quadrant"] = float(
+                ((np.sign(pred[:, 0]) == np.sign(v)) & (np.sign(pred[:, 1]) == np.sign(a))).mean()
+            )
+        out.append(row)
+    return out
 
 
 def health_check(
@@ -310,7 +527,7 @@ class GanSampler:
     and seed give the same windows (the latent of row ``i`` depends only on ``seed`` and ``i``).
     """
 
-    def __init__(self, generator: Generator, device: str = "cpu", batch_size: int = 256) -> None:
+    def __init__(self, generator: nn.Module, device: str = "cpu", batch_size: int = 256) -> None:
         self.g = generator.to(device).eval()
         self.latent_dim = generator.latent_dim
         self.shape = generator.shape
@@ -344,12 +561,16 @@ class GanSampler:
         return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
-def _spec(g: Generator) -> dict[str, Any]:
-    return {"shape": list(g.shape), "latent_dim": g.latent_dim, "width": g.width}
+def _spec(g: nn.Module) -> dict[str, Any]:
+    return {"shape": list(g.shape), "latent_dim": g.latent_dim, "width": g.width, "nets": g.nets}
 
 
-def _generator_from(spec: dict[str, Any], state: dict[str, Any]) -> Generator:
-    g = Generator(tuple(spec["shape"]), spec["latent_dim"], spec.get("width", G_WIDTH))
+def _generator_from(spec: dict[str, Any], state: dict[str, Any]) -> nn.Module:
+    nets = spec.get("nets", "v1")
+    if nets not in GENERATORS:
+        raise TrainingError(f"generator file names unknown nets {nets!r}")
+    cls = GENERATORS[nets]
+    g = cls(tuple(spec["shape"]), spec["latent_dim"], spec.get("width", G_WIDTH if nets == "v1" else G2_WIDTH))
     g.load_state_dict(state)
     return g.eval()
 
@@ -434,8 +655,10 @@ class GanResult:
 
 def gan_recipe(cfg: GanConfig, ctx: StageContext) -> dict[str, Any]:
     """The settings a trained GAN depends on (compared on resume and reuse): its section but the mixing ratio,
-    and the run's front end, seed and windows per song."""
-    keep = {k: v for k, v in to_plain(cfg).items() if k != "ratio"}
+    and the run's front end, seed and windows per song. A field added later is left out at its neutral value, so a
+    GAN trained before the field existed is still recognised."""
+    added = {k.removeprefix("gan."): v for k, v in ADDED_FIELDS.items() if k.startswith("gan.")}
+    keep = {k: v for k, v in to_plain(cfg).items() if k != "ratio" and not (k in added and added[k] == v)}
     return keep | {"features": ctx.features.to_dict(), "seed": ctx.seed, "windows_per_song": ctx.windows_per_song}
 
 
@@ -447,9 +670,9 @@ def _recipe_mismatch(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
     return ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
 
 
-def _recipe_line(cfg: GanConfig, g: Generator, d: Discriminator) -> str:
+def _recipe_line(cfg: GanConfig, g: nn.Module, d: nn.Module) -> str:
     return (
-        f"[gan] G {count_parameters(g) / 1e3:.0f}k params, D {count_parameters(d) / 1e3:.0f}k | "
+        f"[gan] nets {cfg.nets}: G {count_parameters(g) / 1e3:.0f}k params, D {count_parameters(d) / 1e3:.0f}k | "
         f"lr G {cfg.lr:g}, D {cfg.lr * cfg.d_lr_mult:g} (x{cfg.d_lr_mult:g}) | "
         f"D targets real {cfg.real_label:g} fake {cfg.fake_label:g} | "
         f"instance noise {cfg.noise_std:g} -> {cfg.noise_min:g} | "
@@ -476,13 +699,37 @@ def _finite(value: torch.Tensor, what: str, epoch: int, iteration: int, last_pat
         )
 
 
-def train_gan(train: WindowSet, cfg: GanConfig, ctx: StageContext, out_dir: Path, progress: bool = True) -> GanResult:
+def quality_reference(train: WindowSet, seed: int) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """The fixed real sample quality is measured on (``QUALITY_WINDOWS`` seeded windows and their labels) and the
+    Frechet distance between it and a disjoint real sample (the floor a perfect G would reach; None when the set
+    has too few windows for one)."""
+    order = np.random.default_rng([seed, 99]).permutation(len(train))
+    pick, other = order[:QUALITY_WINDOWS], order[QUALITY_WINDOWS : 2 * QUALITY_WINDOWS]
+    real = train.batch(pick)
+    floor = None
+    if len(other) >= 2:
+        center, scale = float(real.mean()), float(real.std())
+        floor = frechet_distance(embed_windows(real, center, scale), embed_windows(train.batch(other), center, scale))
+    return real, np.ascontiguousarray(train.targets[pick], dtype=np.float32), floor
+
+
+def train_gan(
+    train: WindowSet,
+    cfg: GanConfig,
+    ctx: StageContext,
+    out_dir: Path,
+    progress: bool = True,
+    scorer: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> GanResult:
     """Train the conditional GAN on ``train``'s windows with the stabilised recipe; resume or reuse when possible.
 
     Each epoch draws ``epoch_window_indices(train, ctx.windows_per_song, ctx.seed, epoch)``
     (0-based epoch), shuffles it and iterates in batches of ``cfg.batch_size`` with the
     windows' targets as conditions. Writes ``last.pt`` (every epoch), ``metrics.jsonl``,
     ``curves.png``, ``health.json``, ``samples.png`` and finally ``gen.pt`` to ``out_dir``.
+    Sample quality: every epoch records ``FD``, the Frechet distance (:func:`sample_fd`) between a fixed real sample
+    and windows generated for its labels; ``health.json`` adds ``quality`` (the final FD, the real-vs-real floor
+    and, with a ``scorer`` (windows -> (n, 2)), :func:`condition_scores`).
     An existing ``gen.pt`` trained with the same settings is returned without training;
     one (or a ``last.pt``) from other settings raises :class:`TrainingError`. A NaN or
     infinite loss raises :class:`TrainingError` naming the epoch; ``last.pt`` then still
@@ -532,6 +779,7 @@ def train_gan(train: WindowSet, cfg: GanConfig, ctx: StageContext, out_dir: Path
     else:
         log(_recipe_line(cfg, g, d))
     bs, epochs = cfg.batch_size, cfg.epochs
+    q_real, q_labels, fd_floor = quality_reference(train, ctx.seed)
     for epoch in range(start, epochs):  # 0-based here; recorded 1-based like the other stages
         t0 = time.perf_counter()
         seed_everything(ctx.seed * 100_003 + 70_001 + epoch)
@@ -552,7 +800,8 @@ def train_gan(train: WindowSet, cfg: GanConfig, ctx: StageContext, out_dir: Path
                 with torch.no_grad():
                     fake = g(torch.randn(n, cfg.latent_dim, device=device), y)
                 both = torch.cat([real, fake])
-                out = d(both + sigma * torch.randn_like(both), torch.cat([y, y]))  # instance noise on real and fake
+                both = both + sigma * torch.randn_like(both)  # instance noise on real and fake
+                out = score(d, both[:n], both[n:], y)
                 out_real, out_fake = out[:n], out[n:]
                 loss_d = 0.5 * (
                     _bce(out_real, smoothed_targets(n, True, cfg).to(device))
@@ -597,6 +846,7 @@ def train_gan(train: WindowSet, cfg: GanConfig, ctx: StageContext, out_dir: Path
             "G_grad_norm": sums["G_grad_norm"] / max(g_steps, 1),
             "D_clipped_frac": d_clipped / max(d_steps, 1),
             "G_clipped_frac": g_clipped / max(g_steps, 1),
+            "FD": sample_fd(GanSampler(g, str(device)), q_real, q_labels, ctx.seed),
             "seconds": round(time.perf_counter() - t0, 2),
         }
         history.append(rec)
@@ -621,7 +871,7 @@ def train_gan(train: WindowSet, cfg: GanConfig, ctx: StageContext, out_dir: Path
             f"[gan] epoch {epoch + 1}/{epochs} D_loss {rec['D_loss']:.3f} G_loss {rec['G_loss']:.3f} | "
             f"D_real {rec['D_real']:.3f} D_fake {rec['D_fake']:.3f} | noise {sigma:.3f} | "
             f"D steps {d_steps} G steps {g_steps} | "
-            f"clipped D {rec['D_clipped_frac']:.0%} G {rec['G_clipped_frac']:.0%} | "
+            f"clipped D {rec['D_clipped_frac']:.0%} G {rec['G_clipped_frac']:.0%} | FD {rec['FD']:.3f} | "
             f"{rec['seconds']:.1f} s"
         )
 
@@ -632,6 +882,18 @@ def train_gan(train: WindowSet, cfg: GanConfig, ctx: StageContext, out_dir: Path
     ratio = diversity(sampler(train.targets[pick], seed=ctx.seed)) / real_div if real_div > 0 else float("nan")
     health = health_check(history, ratio, cfg.real_label, cfg.fake_label)
     health["real_diversity"] = real_div
+    quality: dict[str, Any] = {"fd": sample_fd(sampler, q_real, q_labels, ctx.seed), "fd_real_floor": fd_floor}
+    if scorer is not None:
+        quality["conditions"] = condition_scores(sampler, scorer, seed=ctx.seed)
+    health["quality"] = quality
+    floor_text = "n/a" if fd_floor is None else f"{fd_floor:.3f}"
+    log(f"GAN health: sample FD {quality['fd']:.3f} (real vs real {floor_text})")
+    for row in quality.get("conditions", []):
+        hit = f", {row['in_quadrant']:.0%} in its quadrant" if "in_quadrant" in row else ""
+        log(
+            f"GAN health: generated for v{row['condition'][0]:+.1f} a{row['condition'][1]:+.1f} score "
+            f"v{row['mean_score'][0]:+.2f} a{row['mean_score'][1]:+.2f}{hit}"
+        )
     for msg in health["messages"]:
         log(f"GAN health: {msg}")
     log(f"GAN health: {'OK' if health['ok'] else 'WARNING: outside the healthy ranges (training continues)'}")
