@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeemo.bundle import INPUT_NAME, OUTPUT_NAME, open_session
+from edgeemo.bundle import INPUT_NAME, OUTPUT_NAME, OUTPUT_RANGE, open_session
 from edgeemo.errors import EdgeemoError
 from edgeemo.runtime.limits import check_threads
 
@@ -53,9 +53,18 @@ def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, int]
     return path
 
 
+def is_weights_only(path: Path) -> bool:
+    """True for a model in the ``weights`` format: DequantizeLinear nodes but no QuantizeLinear."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    return "DequantizeLinear" in ops and "QuantizeLinear" not in ops
+
+
 def onnx_session(path: Path, threads: int = 1):
-    """An onnxruntime session over ``path`` (:func:`edgeemo.bundle.open_session`, threads checked)."""
-    return open_session(path, check_threads(threads))
+    """An onnxruntime session over ``path`` opened as the runtime opens it (:func:`edgeemo.bundle.open_session`,
+    threads checked, the weights of a ``weights``-format model folded)."""
+    return open_session(path, check_threads(threads), fold_weights=is_weights_only(Path(path)))
 
 
 def onnx_predict(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -85,6 +94,7 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, windows: np.ndarray, t
 
 
 def onnx_predictor(path: Path, threads: int = 1):
-    """A numpy predictor ``(B, 1, n_mels, n_frames) -> (B, 2)`` over an ONNX file."""
+    """A numpy predictor ``(B, 1, n_mels, n_frames) -> (B, 2)`` over an ONNX file, as the runtime runs it: the same
+    session options and outputs clipped to [-1, 1] (so the figures an export measures are what apps get)."""
     session = onnx_session(path, threads)
-    return lambda x: onnx_predict(session, x)
+    return lambda x: np.clip(onnx_predict(session, x), *OUTPUT_RANGE)

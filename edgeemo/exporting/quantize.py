@@ -37,9 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeemo.bundle import INPUT_NAME, OUTPUT_NAME, WEIGHTS_ONLY_FORMAT, open_session
-from edgeemo.exporting.onnx import ExportError
-from edgeemo.runtime.limits import check_threads
+from edgeemo.bundle import INPUT_NAME, OUTPUT_NAME, WEIGHTS_ONLY_FORMAT
+from edgeemo.exporting.onnx import ExportError, onnx_session
 
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")  # the op types whose weights the weight-only format stores as int8
 
@@ -274,14 +273,6 @@ def _quantize(fp32_path: Path, out_path: Path, reader, recipe: QuantRecipe, type
     return out_path
 
 
-def is_weights_only(path: Path) -> bool:
-    """True for a model in the ``weights`` format: DequantizeLinear nodes but no QuantizeLinear."""
-    import onnx
-
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-    return "DequantizeLinear" in ops and "QuantizeLinear" not in ops
-
-
 def strip_activation_qdq(path: Path) -> None:
     """Remove every QuantizeLinear -> DequantizeLinear pair on an activation from a QDQ model (in place).
 
@@ -323,7 +314,7 @@ def median_latency_ms(
     model_path: Path, shape: tuple[int, int], runs: int = 50, threads: int = 1
 ) -> tuple[float, float]:
     """Median and p95 single-window latency (ms) after warm-up."""
-    sess = open_session(model_path, check_threads(threads), fold_weights=is_weights_only(model_path))
+    sess = onnx_session(model_path, threads)
     x = np.random.default_rng(0).standard_normal((1, 1, *shape)).astype(np.float32)
     for _ in range(5):
         sess.run([OUTPUT_NAME], {INPUT_NAME: x})
