@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeemo.config import default_cache_root
 from edgeemo.data.types import Song
 from edgeemo.errors import AudioError, DataError
 from edgeemo.features import FeatureConfig, log_mel, pad_to_window
@@ -29,8 +30,8 @@ from edgeemo.runtime.audio import load_audio
 
 
 def default_cache_dir() -> Path:
-    """``$EDGEEMO_CACHE`` or ``~/.cache/edgeemo``."""
-    return Path(os.environ.get("EDGEEMO_CACHE", Path.home() / ".cache" / "edgeemo"))
+    """``$EDGEEMO_CACHE`` or ``~/.cache/edgeemo`` (:func:`edgeemo.config.default_cache_root`, the named root)."""
+    return default_cache_root()
 
 
 def _song_key(song: Song) -> str:

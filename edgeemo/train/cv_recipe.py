@@ -67,7 +67,8 @@ def score_songs(run_dir: Path, bundle: Path, test: Sequence[Song], role: str) ->
     from edgeemo.features import FeatureConfig
     from edgeemo.train.models import load_model
 
-    features = FeatureConfig.from_dict(load_card(bundle)["feature_config"])
+    card = load_card(bundle)
+    features = FeatureConfig.from_dict(card["feature_config"])
     windows = build_windows(list(test), features, default_cache_dir(), strict=True, progress=False)
     if role == "teacher":
         model, _ = load_model(run_dir / "teacher" / "best.pt")
@@ -77,7 +78,7 @@ def score_songs(run_dir: Path, bundle: Path, test: Sequence[Song], role: str) ->
                 return model(torch.from_numpy(x)).numpy()
 
     else:
-        name = load_card(bundle)["default_model"] if role == "int8" else FP32_NAME
+        name = card["default_model"] if role == "int8" else FP32_NAME
         predict = onnx_predictor(bundle / name)
     return windows.song_means(predict_windowset(predict, windows))
 
