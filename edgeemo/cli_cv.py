@@ -83,6 +83,10 @@ def cv_cmd(
         from edgeemo.train.cv_recipe import register
 
         register()
+    if any(s.startswith("hybrid:") for s in specs):
+        from edgeemo.train.cv_hybrid import register as register_hybrid
+
+        register_hybrid()
     made = [make_system(s, cache, progress=not quiet) for s in specs]  # bad specs fail before any work
     split = grouped_folds(songs, folds, seed, stratify=not no_stratify)
     work = work or _default_work(data_path, folds, seed)

@@ -80,6 +80,10 @@ class Regressor(nn.Module):
 def _create_backbone(spec: dict[str, Any]) -> nn.Module:
     import timm
 
+    if spec["arch"] == "musicnn_token_vit":  # a ViT over musicnn's token frames
+        from edgeemo.train.tokenvit import TokenViT
+
+        return TokenViT(**spec.get("kwargs", {}))
     kwargs: dict[str, Any] = dict(spec.get("kwargs", {}))
     if spec["role"] == "teacher":
         kwargs["img_size"] = tuple(spec["input_shape"])
@@ -123,8 +127,6 @@ def build_model(spec: dict[str, Any]) -> Regressor:
     else:
         head = nn.Sequential(nn.Dropout(0.1), nn.Linear(width, 2))
     return Regressor(backbone, head, spec)
-
-
 
 
 def teacher_spec(

@@ -1,0 +1,258 @@
+"""A hybrid ViT teacher over MSD-musicnn's pretrained front end, and its student distilled on shared views.
+
+The teacher is a :class:`~edgeemo.train.tokenvit.TokenViT` (timm's hybrid-ViT pattern: musicnn's
+pretrained front end and midend embed the patches) with the 3-layer regression head. Owns the
+teacher stage over tokens (:func:`train_token_teacher`), the teacher's outputs on
+every window of a :class:`~edgeemo.train.viewset.ViewSet` (:func:`token_teacher_outputs`) and the
+student stage (:func:`train_view_student`): the MobileViT student learns, on the log-mel of the
+very view the teacher heard, the teacher's outputs on every window -- labelled songs and unlabeled
+audio alike -- plus the labels where there are labels. Both stages run the shared loop
+(checkpoints every epoch, resume from ``last.pt``). Validation is on labelled songs, view 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from edgeemo import metrics
+from edgeemo.errors import TrainingError
+from edgeemo.features import FeatureConfig
+from edgeemo.train.loop import FitConfig, FitResult, fit, resolve_device
+from edgeemo.train.models import Regressor, build_model, load_backbone, load_model, param_groups, student_spec
+from edgeemo.train.tokenvit import token_vit_spec
+from edgeemo.train.viewset import MelWindows, TokenWindows, ViewSet
+
+
+@dataclass(frozen=True)
+class TokenTeacherSettings:
+    dim: int = 192
+    depth: int = 6
+    heads: int = 3
+    drop_path: float = 0.1
+    epochs: int = 10
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    batch_size: int = 64
+    windows_per_entry: int = 12  # windows drawn per (song, view) each epoch
+    patience: int | None = None
+
+
+@dataclass(frozen=True)
+class ViewStudentSettings:
+    arch: str = "mobilevit_xxs"
+    epochs: int = 6
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    batch_size: int = 32
+    windows_per_entry: int = 6
+    task_weight: float = 0.5
+    output_weight: float = 1.0
+    patience: int | None = None
+
+
+def viewset_report(data: ViewSet, preds: np.ndarray) -> dict[str, float]:
+    """Window CCC per dimension and their mean against the labels, plus item-level quadrant figures."""
+    labels = data.window_labels()
+    out = {
+        "ccc_valence": metrics.ccc(labels[:, 0], preds[:, 0]),
+        "ccc_arousal": metrics.ccc(labels[:, 1], preds[:, 1]),
+    }
+    out["ccc_mean"] = (out["ccc_valence"] + out["ccc_arousal"]) / 2
+    means = data.item_means(preds)
+    seen = np.isfinite(means[:, 0])
+    truth = metrics.quadrant_of(data.labels[seen, 0], data.labels[seen, 1])
+    q = metrics.quadrant_report(truth, means[seen, 0], means[seen, 1])
+    out.update({k: float(q[k]) for k in ("quadrant_macro_f1", "valence_auc", "arousal_auc") if k in q})
+    return out
+
+
+def _predict(fn, n: int, batch: Any, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    outs = []
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x = torch.from_numpy(batch(range(i, min(n, i + batch_size)))).to(device)
+            outs.append(fn(x).float().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 2), np.float32)
+
+
+def _epoch_subset(data: Dataset, entry_of: np.ndarray, per_entry: int, seed: int, epoch: int) -> Subset:
+    """At most ``per_entry`` windows of each entry, redrawn every epoch (repeatable)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(entry_of))
+    seen: dict[int, int] = {}
+    keep = []
+    for i in order:
+        e = int(entry_of[i])
+        if seen.get(e, 0) < per_entry:
+            seen[e] = seen.get(e, 0) + 1
+            keep.append(int(i))
+    return Subset(data, sorted(keep))
+
+
+class TokenTeacherStage:
+    name = "teacher"
+    score_key = "ccc_mean"
+
+    def __init__(self, model: Regressor, settings: TokenTeacherSettings) -> None:
+        self.model = model
+        self.settings = settings
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = nn.functional.mse_loss(self.model(x).float(), y)
+        return loss, {"loss": loss.item()}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def validate(self, val: ViewSet, device: torch.device, batch_size: int) -> dict[str, float]:
+        preds = _predict(self.model, len(val), lambda idx: np.stack([val.tokens(i) for i in idx]), device)
+        return viewset_report(val, preds)
+
+    def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"model_spec": self.model.spec, "stage_config": {"teacher": asdict(self.settings)}}
+
+
+def token_stats(data: ViewSet, max_entries: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and sd of the token frames of (up to ``max_entries``) entries of ``data``."""
+    step = max(1, len(data.views) // max_entries)
+    frames = np.concatenate([np.asarray(v.tokens, np.float32) for v in data.views[::step]])
+    return frames.mean(axis=0), frames.std(axis=0)
+
+
+def train_token_teacher(
+    train: ViewSet,
+    val: ViewSet,
+    out_dir: Path,
+    settings: TokenTeacherSettings,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> tuple[Regressor, FitResult]:
+    """Fit the token ViT on the labelled windows of ``train`` (all views); select on ``val``. Resumable."""
+    torch.manual_seed(seed)
+    model = build_model(token_vit_spec(settings.dim, settings.depth, settings.heads, settings.drop_path))
+    model.backbone.set_token_stats(*token_stats(train))
+    data = TokenWindows(train)
+    if len(data) == 0:
+        raise TrainingError("the token teacher has no labelled window to learn from")
+    entry_of = data.data.index[:, 0]
+    groups = param_groups(model, settings.lr, 1.0, settings.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+    cfg = FitConfig(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        accum_steps=1,
+        patience=settings.patience,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    result = fit(
+        TokenTeacherStage(model, settings),
+        optimizer,
+        lambda epoch: _epoch_subset(data, entry_of, settings.windows_per_entry, seed, epoch),
+        val,
+        out_dir,
+        cfg,
+    )
+    model, _ = load_model(Path(out_dir) / "best.pt")
+    return model, result
+
+
+def token_teacher_outputs(model: Regressor, data: ViewSet, device: str = "auto") -> np.ndarray:
+    """``(len(data), 2)``: the teacher's outputs on every window of ``data``."""
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    return _predict(model, len(data), lambda idx: np.stack([data.tokens(i) for i in idx]), dev)
+
+
+class ViewDistillStage:
+    name = "student"
+    score_key = "ccc_mean"
+
+    def __init__(
+        self, student: Regressor, settings: ViewStudentSettings, features: FeatureConfig | None = None
+    ) -> None:
+        self.student = student
+        self.model = nn.ModuleDict({"student": student})  # checkpoints as the student stage's: "student." keys
+        self.settings = settings
+        self.features = features
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        y, has, t_out = target[:, :2], target[:, 2:3], target[:, 3:5]
+        out = self.student(x).float()
+        task = ((out - y) ** 2 * has).sum() / (2 * has.sum()).clamp(min=1.0)
+        kd = nn.functional.mse_loss(out, t_out)
+        total = self.settings.task_weight * task + self.settings.output_weight * kd
+        return total, {"loss": total.item(), "task": task.item(), "kd": kd.item()}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def validate(self, val: ViewSet, device: torch.device, batch_size: int) -> dict[str, float]:
+        preds = _predict(self.student, len(val), lambda idx: np.stack([val.mel(i) for i in idx])[:, None], device, 64)
+        return viewset_report(val, preds)
+
+    def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "model_spec": self.student.spec,
+            "feature_config": None if self.features is None else self.features.to_dict(),
+            "stage_config": {"student": asdict(self.settings)},
+        }
+
+
+def train_view_student(
+    train: ViewSet,
+    teacher_out: np.ndarray,
+    val: ViewSet,
+    out_dir: Path,
+    settings: ViewStudentSettings,
+    *,
+    backbone: Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> tuple[Regressor, FitResult]:
+    """Distil ``teacher_out`` (one row per window of ``train``) and the labels into the student. Resumable."""
+    if len(teacher_out) != len(train):
+        raise TrainingError(f"teacher outputs ({len(teacher_out)}) do not match the windows ({len(train)})")
+    torch.manual_seed(seed)
+    student = build_model(student_spec(settings.arch, train.features.shape))
+    if backbone is not None:
+        load_backbone(student, backbone)
+    data = MelWindows(train, teacher_out)
+    entry_of = train.index[:, 0]
+    optimizer = torch.optim.AdamW(param_groups(student, settings.lr, 1.0, settings.weight_decay), lr=settings.lr)
+    cfg = FitConfig(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        accum_steps=1,
+        patience=settings.patience,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    result = fit(
+        ViewDistillStage(student, settings, train.features),
+        optimizer,
+        lambda epoch: _epoch_subset(data, entry_of, settings.windows_per_entry, seed, epoch),
+        val,
+        out_dir,
+        cfg,
+    )
+    student, _ = load_model(Path(out_dir) / "best.pt")
+    return student, result

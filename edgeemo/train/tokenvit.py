@@ -1,0 +1,67 @@
+"""The hybrid ViT backbone over MSD-musicnn's pretrained front end (timm's hybrid-ViT pattern).
+
+Owns :class:`TokenViT`: musicnn's front end and midend embed the patches -- their 1506-d token
+frames (:mod:`edgeemo.train.views`) are standardised with stored statistics, projected to the ViT
+width and read by a class token through timm ViT blocks -- and :func:`token_vit_spec`, the model
+spec :func:`edgeemo.train.models.build_model` builds it from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeemo.train.views import N_TOKENS, TOKEN_DIM
+
+TOKEN_VIT = "musicnn_token_vit"
+
+
+class TokenViT(nn.Module):
+    """ViT blocks over musicnn token frames ``(B, N_TOKENS, 1506)`` -> class-token features ``(B, dim)``."""
+
+    def __init__(
+        self,
+        dim: int = 192,
+        depth: int = 6,
+        heads: int = 3,
+        n_tokens: int = N_TOKENS,
+        token_dim: int = TOKEN_DIM,
+        drop_path: float = 0.1,
+        token_drop: float = 0.1,
+    ) -> None:
+        from timm.models.vision_transformer import Block
+
+        super().__init__()
+        self.num_features = dim
+        self.register_buffer("token_mean", torch.zeros(token_dim))
+        self.register_buffer("token_std", torch.ones(token_dim))
+        self.proj = nn.Linear(token_dim, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, n_tokens + 1, dim) * 0.02)
+        self.token_drop = nn.Dropout(token_drop)
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.Sequential(*(Block(dim, heads, qkv_bias=True, drop_path=r) for r in rates))
+        self.norm = nn.LayerNorm(dim)
+
+    def set_token_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.token_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.token_std.copy_(torch.as_tensor(np.maximum(std, 1e-3), dtype=torch.float32))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.proj((tokens - self.token_mean) / self.token_std)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.blocks(self.token_drop(x))
+        return self.norm(x)[:, 0]
+
+
+def token_vit_spec(dim: int = 192, depth: int = 6, heads: int = 3, drop_path: float = 0.1) -> dict[str, Any]:
+    return {
+        "role": "teacher",
+        "arch": TOKEN_VIT,
+        "input": "musicnn_tokens",
+        "input_shape": [N_TOKENS, TOKEN_DIM],
+        "kwargs": {"dim": dim, "depth": depth, "heads": heads, "drop_path": drop_path},
+    }

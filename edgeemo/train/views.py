@@ -1,0 +1,207 @@
+"""Augmented views of audio files, cached: what the student sees and what musicnn hears, from the same sound.
+
+Owns the view augmentations (:func:`view_params`: view 0 is the file as is; view ``v > 0`` is
+the file played faster or slower, tilted in EQ and changed in level, each drawn from the
+file's content digest, ``v`` and a seed, so every view is repeatable), :func:`render_view`,
+musicnn's *token frames* of a signal (:func:`musicnn_tokens`: the 753 channels of musicnn's
+front end and midend, mean- and max-pooled over groups of :data:`TOKEN_POOL` frames, i.e. one
+1506-d token every 0.256 s, computed on the whole file in overlapping segments so a long track
+costs no more memory than a clip) and the per-file, per-view cache of both the student's
+log-mel frames and the token frames (:func:`file_view`). A window of the student
+(:class:`~edgeemo.features.FeatureConfig` hop and length) is matched to the :data:`N_TOKENS`
+tokens centred on the same time (:func:`token_windows`), so a teacher over tokens and the
+student over log-mel see one moment of one augmented sound: distillation is consistent
+(Beyer et al. 2022) without running musicnn at every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeemo.errors import AudioError
+from edgeemo.features import FeatureConfig, frame_windows, log_mel
+from edgeemo.filehash import content_digest
+from edgeemo.runtime.audio import load_audio, resample
+
+SAMPLE_RATE = 16000  # musicnn's rate; the student's features must use it too
+TOKEN_POOL = 16  # musicnn frames (16 ms each) per token
+N_TOKENS = 15  # tokens per student window: 15 x 0.256 s = 3.84 s, inside a 4 s window
+TOKEN_DIM = 2 * 753  # mean and max of musicnn's 753 front-end + midend channels
+SPEED_SEMITONES = 3.0
+GAIN_DB = (-9.0, 3.0)
+TILT_DB_PER_OCTAVE = 3.0
+_SEGMENT = 3750  # musicnn frames per segment (60 s), plus a margin each side
+_MARGIN = 160  # > the longest temporal filter (128 frames) + the midend's 3 x 7-frame convs
+_HOP_S = 256 / SAMPLE_RATE
+MAX_SECONDS = 120.0  # by default a longer file is analysed in its middle 120 s
+VIEW_FORMAT = "edgeemo-view-v1"
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """One augmented view: play ``speed`` times faster, tilt the spectrum by ``tilt_db`` per octave
+    around 1 kHz, scale by ``gain_db``. View 0 is the identity."""
+
+    speed: float = 1.0
+    tilt_db: float = 0.0
+    gain_db: float = 0.0
+
+
+def view_params(digest: str, view: int, seed: int) -> ViewParams:
+    """The parameters of ``view`` of the file with content ``digest`` (view 0: the file as is)."""
+    if view < 0:
+        raise ValueError(f"view must be >= 0, got {view}")
+    if view == 0:
+        return ViewParams()
+    rng = np.random.default_rng([int(seed), int(digest[:12], 16), int(view)])
+    semis = rng.uniform(-SPEED_SEMITONES, SPEED_SEMITONES)
+    return ViewParams(
+        speed=float(2.0 ** (semis / 12.0)),
+        tilt_db=float(rng.uniform(-TILT_DB_PER_OCTAVE, TILT_DB_PER_OCTAVE)),
+        gain_db=float(rng.uniform(*GAIN_DB)),
+    )
+
+
+def render_view(signal: np.ndarray, params: ViewParams, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``signal`` as heard in the view: speed change (pitch and tempo), spectral tilt, gain; float32."""
+    x = np.asarray(signal, dtype=np.float32)
+    if params.speed != 1.0:
+        x = resample(x, sample_rate * params.speed, sample_rate)
+    if params.tilt_db != 0.0 and x.size > 1:
+        spec = np.fft.rfft(x.astype(np.float64))
+        freqs = np.fft.rfftfreq(x.size, 1.0 / sample_rate)
+        octaves = np.log2(np.maximum(freqs, 20.0) / 1000.0)
+        gain_db = np.clip(params.tilt_db * octaves, -12.0, 12.0)
+        x = np.fft.irfft(spec * 10.0 ** (gain_db / 20.0), n=x.size).astype(np.float32)
+    if params.gain_db != 0.0:
+        x = x * np.float32(10.0 ** (params.gain_db / 20.0))
+    return np.clip(x, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def musicnn_tokens(model, signal16k: np.ndarray) -> np.ndarray:
+    """``(n_tokens, 1506)`` float16 token frames of a 16 kHz signal (mean then max per 753 channels).
+
+    musicnn runs on the whole signal (its convolutions slide in time) in 60 s segments with
+    margins, so the frames equal those of one pass over the file.
+    """
+    import torch
+
+    from edgeemo.pretrained.musicnn import musicnn_input
+
+    mel = musicnn_input(signal16k)  # (T, 96)
+    total = mel.shape[0]
+    parts = []
+    with torch.no_grad():
+        for start in range(0, total, _SEGMENT):
+            lo, hi = max(0, start - _MARGIN), min(total, start + _SEGMENT + _MARGIN)
+            out = model(torch.from_numpy(np.ascontiguousarray(mel[lo:hi], dtype=np.float32))[None])
+            mid = torch.cat([out[k][0] for k in ("timbral", "temporal", "cnn1", "cnn2", "cnn3")], dim=1)
+            keep = min(_SEGMENT, total - start)
+            parts.append(mid[start - lo : start - lo + keep].numpy())
+    frames = np.concatenate(parts)  # (T, 753)
+    n = frames.shape[0] // TOKEN_POOL
+    if n == 0:
+        raise AudioError(f"shorter than one musicnn token ({TOKEN_POOL * _HOP_S:.3f} s)")
+    grouped = frames[: n * TOKEN_POOL].reshape(n, TOKEN_POOL, frames.shape[1])
+    return np.concatenate([grouped.mean(axis=1), grouped.max(axis=1)], axis=1).astype(np.float16)
+
+
+def token_start(center_s: np.ndarray, n_tokens_total: int) -> np.ndarray:
+    """Index of the first of the :data:`N_TOKENS` tokens centred on each time (clamped inside the file)."""
+    token_center0 = (TOKEN_POOL / 2 + 1) * _HOP_S  # token k is centred at token_center0 + k * 0.256 s
+    k0 = np.rint((np.asarray(center_s, dtype=np.float64) - token_center0) / (TOKEN_POOL * _HOP_S) - (N_TOKENS - 1) / 2)
+    return np.clip(k0.astype(np.int64), 0, max(0, n_tokens_total - N_TOKENS))
+
+
+def token_windows(tokens: np.ndarray, center_s: np.ndarray) -> np.ndarray:
+    """``(n, N_TOKENS, 1506)``: the tokens centred on each time; a file shorter than that repeats its last."""
+    if tokens.shape[0] < N_TOKENS:
+        tokens = np.concatenate([tokens, np.repeat(tokens[-1:], N_TOKENS - tokens.shape[0], axis=0)])
+    starts = token_start(center_s, tokens.shape[0])
+    return tokens[starts[:, None] + np.arange(N_TOKENS)[None, :]]
+
+
+@dataclass(frozen=True)
+class FileView:
+    """One file in one view: the student's log-mel frames and musicnn's token frames of the same sound."""
+
+    mel: np.ndarray  # (n_mels, n_frames_total) float16
+    tokens: np.ndarray  # (n_tokens, TOKEN_DIM) float16
+
+    def n_windows(self, features: FeatureConfig) -> int:
+        return features.n_windows(self.mel.shape[1])
+
+    def windows(self, features: FeatureConfig, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Student windows ``(k, n_mels, n_frames)`` and teacher tokens ``(k, N_TOKENS, 1506)`` of windows ``idx``."""
+        idx = np.asarray(idx, dtype=np.int64)
+        x = frame_windows(self.mel, features)[idx]
+        return x, token_windows(self.tokens, features.window_center_s(idx))
+
+
+def view_key(
+    path: Path, features: FeatureConfig, view: int, seed: int, weights_id: str, max_seconds: float = MAX_SECONDS
+) -> str:
+    ident = f"{VIEW_FORMAT}|{content_digest(path)}|{features.digest()}|{view}|{seed}|{weights_id}|{TOKEN_POOL}"
+    if max_seconds != MAX_SECONDS:
+        ident += f"|max{max_seconds!r}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def compute_view(
+    path: Path, features: FeatureConfig, view: int, seed: int, model, max_seconds: float = MAX_SECONDS
+) -> FileView:
+    """Render ``view`` of the file (its middle ``max_seconds`` at most) and compute both streams (no cache)."""
+    if features.sample_rate != SAMPLE_RATE:
+        raise AudioError(f"views need {SAMPLE_RATE} Hz features (musicnn's rate), got {features.sample_rate}")
+    params = view_params(content_digest(path), view, seed)
+    signal = load_audio(path, SAMPLE_RATE)
+    keep = int(max_seconds * SAMPLE_RATE)
+    if signal.size > keep:
+        start = (signal.size - keep) // 2
+        signal = signal[start : start + keep]
+    signal = render_view(signal, params)
+    mel = log_mel(signal, features).astype(np.float16)
+    if features.n_windows(mel.shape[1]) == 0:
+        raise AudioError(f"shorter than one window ({features.window_seconds:.2f} s)", path=path)
+    try:
+        tokens = musicnn_tokens(model, signal)
+    except AudioError as exc:
+        raise AudioError(str(exc), path=path) from None
+    return FileView(mel, tokens)
+
+
+def file_view(
+    path: Path,
+    features: FeatureConfig,
+    view: int,
+    seed: int,
+    model,
+    weights_id: str,
+    cache_dir: Path | None,
+    max_seconds: float = MAX_SECONDS,
+) -> FileView:
+    """:func:`compute_view`, read from or written (atomically) to ``cache_dir/views`` when there is one."""
+    if cache_dir is None:
+        return compute_view(path, features, view, seed, model, max_seconds)
+    cache = Path(cache_dir) / "views" / f"{view_key(path, features, view, seed, weights_id, max_seconds)}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache) as z:
+                return FileView(z["mel"], z["tokens"])
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged entry is recomputed
+    got = compute_view(path, features, view, seed, model, max_seconds)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, mel=got.mel, tokens=got.tokens)
+    tmp.replace(cache)
+    return got
+
+
+def params_dict(path: Path, view: int, seed: int) -> dict[str, float]:
+    return asdict(view_params(content_digest(path), view, seed))

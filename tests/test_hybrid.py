@@ -1,0 +1,137 @@
+"""The token-ViT teacher over musicnn tokens, its view-distilled student, and their CV system spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeemo.errors import EdgeemoError, TrainingError  # noqa: E402
+from edgeemo.features import FeatureConfig  # noqa: E402
+from edgeemo.train import hybrid  # noqa: E402
+from edgeemo.train.cv_hybrid import HybridSettings, parse_spec  # noqa: E402
+from edgeemo.train.models import build_model, load_model  # noqa: E402
+from edgeemo.train.tokenvit import TOKEN_VIT, token_vit_spec  # noqa: E402
+from edgeemo.train.views import N_TOKENS, TOKEN_DIM, FileView  # noqa: E402
+from edgeemo.train.viewset import ViewSet  # noqa: E402
+
+FEATURES = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=500, n_mels=32, n_frames=32, window_hop_s=0.5)
+
+
+def synthetic_viewset(n_items: int, seed: int, labelled: bool = True) -> ViewSet:
+    """Items whose label signs are written into token channels 0/1 and mel rows 0-3 (learnable by both models)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice([-1.0, 1.0], size=(n_items, 2)).astype(np.float32)
+    fviews, entries, rows = [], [], []
+    for i in range(n_items):
+        mel = rng.standard_normal((FEATURES.n_mels, 64)).astype(np.float16)
+        mel[:2] += np.float16(2 * labels[i, 0])
+        mel[2:4] += np.float16(2 * labels[i, 1])
+        tokens = rng.standard_normal((40, TOKEN_DIM)).astype(np.float16)
+        tokens[:, :8] += np.float16(2 * labels[i, 0])
+        tokens[:, 8:16] += np.float16(2 * labels[i, 1])
+        fv = FileView(mel, tokens)
+        e = len(fviews)
+        fviews.append(fv)
+        entries.append((i, 0))
+        n = fv.n_windows(FEATURES)
+        rows.append(np.stack([np.full(n, e), np.arange(n)], axis=1))
+    lab = labels if labelled else np.full_like(labels, np.nan)
+    items = [Path(f"item{i}.wav") for i in range(n_items)]
+    return ViewSet(FEATURES, items, lab, entries, fviews, np.concatenate(rows))
+
+
+def test_token_vit_shapes_and_standardises_its_input():
+    model = build_model(token_vit_spec(dim=32, depth=2, heads=2))
+    assert model.width == 32 and model.spec["arch"] == TOKEN_VIT
+    model.eval()
+    x = torch.randn(3, N_TOKENS, TOKEN_DIM)
+    out = model(x)
+    assert out.shape == (3, 2) and torch.all(out.abs() <= 1)
+    model.backbone.set_token_stats(np.full(TOKEN_DIM, 5.0), np.full(TOKEN_DIM, 2.0))
+    np.testing.assert_allclose(
+        model.backbone(x * 2 + 5).detach(),
+        model.backbone.__class__.forward(_unit_stats(model.backbone), x).detach(),
+        atol=1e-5,
+    )
+
+
+def _unit_stats(backbone):
+    import copy
+
+    other = copy.deepcopy(backbone)
+    other.set_token_stats(np.zeros(TOKEN_DIM), np.ones(TOKEN_DIM))
+    return other
+
+
+def test_teacher_learns_the_token_signal_and_resumes_without_retraining(tmp_path):
+    train, val = synthetic_viewset(24, 0), synthetic_viewset(8, 1)
+    settings = hybrid.TokenTeacherSettings(
+        dim=32, depth=1, heads=2, epochs=8, lr=2e-3, windows_per_entry=8, batch_size=16
+    )
+    model, res = hybrid.train_token_teacher(train, val, tmp_path / "t", settings, device="cpu")
+    assert res.best_metrics["ccc_mean"] > 0.6
+    assert res.best_metrics["valence_auc"] == 1.0 and res.best_metrics["arousal_auc"] == 1.0
+    out = hybrid.token_teacher_outputs(model, val, device="cpu")
+    assert out.shape == (len(val), 2)
+    means = val.item_means(out)
+    assert all(np.corrcoef(means[:, d], val.labels[:, d])[0, 1] > 0.8 for d in (0, 1))
+    again, res2 = hybrid.train_token_teacher(train, val, tmp_path / "t", settings, device="cpu")
+    assert res2.history == res.history  # all epochs were in last.pt: nothing retrained
+    np.testing.assert_allclose(hybrid.token_teacher_outputs(again, val, device="cpu"), out, atol=1e-6)
+    reloaded, _ = load_model(tmp_path / "t" / "best.pt")
+    np.testing.assert_allclose(hybrid.token_teacher_outputs(reloaded, val, device="cpu"), out, atol=1e-6)
+
+
+def test_distillation_loss_ignores_labels_of_unlabeled_windows():
+    student = build_model({"role": "student", "arch": "mobilevit_xxs", "input_shape": [32, 32], "kwargs": {}})
+    stage = hybrid.ViewDistillStage(student, hybrid.ViewStudentSettings(task_weight=0.5, output_weight=1.0), FEATURES)
+    student.eval()
+    x = torch.randn(4, 1, 32, 32)
+    out = student(x).detach()
+    target = torch.zeros(4, 5)
+    target[:2, :2] = torch.tensor([[1.0, -1.0], [1.0, 1.0]])
+    target[:2, 2] = 1.0
+    target[2:, :2] = 100.0  # garbage labels on unlabeled rows must not count
+    target[:, 3:] = out + 0.5
+    total, terms = stage.loss(x, target)
+    task = ((out[:2] - target[:2, :2]) ** 2).mean().item()
+    assert terms["task"] == pytest.approx(task, rel=1e-5)
+    assert terms["kd"] == pytest.approx(0.25, rel=1e-5)
+    assert total.item() == pytest.approx(0.5 * task + 0.25, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_student_learns_from_teacher_outputs_on_unlabeled_windows(tmp_path):
+    from edgeemo.train.viewset import concat_viewsets
+
+    labelled, unlabeled, val = (
+        synthetic_viewset(4, 2),
+        synthetic_viewset(24, 3, labelled=False),
+        synthetic_viewset(8, 4),
+    )
+    data = concat_viewsets(labelled, unlabeled)
+    # the "teacher" knows the signs of the unlabeled items: only distillation can teach them
+    truth = np.concatenate([labelled.labels, np.sign(synthetic_viewset(24, 3).labels)])
+    teacher = truth[data.item_of()] * 0.9
+    settings = hybrid.ViewStudentSettings(epochs=3, lr=3e-3, windows_per_entry=8, batch_size=16)
+    _, res = hybrid.train_view_student(data, teacher, val, tmp_path / "s", settings, device="cpu")
+    labels_only = hybrid.ViewStudentSettings(epochs=3, lr=3e-3, windows_per_entry=8, batch_size=16, output_weight=0.0)
+    _, alone = hybrid.train_view_student(data, teacher, val, tmp_path / "l", labels_only, device="cpu")
+    assert res.best_metrics["ccc_mean"] > 0.35
+    assert res.best_metrics["ccc_mean"] > alone.best_metrics["ccc_mean"] + 0.1
+    with pytest.raises(TrainingError, match="do not match"):
+        hybrid.train_view_student(data, teacher[:-1], val, tmp_path / "s2", settings, device="cpu")
+
+
+def test_hybrid_spec_parsing():
+    role, s = parse_spec("teacher,depth=4,teacher_lr=0.001,unlabeled=a+b")
+    assert role == "teacher" and s.depth == 4 and s.teacher_lr == 0.001 and s.unlabeled == "a+b"
+    assert parse_spec("student")[1] == HybridSettings()
+    assert s.digest() != HybridSettings().digest()
+    for bad in ("judge", "teacher,depth", "teacher,nope=1", "teacher,depth=four"):
+        with pytest.raises(EdgeemoError):
+            parse_spec(bad)
