@@ -1,14 +1,17 @@
-"""The hybrid musicnn-ViT teacher and its view-distilled student under the CV protocol: ``edgeemo cv --system
-hybrid:ROLE[,key=value...]``.
+"""The hybrid musicnn-ViT teacher and its view-distilled student under the CV protocol.
 
-``ROLE`` is ``teacher`` (the token ViT over musicnn's front end) or ``student`` (the MobileViT
-student distilled from it, fp32 torch). ``key=value`` pairs override :class:`HybridSettings`
-(e.g. ``hybrid:teacher,depth=4,teacher_epochs=8``; ``unlabeled=PATH+PATH`` for the student's
-unlabeled folders). For each fold: the fold's training songs are split by artist into fit and
-validation parts (``val_fraction``), every fold-training song is rendered in ``views`` augmented
-views (cached per file and view, shared by all folds), the teacher is fitted and selected on the
-validation part, then the student learns the teacher's outputs on every window of every view of
-the fold's training songs and the unlabeled audio, plus the labels. A fold's run lives in
+``edgeemo cv --system hybrid:ROLE[,key=value...]``. ``ROLE`` is ``teacher`` (the token ViT over
+musicnn's front end), ``student`` (the MobileViT student distilled from it, fp32 torch) or
+``int8`` (that student exported to ONNX and quantised as ``edgeemo export`` does: every
+candidate int8 recipe, the pick made on the fold's validation songs). ``key=value`` pairs
+override :class:`HybridSettings` (e.g. ``hybrid:teacher,depth=4,teacher_epochs=8``;
+``unlabeled=PATH+PATH`` for the student's unlabeled folders).
+
+For each fold: the fold's training songs are split by artist into fit and validation parts
+(``val_fraction``); every fit song is rendered in ``views`` augmented views (cached per file
+and view, shared by all folds); the teacher is fitted and selected on the validation part;
+then the student learns the teacher's outputs on every window of every view of the fit songs
+and the unlabeled audio, plus the labels. A fold's run lives in
 ``<work>/hybrid-runs/<settings digest>/fold-<k>`` and resumes from its checkpoints.
 """
 
@@ -30,7 +33,8 @@ from edgeemo.data.types import Song
 from edgeemo.errors import EdgeemoError
 from edgeemo.log import log
 
-ROLES = ("teacher", "student")
+ROLES = ("teacher", "student", "int8")
+MAX_INT8_DROP = 0.02  # the export default (export.max_int8_drop)
 
 
 @dataclass(frozen=True)
@@ -184,13 +188,73 @@ def fold_run(
         train_vs, teacher_out, val_vs, run_dir / "student", student_cfg, backbone=backbone, seed=settings.seed
     )
     log(f"[hybrid] student best epoch {res.best_epoch}: val {json.dumps(res.best_metrics)}")
-    preds = []
-    with torch.no_grad():
-        for i in range(0, len(test_vs), 64):
-            idx = range(i, min(len(test_vs), i + 64))
-            x = torch.from_numpy(np.stack([test_vs.mel(j) for j in idx])[:, None])
-            preds.append(student(x).numpy())
-    return test_vs.item_means(np.concatenate(preds))
+    if role == "int8":
+        from edgeemo.exporting.onnx import onnx_predictor
+
+        predict = onnx_predictor(int8_student(student, fit_vs, val_vs, run_dir / "student" / "model.int8.onnx"))
+    else:
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return student(torch.from_numpy(x)).numpy()
+
+    return test_vs.item_means(predict_mel(predict, test_vs))
+
+
+def predict_mel(predict: Any, data: Any, batch_size: int = 64) -> np.ndarray:
+    """``(len(data), 2)``: ``predict`` over every student window of a view set, in batches."""
+    out = [
+        predict(np.stack([data.mel(j) for j in range(i, min(len(data), i + batch_size))])[:, None])
+        for i in range(0, len(data), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def int8_student(student: Any, train: Any, val: Any, out: Path, calibration: int = 256) -> Path:
+    """The student as int8 ONNX at ``out`` (kept; reused when there): every candidate recipe is tried and
+    :func:`edgeemo.exporting.export.pick_recipe` picks on the validation windows, as ``edgeemo export`` does."""
+    import shutil
+    import tempfile
+
+    from edgeemo.exporting.export import pick_recipe
+    from edgeemo.exporting.onnx import export_onnx, onnx_predictor
+    from edgeemo.exporting.quantize import CANDIDATES, median_latency_ms, quantize_int8
+    from edgeemo.train.hybrid import viewset_report
+
+    if out.is_file():
+        return out
+    shape = train.features.shape
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(train), size=min(calibration, len(train)), replace=False))
+    calib = np.stack([train.mel(int(i)) for i in idx])[:, None]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        fp32 = export_onnx(student, tmp / "model.onnx", shape)
+        fp32_ccc = viewset_report(val, predict_mel(onnx_predictor(fp32), val))["ccc_mean"]
+        rows: list[dict[str, Any]] = []
+        for i, recipe in enumerate(CANDIDATES):
+            path = tmp / f"cand{i}.int8.onnx"
+            try:
+                quantize_int8(fp32, path, calib, recipe)
+            except Exception as exc:  # a recipe the quantiser cannot handle is skipped, as export does
+                rows.append({"error": f"{type(exc).__name__}: {exc}"})
+                continue
+            ccc = viewset_report(val, predict_mel(onnx_predictor(path), val))["ccc_mean"]
+            rows.append(
+                {
+                    "drop": fp32_ccc - ccc,
+                    "latency_ms": median_latency_ms(path, shape)[0],
+                    "bytes": path.stat().st_size,
+                    "path": path,
+                    "label": recipe.label,
+                }
+            )
+        best = pick_recipe(rows, MAX_INT8_DROP)
+        log(f"[hybrid] int8 {best['label']}: val CCC drop {best['drop']:+.4f}, {best['bytes']} bytes")
+        tmp_out = out.with_name(out.name + ".tmp")
+        shutil.copyfile(best["path"], tmp_out)
+        tmp_out.replace(out)
+    return out
 
 
 def hybrid_system(spec: str) -> EndToEndSystem:
