@@ -132,6 +132,9 @@ def test_hybrid_spec_parsing():
     assert role == "teacher" and s.depth == 4 and s.teacher_lr == 0.001 and s.unlabeled == "a+b"
     assert parse_spec("student")[1] == HybridSettings()
     assert s.digest() != HybridSettings().digest()
+    student_only = parse_spec("int8,student_epochs=3,unlabeled=x")[1]
+    assert student_only.teacher_digest() == HybridSettings().teacher_digest() != s.teacher_digest()
+    assert student_only.digest() != HybridSettings().digest()
     for bad in ("judge", "teacher,depth", "teacher,nope=1", "teacher,depth=four"):
         with pytest.raises(EdgeemoError):
             parse_spec(bad)

@@ -12,7 +12,8 @@ For each fold: the fold's training songs are split by artist into fit and valida
 and view, shared by all folds); the teacher is fitted and selected on the validation part;
 then the student learns the teacher's outputs on every window of every view of the fit songs
 and the unlabeled audio, plus the labels. A fold's run lives in
-``<work>/hybrid-runs/<settings digest>/fold-<k>`` and resumes from its checkpoints.
+``<work>/hybrid-runs/`` (the teacher's keyed by the settings it depends on, so systems that differ
+only in their student share it) and resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -62,7 +63,29 @@ class HybridSettings:
     backbone: str = ""
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return _digest(dataclasses.asdict(self))
+
+    def teacher_digest(self) -> str:
+        """Of the settings the teacher depends on: systems that differ only in their student share its runs."""
+        return _digest({k: v for k, v in dataclasses.asdict(self).items() if k in TEACHER_KEYS})
+
+
+TEACHER_KEYS = (
+    "views",
+    "val_fraction",
+    "seed",
+    "dim",
+    "depth",
+    "heads",
+    "drop_path",
+    "teacher_epochs",
+    "teacher_lr",
+    "teacher_windows",
+)
+
+
+def _digest(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def parse_spec(spec: str) -> tuple[str, HybridSettings]:
@@ -104,9 +127,12 @@ def _labels(songs: Sequence[Song]) -> np.ndarray:
 
 
 def fold_run(
-    settings: HybridSettings, role: str, train: Sequence[Song], test: Sequence[Song], run_dir: Path
+    settings: HybridSettings, role: str, train: Sequence[Song], test: Sequence[Song], runs: Path, fold: str
 ) -> np.ndarray:
-    """Train (or resume) the fold's teacher, and for ``student`` its student; ``(n_test, 2)`` song scores."""
+    """Train (or resume) the fold's teacher, and for a student role its student; ``(n_test, 2)`` song scores.
+
+    The teacher's run is ``runs/teacher-<teacher digest>/<fold>``, the student's ``runs/<digest>/<fold>``.
+    """
     import torch
 
     from edgeemo.config import default_cache_root
@@ -154,8 +180,11 @@ def fold_run(
         lr=settings.teacher_lr,
         windows_per_entry=settings.teacher_windows,
     )
-    teacher, res = train_token_teacher(fit_vs, val_vs, run_dir / "teacher", teacher_cfg, seed=settings.seed)
+    teacher, res = train_token_teacher(
+        fit_vs, val_vs, runs / f"teacher-{settings.teacher_digest()}" / fold, teacher_cfg, seed=settings.seed
+    )
     log(f"[hybrid] teacher best epoch {res.best_epoch}: val {json.dumps(res.best_metrics)}")
+    run_dir = runs / settings.digest() / fold
     if role == "teacher":
         return test_vs.item_means(token_teacher_outputs(teacher, test_vs))
     train_vs = fit_vs
@@ -262,9 +291,9 @@ def hybrid_system(spec: str) -> EndToEndSystem:
 
     def fit_score(train: Sequence[Song], test: Sequence[Song], workdir: Path) -> SongScores:
         fold = Path(workdir).name
-        run_dir = Path(workdir).parent.parent / "hybrid-runs" / settings.digest() / fold
-        scores = fold_run(settings, role, train, test, run_dir)
-        return SongScores(scores[:, 0], scores[:, 1], details={"run": str(run_dir), "settings": settings.digest()})
+        runs = Path(workdir).parent.parent / "hybrid-runs"
+        scores = fold_run(settings, role, train, test, runs, fold)
+        return SongScores(scores[:, 0], scores[:, 1], details={"settings": settings.digest()})
 
     return EndToEndSystem(
         f"edgeemo hybrid {role} [{spec.partition(',')[2] or 'defaults'}]",
