@@ -55,6 +55,7 @@ class HybridSettings:
     unlabeled: str = ""  # folders joined by '+'
     unlabeled_views: int = 2
     unlabeled_max_windows: int = 60
+    unlabeled_max_seconds: float = 30.0
     student_epochs: int = 6
     student_lr: float = 2e-3
     student_windows: int = 6
@@ -200,6 +201,7 @@ def fold_run(
             weights_id,
             cache,
             max_windows=settings.unlabeled_max_windows,
+            max_seconds=settings.unlabeled_max_seconds,
             progress=False,
             desc="unlabeled",
         )
