@@ -225,6 +225,13 @@ class TeacherConfig:
     batch_size: int = opt(12, "Micro-batch size.", min=1, flags=("--batch-size",))
     accum_steps: int = opt(4, "Gradient-accumulation steps.", min=1, flags=("--accum-steps",))
     patience: int | None = opt(6, "Early-stopping patience (epochs; null: none).", min=1, flags=("--patience",))
+    views: int = opt(
+        1,
+        "musicnn_token_vit only: views of each training song (1: as is; more: speed/EQ/level copies, the same "
+        "sound for teacher and student).",
+        min=1,
+        flags=("--views",),
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,17 @@ class StudentConfig:
     task_weight: float = opt(0.5, "Weight of the ground-truth (label) loss.", min=0.0, flags=("--alpha",))
     output_weight: float = opt(0.5, "Weight of the teacher-output distillation loss.", min=0.0, flags=("--beta",))
     feature_weight: float = opt(0.1, "Weight of the teacher-feature distillation loss.", min=0.0, flags=("--gamma",))
+    unlabeled: tuple[str, ...] = opt(
+        (),
+        "musicnn_token_vit teacher only: unlabeled audio folders whose windows the student also learns the "
+        "teacher's outputs on.",
+        flags=("--student-unlabeled",),
+    )
+    unlabeled_max_windows: int = opt(60, "Windows per unlabeled file (evenly spread).", min=1)
+    unlabeled_max_seconds: float = opt(30.0, "Analyse the middle N seconds of each unlabeled file.", min=4.0)
+    windows_per_song: int | None = opt(
+        None, "Windows per song and view an epoch draws (null: data.windows_per_song).", min=1
+    )
 
 
 @dataclass(frozen=True)
@@ -269,7 +287,15 @@ class ExportConfig:
 # Fields added after the first recipes were registered, with the value that keeps the earlier behaviour. A
 # recorded config (a card, a run) that lacks one reads it as that value, and the config digest leaves it out
 # while it has that value, so adding a field changes neither an old recipe's meaning nor its digest.
-ADDED_FIELDS: dict[str, Any] = {"data.exclude": [], "gan.nets": "v1"}
+ADDED_FIELDS: dict[str, Any] = {
+    "data.exclude": [],
+    "gan.nets": "v1",
+    "teacher.views": 1,
+    "student.unlabeled": [],
+    "student.unlabeled_max_windows": 60,
+    "student.unlabeled_max_seconds": 30.0,
+    "student.windows_per_song": None,
+}
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,

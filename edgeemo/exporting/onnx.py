@@ -30,14 +30,20 @@ class ExportError(EdgeemoError):
     """An export step failed (parity, quantisation, the gate)."""
 
 
-def export_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, int], opset: int = OPSET) -> Path:
-    """Export ``model`` (eval mode, outputs clamped to [-1, 1]) with a fixed window shape and dynamic batch."""
+def export_onnx(
+    model: torch.nn.Module, path: Path, input_shape: tuple[int, int], opset: int = OPSET, *, channel: bool = True
+) -> Path:
+    """Export ``model`` (eval mode, outputs clamped to [-1, 1]) with a fixed input shape and dynamic batch.
+
+    The input is ``(B, 1, *input_shape)`` (a log-mel window), or ``(B, *input_shape)`` without ``channel``
+    (e.g. a token teacher's ``(tokens, dim)``).
+    """
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    dummy = torch.zeros(1, 1, *input_shape)
+    dummy = torch.zeros(1, 1, *input_shape) if channel else torch.zeros(1, *input_shape)
     with torch.no_grad():
         torch.onnx.export(
             model,

@@ -105,6 +105,11 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     return out
 
 
+def fit_done(result: Any) -> dict[str, Any]:
+    """A trained stage's ``done.json`` content from its :class:`~edgeemo.train.loop.FitResult`."""
+    return {"seconds": history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
+
+
 def finish_stage(run: Run, stage: str, done: dict[str, Any]) -> dict[str, Any]:
     """Record a finished stage in its ``done.json`` (rank 0), then let every rank go on to the next stage."""
     if distributed.is_main():
@@ -158,9 +163,7 @@ def run_pretrain(run: Run, data: RunData, progress: bool = True) -> dict[str, An
     from edgeemo.train.pretrain import pretrain_from_folders
     from edgeemo.train.teacher import config_teacher_spec
 
-    # the labelled validation/test songs of this run (and the songs it leaves out) never reach training,
-    # not even without labels
-    exclude = [s.path for split in ("val", "test") for s in data.splits[split]] + [s.path for s in data.excluded]
+    exclude = held_out_paths(data)
     # the emotion probe learns from the labelled training songs that are whole files among the unlabeled ones
     labels = {
         str(Path(s.path).resolve()): (s.valence, s.arousal)
@@ -182,6 +185,12 @@ def run_pretrain(run: Run, data: RunData, progress: bool = True) -> dict[str, An
     return finish_stage(run, "pretrain", done)
 
 
+def held_out_paths(data: RunData) -> list[Path]:
+    """The files of the run's labelled validation/test songs and of the songs it leaves out: they never reach
+    training, not even without labels."""
+    return [s.path for split in ("val", "test") for s in data.splits[split]] + [s.path for s in data.excluded]
+
+
 def pretrained_backbone(run: Run, role: str) -> Path | None:
     """The pretrain stage's backbone file ``role`` starts from (None when the run does not pretrain it)."""
     if not run.cfg.pretrain.unlabeled or (role == "student" and not run.cfg.pretrain.student):
@@ -200,7 +209,16 @@ def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
     if run.cfg.pretrain.unlabeled and not run.done("pretrain"):
         raise TrainingError(f"the teacher starts from the pretrain stage, which has not finished ({run.dir}); run it")
     from edgeemo.train.teacher import train_teacher
+    from edgeemo.train.tokenvit import TOKEN_VIT
 
+    if run.cfg.teacher.arch == TOKEN_VIT:
+        from edgeemo.train.hybrid_stages import train_hybrid_teacher
+
+        result = train_hybrid_teacher(
+            data.splits, run.cfg.teacher, run.ctx, run.stage_dir("teacher"), data.cache_dir, progress
+        )
+        done = fit_done(result)
+        return finish_stage(run, "teacher", done)
     result = train_teacher(
         data,
         run.cfg.teacher,
@@ -211,7 +229,7 @@ def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
         gan_ratio=run.cfg.gan.ratio,
         progress=progress,
     )
-    done = {"seconds": history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
+    done = fit_done(result)
     return finish_stage(run, "teacher", done)
 
 
@@ -224,7 +242,25 @@ def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
     if not run.done("teacher") or not teacher_ckpt.is_file():
         raise TrainingError(f"distillation needs a finished teacher ({teacher_ckpt}); run train-teacher first")
     from edgeemo.train.distill import train_student
+    from edgeemo.train.tokenvit import TOKEN_VIT
 
+    if run.cfg.teacher.arch == TOKEN_VIT:
+        from edgeemo.train.hybrid_stages import train_hybrid_student
+
+        result = train_hybrid_student(
+            data.splits,
+            run.cfg.student,
+            run.cfg.teacher,
+            run.ctx,
+            teacher_ckpt,
+            run.stage_dir("student"),
+            data.cache_dir,
+            exclude=held_out_paths(data),
+            backbone=pretrained_backbone(run, "student"),
+            progress=progress,
+        )
+        done = fit_done(result)
+        return finish_stage(run, "student", done)
     result = train_student(
         data,
         run.cfg.student,
@@ -234,15 +270,13 @@ def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
         backbone=pretrained_backbone(run, "student"),
         progress=progress,
     )
-    done = {"seconds": history_seconds(result.history), "best_epoch": result.best_epoch, "val": result.best_metrics}
+    done = fit_done(result)
     return finish_stage(run, "student", done)
 
 
 def evaluate_run(run: Run, data: RunData, split: str = "test") -> dict[str, Any]:
     """Teacher and student ``best.pt`` on a split: metrics, retention, parameters; predictions for plots."""
-    import torch
 
-    from edgeemo.train.loop import predict_windows
     from edgeemo.train.models import count_params, load_model
 
     windows = data.windows(split)
@@ -250,7 +284,7 @@ def evaluate_run(run: Run, data: RunData, split: str = "test") -> dict[str, Any]
     preds = {}
     for role in ("teacher", "student"):
         model, _ = load_model(run.stage_dir(role) / "best.pt")
-        preds[role] = predict_windows(model, windows, torch.device("cpu"))
+        preds[role] = model_window_predictions(model, windows, data.cache_dir)
         out[role] = {
             "params": count_params(model),
             "arch": model.spec["arch"],
@@ -262,6 +296,21 @@ def evaluate_run(run: Run, data: RunData, split: str = "test") -> dict[str, Any]
     out["_preds"] = preds
     out["_targets"] = windows.targets
     return out
+
+
+def model_window_predictions(model: Any, windows: Any, cache_dir: Path) -> np.ndarray:
+    """A trained teacher's or student's predictions on ``windows`` (a musicnn-token teacher hears the same
+    moments through its own front end)."""
+    import torch
+
+    from edgeemo.train.loop import predict_windows
+    from edgeemo.train.tokenvit import TOKEN_VIT
+
+    if model.spec["arch"] == TOKEN_VIT:
+        from edgeemo.train.hybrid_stages import teacher_window_predictions
+
+        return teacher_window_predictions(model, windows, cache_dir)
+    return predict_windows(model, windows, torch.device("cpu"))
 
 
 def format_table(summary: dict[str, Any]) -> str:

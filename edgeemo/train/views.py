@@ -20,6 +20,7 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,7 @@ _MARGIN = 160  # > the longest temporal filter (128 frames) + the midend's 3 x 7
 _HOP_S = 256 / SAMPLE_RATE
 MAX_SECONDS = 120.0  # by default a longer file is analysed in its middle 120 s
 VIEW_FORMAT = "edgeemo-view-v1"
+FRONT_END_KEYS = ("timbral", "temporal", "cnn1", "cnn2", "cnn3")  # musicnn outputs the tokens are made of
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def musicnn_tokens(model, signal16k: np.ndarray) -> np.ndarray:
         for start in range(0, total, _SEGMENT):
             lo, hi = max(0, start - _MARGIN), min(total, start + _SEGMENT + _MARGIN)
             out = model(torch.from_numpy(np.ascontiguousarray(mel[lo:hi], dtype=np.float32))[None])
-            mid = torch.cat([out[k][0] for k in ("timbral", "temporal", "cnn1", "cnn2", "cnn3")], dim=1)
+            mid = front_end_frames(out)[0]
             keep = min(_SEGMENT, total - start)
             parts.append(mid[start - lo : start - lo + keep].numpy())
     frames = np.concatenate(parts)  # (T, 753)
@@ -109,6 +111,13 @@ def musicnn_tokens(model, signal16k: np.ndarray) -> np.ndarray:
         raise AudioError(f"shorter than one musicnn token ({TOKEN_POOL * _HOP_S:.3f} s)")
     grouped = frames[: n * TOKEN_POOL].reshape(n, TOKEN_POOL, frames.shape[1])
     return np.concatenate([grouped.mean(axis=1), grouped.max(axis=1)], axis=1).astype(np.float16)
+
+
+def front_end_frames(outputs: dict) -> Any:
+    """musicnn's 753 front-end + midend channels per frame, ``(B, T, 753)``, from its output dict."""
+    import torch
+
+    return torch.cat([outputs[k] for k in FRONT_END_KEYS], dim=2)
 
 
 def token_start(center_s: np.ndarray, n_tokens_total: int) -> np.ndarray:

@@ -1,0 +1,168 @@
+"""The teacher and student stages of a run whose teacher is the musicnn-token ViT (``teacher.arch:
+musicnn_token_vit``), in the run directory contract of :mod:`edgeemo.train.pipeline`.
+
+Owns mapping the run's config sections onto :mod:`edgeemo.train.hybrid` (the teacher: depth,
+drop path, epochs, ``head_lr``, weight decay, batch, patience and ``teacher.views`` augmented
+views of each training song; the student: its section plus ``student.unlabeled`` folders, whose
+files the run's validation, test and left-out songs never join), loading MSD-musicnn (the
+frozen front end) once per process, and giving such a teacher's predictions on the windows of a
+:class:`~edgeemo.data.windows.WindowSet` (:func:`teacher_window_predictions`: the same windows,
+matched by song and window number), so evaluation and export score it like any teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeemo.config import StageContext, StudentConfig, TeacherConfig, resolve_path
+from edgeemo.data.types import Song
+from edgeemo.data.windows import WindowSet
+from edgeemo.errors import TrainingError
+from edgeemo.log import log
+from edgeemo.train.hybrid import (
+    TokenTeacherSettings,
+    ViewStudentSettings,
+    token_teacher_outputs,
+    train_token_teacher,
+    train_view_student,
+)
+from edgeemo.train.loop import FitResult
+from edgeemo.train.models import Regressor, load_model
+from edgeemo.train.tokenvit import TOKEN_VIT
+from edgeemo.train.viewset import ViewSet, build_viewset, concat_viewsets
+
+DEFAULT_DEPTH = 6
+DEFAULT_WINDOWS = 12
+
+
+def is_token_teacher(arch: str) -> bool:
+    return arch == TOKEN_VIT
+
+
+@lru_cache(maxsize=2)
+def musicnn_front_end(weights: str | None = None) -> tuple[Any, str]:
+    """The frozen MSD-musicnn network and the first 16 hex digits of its weights file's sha256."""
+    from edgeemo.filehash import sha256_file
+    from edgeemo.pretrained.musicnn import default_weights_path, load_musicnn
+
+    path = Path(weights) if weights else default_weights_path()
+    return load_musicnn(path), sha256_file(path)[:16]
+
+
+def song_views(songs: Sequence[Song], ctx: StageContext, n_views: int, cache_dir: Path, progress: bool) -> ViewSet:
+    """The songs' views (whole files only: a song cut from a longer file has no views)."""
+    cut = next((s for s in songs if s.start_s != 0 or s.end_s is not None), None)
+    if cut is not None:
+        raise TrainingError(f"the musicnn-token teacher needs whole-file songs; song {cut.id} is an excerpt")
+    model, weights_id = musicnn_front_end()
+    labels = np.array([[s.valence, s.arousal] for s in songs], dtype=np.float32).reshape(-1, 2)
+    data = build_viewset(
+        [s.path for s in songs], labels, ctx.features, n_views, ctx.seed, model, weights_id, cache_dir,
+        progress=progress, desc=f"views x{n_views}",
+    )  # fmt: skip
+    for line in data.failed[:3]:
+        log(f"[views] skipped: {line}")
+    return data
+
+
+def teacher_settings(cfg: TeacherConfig, ctx: StageContext) -> TokenTeacherSettings:
+    return TokenTeacherSettings(
+        depth=cfg.depth or DEFAULT_DEPTH,
+        drop_path=cfg.drop_path,
+        epochs=cfg.epochs,
+        lr=cfg.head_lr,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        windows_per_entry=ctx.windows_per_song or DEFAULT_WINDOWS,
+        patience=cfg.patience,
+    )
+
+
+def train_hybrid_teacher(
+    splits: dict[str, list[Song]], cfg: TeacherConfig, ctx: StageContext, out_dir: Path, cache_dir: Path,
+    progress: bool = True,
+) -> FitResult:  # fmt: skip
+    """Fit the token ViT on the training songs' views; select on the validation songs (view 0)."""
+    train = song_views(splits["train"], ctx, cfg.views, cache_dir, progress)
+    val = song_views(splits["val"], ctx, 1, cache_dir, progress)
+    _, result = train_token_teacher(
+        train, val, out_dir, teacher_settings(cfg, ctx), seed=ctx.seed, device=ctx.device, progress=progress
+    )
+    return result
+
+
+def train_hybrid_student(
+    splits: dict[str, list[Song]],
+    cfg: StudentConfig,
+    teacher_cfg: TeacherConfig,
+    ctx: StageContext,
+    teacher_checkpoint: Path,
+    out_dir: Path,
+    cache_dir: Path,
+    *,
+    exclude: Sequence[Path] = (),
+    backbone: Path | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Distil the token teacher into the student on the training songs' views and the unlabeled files."""
+    from edgeemo.data.unlabeled import find_unlabeled
+
+    teacher, _ = load_model(teacher_checkpoint)
+    train = song_views(splits["train"], ctx, teacher_cfg.views, cache_dir, progress)
+    if cfg.unlabeled:
+        found = find_unlabeled([resolve_path(p) for p in cfg.unlabeled], exclude=exclude)
+        model, weights_id = musicnn_front_end()
+        unlabeled = build_viewset(
+            found.files, None, ctx.features, 1, ctx.seed, model, weights_id, cache_dir,
+            max_windows=cfg.unlabeled_max_windows, max_seconds=cfg.unlabeled_max_seconds, progress=progress,
+            desc="unlabeled views",
+        )  # fmt: skip
+        log(
+            f"[student] {len(found.files)} unlabeled files ({found.excluded} excluded: this run's labelled "
+            f"validation/test or left-out songs), {len(unlabeled)} windows"
+        )
+        train = concat_viewsets(train, unlabeled)
+    val = song_views(splits["val"], ctx, 1, cache_dir, progress)
+    teacher_out = token_teacher_outputs(teacher, train, ctx.device)
+    settings = ViewStudentSettings(
+        arch=cfg.arch,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        windows_per_entry=cfg.windows_per_song or ctx.windows_per_song or DEFAULT_WINDOWS,
+        task_weight=cfg.task_weight,
+        output_weight=cfg.output_weight,
+        patience=cfg.patience,
+    )
+    _, result = train_view_student(
+        train, teacher_out, val, out_dir, settings, backbone=backbone, seed=ctx.seed, device=ctx.device,
+        progress=progress,
+    )  # fmt: skip
+    return result
+
+
+def teacher_window_predictions(model: Regressor, windows: WindowSet, cache_dir: Path) -> np.ndarray:
+    """``(len(windows), 2)``: the token teacher on exactly the windows of ``windows`` (view 0 of its songs)."""
+    ctx = StageContext(windows.cfg)
+    views = song_views(windows.songs, ctx, 1, cache_dir, progress=False)
+    n_views = np.bincount(views.index[:, 0], minlength=len(views.entries))
+    row_of: dict[tuple[int, int], int] = {}
+    for row, (entry, w) in enumerate(views.index):
+        row_of[(views.entries[int(entry)][0], int(w))] = row
+    expected = np.bincount(windows.index[:, 0], minlength=len(windows.songs))
+    got = np.zeros(len(windows.songs), dtype=np.int64)
+    for (item, _), n in zip(views.entries, n_views, strict=True):
+        got[item] = n
+    if not np.array_equal(expected, got):
+        bad = int(np.flatnonzero(expected != got)[0])
+        raise TrainingError(
+            f"song {windows.songs[bad].id}: {expected[bad]} log-mel windows but {got[bad]} musicnn-token windows"
+        )
+    preds = token_teacher_outputs(model, views)
+    return preds[[row_of[(int(s), int(w))] for s, w in windows.index]]

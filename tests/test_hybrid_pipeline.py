@@ -1,0 +1,109 @@
+"""train-all and export with a musicnn-token teacher (teacher.arch musicnn_token_vit), end to end on miniature data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeemo.config import DataSource  # noqa: E402
+from edgeemo.errors import TrainingError  # noqa: E402
+from edgeemo.exporting.export import export_run  # noqa: E402
+from edgeemo.runtime.audio import write_wav  # noqa: E402
+from edgeemo.train import hybrid_stages  # noqa: E402
+from edgeemo.train.pipeline import open_run, train_all  # noqa: E402
+from tests.data_fixtures import synth_clip, write_miniature_quadrants  # noqa: E402
+from tests.train_fixtures import tiny_config  # noqa: E402
+
+LOOSE = {"int8": True, "calibration": 16, "min_compression": 0.0, "min_retention": -10.0, "max_int8_drop": 1.0}
+
+
+@pytest.fixture(scope="module")
+def musicnn():
+    from edgeemo.pretrained.musicnn import Musicnn
+
+    torch.manual_seed(0)
+    net = Musicnn().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(tmp_path_factory, musicnn):
+    root = tmp_path_factory.mktemp("hybrid_run")
+    quads = write_miniature_quadrants(root / "mini4q", n_per_quadrant=3, n_artists=8, seconds=5.0)
+    unlabeled = root / "unlabeled"
+    unlabeled.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        write_wav(unlabeled / f"u{i}.wav", synth_clip(0.5 - i * 0.4, 0.2, 24.0, 16000, rng), 16000)
+    cfg = tiny_config(gan_ratio=0.0, student_epochs=2).replace(
+        {
+            "data.sources": [DataSource("quadrants", str(quads)).to_dict()],
+            "teacher.arch": "musicnn_token_vit",
+            "teacher.depth": 1,
+            "teacher.epochs": 2,
+            "teacher.views": 2,
+            "teacher.batch_size": 8,
+            "teacher.accum_steps": 1,
+            "student.unlabeled": [str(unlabeled)],
+            "student.unlabeled_max_windows": 5,
+            "student.feature_weight": 0.0,
+        }
+    )
+    mp = pytest.MonkeyPatch()
+    mp.setattr(hybrid_stages, "musicnn_front_end", lambda weights=None: (musicnn, "test-weights"))
+    r = open_run(root / "runs" / "hyb", cfg)
+    summary = train_all(r, progress=False, cache_dir=root / "cache")
+    yield r, root, summary, mp
+    mp.undo()
+
+
+def test_train_all_trains_the_token_teacher_and_its_student(hybrid_run):
+    r, root, summary, _ = hybrid_run
+    assert summary["test"]["teacher"]["arch"] == "musicnn_token_vit"
+    assert summary["test"]["student"]["arch"] == "mobilevit_xxs"
+    assert np.isfinite(summary["test"]["teacher"]["ccc_mean"]) and np.isfinite(summary["test"]["student"]["ccc_mean"])
+    # every training song in 2 views, cached once per file and view (the student reuses the teacher's)
+    split = json.loads((r.dir / "split.json").read_text())
+    n_files = 2 * len(split["train"]) + len(split["val"]) + len(split["test"]) + 3
+    assert len(list((root / "cache" / "views").glob("*.npz"))) == n_files
+    ck = torch.load(r.dir / "student" / "best.pt", map_location="cpu", weights_only=False)
+    assert ck["stage"] == "student" and ck["feature_config"] == r.cfg.features.to_dict()
+
+
+def test_a_resumed_run_retrains_nothing(hybrid_run):
+    r, root, summary, _ = hybrid_run
+    again = train_all(open_run(r.dir, None), progress=False, cache_dir=root / "cache")
+    assert again["test"]["teacher"] == summary["test"]["teacher"]
+    assert again["test"]["student"] == summary["test"]["student"]
+
+
+def test_export_measures_the_token_teacher_with_its_front_end(hybrid_run, tmp_path):
+    r, _root, summary, _ = hybrid_run
+    card = export_run(r.dir, tmp_path / "bundle", overrides=LOOSE)
+    vit, front = r.dir / "export" / "teacher.onnx", r.dir / "export" / "teacher_frontend.onnx"
+    assert vit.is_file() and front.is_file()
+    assert card["compression"]["teacher_fp32_onnx_bytes"] == vit.stat().st_size + front.stat().st_size
+    assert card["models"]["teacher"]["params"] > summary["test"]["teacher"]["params"] + 400_000  # + front end
+    # the export scores the teacher on the test windows as train-all did
+    assert card["metrics"]["teacher_torch"]["ccc_mean"] == pytest.approx(
+        summary["test"]["teacher"]["ccc_mean"], abs=1e-6
+    )
+    assert "unlabeled" in card["training_data"]["licence"]
+
+
+def test_excerpt_songs_are_refused(hybrid_run):
+    import dataclasses
+
+    from edgeemo.config import StageContext
+    from edgeemo.data.types import Song
+
+    r, root, _, _ = hybrid_run
+    song = Song("x", root / "mini4q" / "audio" / "missing.mp3", 0.5, 0.5, start_s=2.0)
+    with pytest.raises(TrainingError, match="whole-file songs"):
+        hybrid_stages.song_views([dataclasses.replace(song)], StageContext(r.cfg.features), 1, root / "cache", False)
