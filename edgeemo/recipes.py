@@ -169,3 +169,44 @@ def reference_4q_m1sp() -> RunConfig:
         sources=[DataSource("builtin").to_dict(), DataSource("quadrants", "$EDGEEMO_DATA/4q-dev").to_dict()],
     )
     return cfg.replace({"export.int8": True})
+
+
+@register_recipe(
+    "4q-hybrid",
+    "4Q: a ViT over MSD-musicnn's pretrained front end (3 views of each song) distilled into MobileViT-XXS on the "
+    "same views plus the 33 h Debian corpus; no pretraining, no GAN; int8",
+    digest="15110263dfff7be3",
+)
+def hybrid_4q() -> RunConfig:
+    # the 4q-m1sp front end (16 kHz, 64 mels, 4 s windows every 0.5 s: musicnn's rate, as views need)
+    cfg = reference_4q_m1sp()
+    return cfg.replace(
+        {
+            "recipe": "4q-hybrid",
+            "data.sources": [DataSource("quadrants", "$EDGEEMO_DATA/4q-dev").to_dict()],
+            "data.split_fractions": [0.9, 0.09, 0.01],  # fit on (nearly) every song: accuracy comes from the CV
+            "data.windows_per_song": 12,
+            "pretrain.unlabeled": [],
+            "pretrain.student": False,
+            "gan.ratio": 0.0,
+            "teacher.arch": "musicnn_token_vit",
+            "teacher.depth": 6,
+            "teacher.drop_path": 0.1,
+            "teacher.epochs": 10,
+            "teacher.head_lr": 3e-4,
+            "teacher.batch_size": 64,
+            "teacher.accum_steps": 1,
+            "teacher.patience": None,
+            "teacher.views": 3,
+            "student.epochs": 6,
+            "student.lr": 2e-3,
+            "student.patience": None,
+            "student.task_weight": 0.5,
+            "student.output_weight": 1.0,
+            "student.feature_weight": 0.0,
+            "student.unlabeled": ["$EDGEEMO_CACHE/unlabeled/debian-xl"],
+            "student.unlabeled_max_windows": 60,
+            "student.unlabeled_max_seconds": 30.0,
+            "student.windows_per_song": 6,
+        }
+    )

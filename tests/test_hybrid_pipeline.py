@@ -83,8 +83,8 @@ def test_a_resumed_run_retrains_nothing(hybrid_run):
     assert again["test"]["student"] == summary["test"]["student"]
 
 
-def test_export_measures_the_token_teacher_with_its_front_end(hybrid_run, tmp_path):
-    r, _root, summary, _ = hybrid_run
+def test_export_measures_the_token_teacher_with_its_front_end(hybrid_run, tmp_path, monkeypatch):
+    r, root, summary, _ = hybrid_run
     card = export_run(r.dir, tmp_path / "bundle", overrides=LOOSE)
     vit, front = r.dir / "export" / "teacher.onnx", r.dir / "export" / "teacher_frontend.onnx"
     assert vit.is_file() and front.is_file()
@@ -94,7 +94,16 @@ def test_export_measures_the_token_teacher_with_its_front_end(hybrid_run, tmp_pa
     assert card["metrics"]["teacher_torch"]["ccc_mean"] == pytest.approx(
         summary["test"]["teacher"]["ccc_mean"], abs=1e-6
     )
-    assert "unlabeled" in card["training_data"]["licence"]
+    assert "unlabeled" in card["training_data"]["licence"] and "musicnn" in card["training_data"]["licence"]
+    # the CV's recipe system scores the held-out songs with this teacher and with the bundle
+    from edgeemo.train.cv_recipe import score_songs
+    from edgeemo.train.rundata import prepare_run_data
+
+    songs = prepare_run_data(r.dir, r.cfg.data).splits["test"]
+    monkeypatch.setenv("EDGEEMO_CACHE", str(root / "cache"))
+    for role in ("teacher", "int8", "fp32"):
+        scores = score_songs(r.dir, tmp_path / "bundle", songs, role)
+        assert scores.shape == (len(songs), 2) and np.all(np.abs(scores) <= 1)
 
 
 def test_excerpt_songs_are_refused(hybrid_run):

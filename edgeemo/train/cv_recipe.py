@@ -58,8 +58,6 @@ def train_fold(cfg: RunConfig, root: Path, progress: bool = False) -> tuple[Path
 
 def score_songs(run_dir: Path, bundle: Path, test: Sequence[Song], role: str) -> np.ndarray:
     """``(n_test, 2)``: each held-out song's mean (valence, arousal) over its windows, by ``role``'s model."""
-    import torch
-
     from edgeemo.bundle import FP32_NAME, load_card
     from edgeemo.data.windows import build_windows, default_cache_dir
     from edgeemo.evaluation import predict_windowset
@@ -71,16 +69,12 @@ def score_songs(run_dir: Path, bundle: Path, test: Sequence[Song], role: str) ->
     features = FeatureConfig.from_dict(card["feature_config"])
     windows = build_windows(list(test), features, default_cache_dir(), strict=True, progress=False)
     if role == "teacher":
+        from edgeemo.train.pipeline import model_window_predictions
+
         model, _ = load_model(run_dir / "teacher" / "best.pt")
-
-        def predict(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return model(torch.from_numpy(x)).numpy()
-
-    else:
-        name = card["default_model"] if role == "int8" else FP32_NAME
-        predict = onnx_predictor(bundle / name)
-    return windows.song_means(predict_windowset(predict, windows))
+        return windows.song_means(model_window_predictions(model, windows, default_cache_dir()))
+    name = card["default_model"] if role == "int8" else FP32_NAME
+    return windows.song_means(predict_windowset(onnx_predictor(bundle / name), windows))
 
 
 def recipe_system(spec: str) -> EndToEndSystem:
