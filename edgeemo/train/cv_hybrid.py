@@ -45,7 +45,7 @@ class HybridSettings:
     seed: int = 0
     # teacher
     dim: int = 192
-    depth: int = 6
+    depth: int = 8
     heads: int = 3
     drop_path: float = 0.1
     teacher_epochs: int = 10

@@ -33,7 +33,7 @@ from edgeemo.train.viewset import MelWindows, TokenWindows, ViewSet
 @dataclass(frozen=True)
 class TokenTeacherSettings:
     dim: int = 192
-    depth: int = 6
+    depth: int = 8
     heads: int = 3
     drop_path: float = 0.1
     epochs: int = 10

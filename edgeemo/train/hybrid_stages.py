@@ -36,7 +36,7 @@ from edgeemo.train.models import Regressor, load_model
 from edgeemo.train.tokenvit import TOKEN_VIT
 from edgeemo.train.viewset import ViewSet, build_viewset, concat_viewsets
 
-DEFAULT_DEPTH = 6
+DEFAULT_DEPTH = 8
 DEFAULT_WINDOWS = 12
 
 

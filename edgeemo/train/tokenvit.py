@@ -25,7 +25,7 @@ class TokenViT(nn.Module):
     def __init__(
         self,
         dim: int = 192,
-        depth: int = 6,
+        depth: int = 8,
         heads: int = 3,
         n_tokens: int = N_TOKENS,
         token_dim: int = TOKEN_DIM,
@@ -57,7 +57,7 @@ class TokenViT(nn.Module):
         return self.norm(x)[:, 0]
 
 
-def token_vit_spec(dim: int = 192, depth: int = 6, heads: int = 3, drop_path: float = 0.1) -> dict[str, Any]:
+def token_vit_spec(dim: int = 192, depth: int = 8, heads: int = 3, drop_path: float = 0.1) -> dict[str, Any]:
     return {
         "role": "teacher",
         "arch": TOKEN_VIT,
