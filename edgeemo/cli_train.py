@@ -356,8 +356,14 @@ def distill_cmd(**kw: Any) -> None:
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path), default=Path("runs/default"), required=False)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Bundle folder (default export/<run name>).")
+@click.option(
+    "--cv-report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="An `edgeemo cv --json` report with rows for this run's recipe (recipe:NAME): the card states them as the "
+    "model's expected accuracy.",
+)
 @config_options(("export",), run_wide=False)
-def export_cmd(run_dir: Path, out_dir: Path | None, **kw: Any) -> None:
+def export_cmd(run_dir: Path, out_dir: Path | None, cv_report: Path | None, **kw: Any) -> None:
     """Export a finished run to an ONNX bundle (RUN_DIR defaults to runs/default), behind the verification gate.
 
     Settings default to the run's export section; flags given here override it for this export
@@ -366,7 +372,7 @@ def export_cmd(run_dir: Path, out_dir: Path | None, **kw: Any) -> None:
     from edgeemo.exporting.export import export_run
 
     overrides = {k.removeprefix("export."): v for k, v in config_overrides(kw).items()}
-    export_run(run_dir, out_dir, overrides=overrides)
+    export_run(run_dir, out_dir, overrides=overrides, cv_report=cv_report)
 
 
 @click.group("recipes", invoke_without_command=True, cls=ErrorGroup)

@@ -375,3 +375,47 @@ def report(
             "table": format_table(results),
         }
     )
+
+
+ROLE_OF_SYSTEM = {"int8": "student_int8", "fp32": "student_fp32", "teacher": "teacher"}
+
+
+def expected_accuracy(report: dict[str, Any], recipe: str, digest: str, source: str = "") -> dict[str, Any]:
+    """What a bundle's card states as its expected accuracy: the CV rows of ``recipe`` at config ``digest``
+    (``recipe:NAME[@ROLE]`` systems of an ``edgeemo cv`` JSON report) and the peers measured beside them.
+
+    Raises :class:`DataError` when the report has no row for that recipe and digest: figures of another
+    config must not describe this model.
+    """
+    try:
+        systems = list(report["systems"])
+        protocol = dict(report["protocol"])
+    except (KeyError, TypeError):
+        raise DataError(f"{source or 'the CV report'} is not an `edgeemo cv --json` report") from None
+    rows: dict[str, Any] = {}
+    peers: dict[str, Any] = {}
+    for system in systems:
+        summary = {k: system["summary"][k] for k in SUMMARY_KEYS if k in system.get("summary", {})}
+        n_folds = len(system.get("folds", []))
+        if system.get("recipe") == recipe and system.get("recipe_digest") == digest:
+            rows[ROLE_OF_SYSTEM.get(system.get("role", "int8"), system.get("role", "int8"))] = summary
+        elif "recipe" not in system:
+            peers[system["name"]] = summary
+        if n_folds != protocol.get("n_folds"):
+            raise DataError(f"{source or 'the CV report'}: system {system['name']!r} has {n_folds} folds, not all")
+    if not rows:
+        raise DataError(
+            f"{source or 'the CV report'} has no row for recipe {recipe} at config digest {digest}; "
+            f"run `edgeemo cv --system recipe:{recipe}` first"
+        )
+    keep = ("n_songs", "n_artists", "n_folds", "seed", "stratified")
+    described = {k: protocol[k] for k in keep if k in protocol}
+    if "dataset" in protocol:  # its folder name only: a card holds no machine path
+        described["dataset"] = Path(str(protocol["dataset"])).name
+    return {
+        "protocol": described | {"kind": "artist-grouped k-fold cross-validation, song level, mean and sd over folds"},
+        "recipe": {"name": recipe, "config_digest": digest},
+        "models": rows,
+        "peers": peers,
+        **({"source": source} if source else {}),
+    }

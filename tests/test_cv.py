@@ -392,3 +392,51 @@ def test_registered_kinds_become_system_specs(tmp_path):
     for bad in ("", "a:b", "musicnn-lr", "bundle"):
         with pytest.raises(EdgeemoError, match="cannot register"):
             cv_systems.register_system(bad, factory)
+
+
+def _cv_report(recipe: str, digest: str, n_folds: int = 5) -> dict:
+    def system(name: str, score: float, **info) -> dict:
+        summary = {k: {"mean": score, "sd": 0.01} for k in ("quadrant_accuracy", "quadrant_macro_f1", "valence_auc")}
+        return {"name": name, "summary": summary, "folds": [{"fold": k} for k in range(n_folds)], **info}
+
+    return {
+        "protocol": {"n_songs": 600, "n_artists": 442, "n_folds": 5, "seed": 0, "dataset": "/machine/path/4q-dev"},
+        "systems": [
+            system(f"edgeemo {recipe} int8 student", 0.7, recipe=recipe, recipe_digest=digest, role="int8"),
+            system(f"edgeemo {recipe} teacher", 0.72, recipe=recipe, recipe_digest=digest, role="teacher"),
+            system("edgeemo other int8", 0.1, recipe="other", recipe_digest="x", role="int8"),
+            system("MSD-musicnn port mean_pool+max_pool + LR", 0.71),
+        ],
+    }
+
+
+def test_expected_accuracy_takes_the_recipe_rows_and_the_peers():
+    from edgeemo.cv import expected_accuracy
+
+    got = expected_accuracy(_cv_report("r", "d1"), "r", "d1", source="cv.json")
+    assert set(got["models"]) == {"student_int8", "teacher"}
+    assert got["models"]["student_int8"]["quadrant_macro_f1"] == {"mean": 0.7, "sd": 0.01}
+    assert list(got["peers"]) == ["MSD-musicnn port mean_pool+max_pool + LR"]
+    assert got["protocol"]["dataset"] == "4q-dev" and got["protocol"]["n_folds"] == 5  # no machine path
+    with pytest.raises(DataError, match="no row for recipe r at config digest d2"):
+        expected_accuracy(_cv_report("r", "d1"), "r", "d2")
+    with pytest.raises(DataError, match="has 3 folds, not all"):
+        expected_accuracy(_cv_report("r", "d1", n_folds=3), "r", "d1")
+    with pytest.raises(DataError, match="not an `edgeemo cv --json` report"):
+        expected_accuracy({"rows": []}, "r", "d1")
+
+
+def test_export_reads_cv_figures_only_for_the_recipe_it_trained(tmp_path):
+    pytest.importorskip("torch")
+    from edgeemo.exporting.export import cv_expected_accuracy
+    from edgeemo.recipes import recipe_config
+
+    cfg = recipe_config("tiny")
+    path = tmp_path / "cv.json"
+    path.write_text(json.dumps(_cv_report("tiny", cfg.digest())))
+    assert cv_expected_accuracy(path, cfg)["recipe"] == {"name": "tiny", "config_digest": cfg.digest()}
+    with pytest.raises(EdgeemoError, match="changed recipe tiny's config"):
+        cv_expected_accuracy(path, cfg.replace({"teacher.epochs": 99}))
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(EdgeemoError, match="cannot read the CV report"):
+        cv_expected_accuracy(tmp_path / "bad.json", cfg)

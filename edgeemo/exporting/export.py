@@ -191,16 +191,41 @@ def export_run_token_teacher(teacher, test, idx: np.ndarray, out_dir: Path, cach
     return export_token_teacher(teacher, musicnn_front_end()[0], out_dir, tokens)
 
 
+def cv_expected_accuracy(path: Path, cfg: RunConfig) -> dict[str, Any]:
+    """The CV rows of the run's recipe in the report at ``path`` (see :func:`edgeemo.cv.expected_accuracy`)."""
+    import json
+
+    from edgeemo.cv import expected_accuracy
+    from edgeemo.recipes import recipe_config
+
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgeemoError(f"cannot read the CV report {path}: {exc}") from None
+    try:
+        recipe_digest = recipe_config(cfg.recipe).digest()
+    except EdgeemoError:
+        raise EdgeemoError(f"--cv-report: the run's recipe {cfg.recipe!r} is not a registered recipe") from None
+    if cfg.replace({"export": recipe_config(cfg.recipe).to_dict()["export"]}).digest() != recipe_digest:
+        raise EdgeemoError(
+            f"--cv-report: this run changed recipe {cfg.recipe}'s config, so the recipe's CV figures do not describe it"
+        )
+    return expected_accuracy(report, cfg.recipe, recipe_digest, source=Path(path).name)
+
+
 def export_run(
     run_dir: Path,
     out_dir: Path | None = None,
     *,
     overrides: dict[str, Any] | None = None,
     name: str | None = None,
+    cv_report: Path | None = None,
 ) -> dict[str, Any]:
     """Export a finished run's student (and the teacher, for the figures); returns the card.
 
     The export settings are the run's ``export`` section with ``overrides`` (field -> value) applied.
+    ``cv_report`` (an ``edgeemo cv --json`` report) puts the CV rows of the run's recipe on the card as
+    its expected accuracy; the run's config must be the recipe's own (no changed field).
     """
     import torch
 
@@ -220,6 +245,7 @@ def export_run(
             raise EdgeemoError(f"run {run.dir} has no finished {stage}; finish it with `edgeemo train-all`")
     name = name or run.dir.name
     out_dir = Path(out_dir) if out_dir else Path("export") / name
+    expected = None if cv_report is None else cv_expected_accuracy(Path(cv_report), run.cfg)
     data = prepare_run_data(run.dir, run.cfg.data)
     test, train = data.windows("test"), data.windows("train")
     shape = run.cfg.features.shape
@@ -346,6 +372,7 @@ def export_run(
                 "teacher": {"arch": run.cfg.teacher.arch, "params": params["teacher"]},
                 "student": {"arch": run.cfg.student.arch, "params": params["student"]},
             },
+            **({"expected_accuracy": expected} if expected is not None else {}),
             "metrics": {
                 "split": "test",
                 "test_songs": len(test.songs),
