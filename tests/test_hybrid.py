@@ -86,6 +86,26 @@ def test_teacher_learns_the_token_signal_and_resumes_without_retraining(tmp_path
     np.testing.assert_allclose(hybrid.token_teacher_outputs(reloaded, val, device="cpu"), out, atol=1e-6)
 
 
+def test_an_interrupted_teacher_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    from tests.train_fixtures import interrupted_on_call
+
+    train, val = synthetic_viewset(12, 0), synthetic_viewset(6, 1)
+    settings = hybrid.TokenTeacherSettings(
+        dim=32, depth=1, heads=2, epochs=4, lr=2e-3, windows_per_entry=4, batch_size=8
+    )
+    whole, res = hybrid.train_token_teacher(train, val, tmp_path / "whole", settings, device="cpu")
+    with interrupted_on_call(monkeypatch, hybrid, "viewset_report"), pytest.raises(KeyboardInterrupt):
+        hybrid.train_token_teacher(train, val, tmp_path / "cut", settings, device="cpu")
+    assert (tmp_path / "cut" / "last.pt").is_file()
+    resumed, res2 = hybrid.train_token_teacher(train, val, tmp_path / "cut", settings, device="cpu")
+    assert [h["val_ccc_mean"] for h in res2.history] == pytest.approx([h["val_ccc_mean"] for h in res.history])
+    np.testing.assert_allclose(
+        hybrid.token_teacher_outputs(resumed, val, device="cpu"),
+        hybrid.token_teacher_outputs(whole, val, device="cpu"),
+        atol=1e-5,
+    )
+
+
 def test_distillation_loss_ignores_labels_of_unlabeled_windows():
     student = build_model({"role": "student", "arch": "mobilevit_xxs", "input_shape": [32, 32], "kwargs": {}})
     stage = hybrid.ViewDistillStage(student, hybrid.ViewStudentSettings(task_weight=0.5, output_weight=1.0), FEATURES)
