@@ -4,6 +4,13 @@
 # Usage:  sudo benchmarks/build_unlabeled_corpus.sh [OUT_DIR]
 #         (OUT_DIR defaults to $HOME/.cache/edgeemo/unlabeled/debian; run as root or with sudo for apt-get)
 #
+# Size: the default package list (DEFAULT_PACKAGES below) yields about 33 h of music (measured: 641 files, 33.14 h
+# with MIN_SECONDS=20; about 0.9 h of it is long ambient/environment loops of the game packages, e.g. 0ad's and
+# megaglest's ambience, which the duration filter keeps). edgeemo's recipe `4q-hybrid` expects this full default
+# corpus at $HOME/.cache/edgeemo/unlabeled/debian-xl, i.e. built with
+#         sudo benchmarks/build_unlabeled_corpus.sh $HOME/.cache/edgeemo/unlabeled/debian-xl
+# The default OUT_DIR is for the older, smaller corpus (4.47 h; see PACKAGES under Environment below).
+#
 # What it does (safe to re-run; every step is idempotent):
 #   1. apt-get install -y --no-install-recommends the packages in PACKAGES below (the wesnoth music
 #      package is found with `apt-cache search wesnoth | grep music`); a package the archive does not
@@ -49,7 +56,8 @@ WESNOTH_MUSIC="$(apt-cache search wesnoth 2>/dev/null | awk '/music/ {print $1}'
 # music-only packages first (all of their files are music), then game data packages that carry music
 DEFAULT_PACKAGES=(${WESNOTH_MUSIC:-wesnoth-1.16-music} drascula-music asc-music fb-music-high nexuiz-music
                   warzone2100-music ufoai-music hyperrogue-music singularity-music planetblupi-music-ogg boswars-data
-                  freedroidrpg-data openclonk-data)
+                  freedroidrpg-data openclonk-data 0ad-data naev-data supertux-data widelands-data hedgewars-data
+                  supertuxkart-data marsshooter-data megaglest-data flare-game redeclipse-data pushover-data)
 if [[ -n "${PACKAGES:-}" ]]; then read -r -a PACKAGES <<<"$PACKAGES"; else PACKAGES=("${DEFAULT_PACKAGES[@]}"); fi
 
 if [[ "$SKIP_APT" != "1" ]]; then
@@ -108,6 +116,23 @@ MUSIC_LICENCE = {
     "planetblupi-music-ogg": "GPL-3+",
     "openclonk-data": "CC-BY-3.0 (game content incl. music by K-Pone, per Music.ocg/authors.txt; "
     "some content CC0; engine ISC)",
+    "0ad-data": "CC-BY-SA-3.0 (Files: *, Wildfire Games; music by Omri Lahav and others, in public.zip audio/)",
+    "naev-data": "mixed, per file in copyright: GPL-3 or CC-BY-3.0 (21 tracks, Nikola Whallon), GPL-2+ (13, Vega "
+    "Strike), CC-BY-SA-3.0 (9, Askyel), CC-BY-3.0 (2); 7 more fall under Files: * (GPL-3+), but "
+    "dat/snd/SOUND_LICENSE.yaml gives them CC-BY-3.0 (4) / CC0 (2) / CC-BY-SA-4.0 (1)",
+    "supertux-data": "GPL-2+ (Files: data/music/*, copyright Marek Moeckel); 2 non-music clips GPL-3+ (Files: *)",
+    "widelands-data": "GPL-2+ (Files: *, Widelands Development Team); ingame_24-26 CC-BY-SA-3.0 (Stuart Marshall)",
+    "hedgewars-data": "GPL-2 (Files: *, which covers Data/Music; composers in Data/Music/credits.txt)",
+    "supertuxkart-data": "mostly CC-BY-SA-3.0 (per-track stanzas; 0zone0ne, Krobonil, bollen et al.); some "
+    "CC-BY-SA-4.0 / CC-BY-4.0 / CC-BY-3.0 / CC0 / GPL, and 9 tracks not itemised fall under Files: * (GPL-3+), "
+    "per file in copyright",
+    "marsshooter-data": "CC-BY-SA-3.0 (music by Obsidian Shell; Files: data/audio/music/*, menu.ogg, tutorial.ogg)",
+    "megaglest-data": "CC-BY-SA-3.0 (Files: *, Glest/MegaGlest teams; music by Aminos, Margaras, manolo camp, "
+    "Mattias Westlund et al.)",
+    "flare-game": "CC-BY-SA-3.0+ (Files: *: all art and data; music by Brandon Morris, remaxim)",
+    "redeclipse-data": 'CC-BY-SA-3.0 (music by Derek "JoJo" Stegall); themes CC-BY-SA-3.0+ (Files: *), '
+    "tonatiuh.ogg CC0; ambient loops CC-BY-3.0 / CC-BY-SA-3.0, per file in copyright",
+    "pushover-data": "GPL-3+ (Files: *, which credits Roberto Lorenz for the music)",
 }
 
 
