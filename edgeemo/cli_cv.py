@@ -34,8 +34,9 @@ def _default_work(data: Path, folds: int, seed: int) -> Path:
     "systems",
     multiple=True,
     help="System to run (repeatable): librosa-svm, musicnn-lr, yamnet-lr, musicnn+yamnet-lr, "
-    "bundle-lr:PATH, bundle:PATH, checkpoint-lr:PATH.pt, recipe:NAME[@int8|fp32|teacher] (train a registered "
-    "recipe on each fold end to end; needs the [train] extra) [librosa-svm, musicnn-lr, yamnet-lr].",
+    "bundle-lr:PATH, bundle:PATH, checkpoint-lr:PATH.pt, recipe:NAME[,FIELD=VALUE...][@int8|fp32|teacher] "
+    "(train a registered recipe, optionally changed, on each fold end to end; needs the [train] extra) "
+    "[librosa-svm, musicnn-lr, yamnet-lr].",
 )
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold split.")
@@ -83,10 +84,6 @@ def cv_cmd(
         from edgeemo.train.cv_recipe import register
 
         register()
-    if any(s.startswith("hybrid:") for s in specs):
-        from edgeemo.train.cv_hybrid import register as register_hybrid
-
-        register_hybrid()
     made = [make_system(s, cache, progress=not quiet) for s in specs]  # bad specs fail before any work
     split = grouped_folds(songs, folds, seed, stratify=not no_stratify)
     work = work or _default_work(data_path, folds, seed)

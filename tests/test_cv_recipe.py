@@ -73,3 +73,23 @@ def test_recipe_system_spec_errors(mini_recipe):
         recipe_system("tiny")
     with pytest.raises(EdgeemoError, match="unknown recipe"):
         recipe_system("nope")
+
+
+def test_recipe_system_with_changed_fields_is_another_system(mini_recipe):
+    plain = recipe_system("cv-mini@teacher")
+    changed = recipe_system("cv-mini,teacher.epochs=3,student.unlabeled=[],teacher.loss=ccc@teacher")
+    assert changed.extra["overrides"] == {"teacher.epochs": 3, "student.unlabeled": [], "teacher.loss": "ccc"}
+    assert changed.key != plain.key and changed.extra["recipe_digest"] != plain.extra["recipe_digest"]
+    assert "teacher.epochs=3" in changed.name and "overrides" not in plain.extra
+    assert recipe_system("cv-mini").key == plain.key.replace("-teacher", "-int8")
+    songs = load_quadrants(mini_recipe).songs
+    cfg = fold_config("cv-mini", songs[:2], {"teacher.epochs": 3})
+    assert cfg.teacher.epochs == 3 and cfg.data.exclude == tuple(sorted(s.id for s in songs[:2]))
+    for bad, match in (
+        ("cv-mini,epochs=3", "expected SECTION.FIELD=VALUE"),
+        ("cv-mini,data.exclude=[]", "the CV sets it"),
+        ("cv-mini,teacher.nope=1", "nope"),
+        ("cv-mini,teacher.epochs=0", "teacher.epochs"),
+    ):
+        with pytest.raises(EdgeemoError, match=match):
+            recipe_system(bad)

@@ -9,10 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgeemo.errors import EdgeemoError, TrainingError  # noqa: E402
+from edgeemo.errors import TrainingError  # noqa: E402
 from edgeemo.features import FeatureConfig  # noqa: E402
 from edgeemo.train import hybrid  # noqa: E402
-from edgeemo.train.cv_hybrid import HybridSettings, parse_spec  # noqa: E402
 from edgeemo.train.models import build_model, load_model  # noqa: E402
 from edgeemo.train.tokenvit import TOKEN_VIT, token_vit_spec  # noqa: E402
 from edgeemo.train.views import N_TOKENS, TOKEN_DIM, FileView  # noqa: E402
@@ -145,16 +144,3 @@ def test_student_learns_from_teacher_outputs_on_unlabeled_windows(tmp_path):
     assert res.best_metrics["ccc_mean"] > alone.best_metrics["ccc_mean"] + 0.1
     with pytest.raises(TrainingError, match="do not match"):
         hybrid.train_view_student(data, teacher[:-1], val, tmp_path / "s2", settings, device="cpu")
-
-
-def test_hybrid_spec_parsing():
-    role, s = parse_spec("teacher,depth=4,teacher_lr=0.001,unlabeled=a+b")
-    assert role == "teacher" and s.depth == 4 and s.teacher_lr == 0.001 and s.unlabeled == "a+b"
-    assert parse_spec("student")[1] == HybridSettings()
-    assert s.digest() != HybridSettings().digest()
-    student_only = parse_spec("int8,student_epochs=3,unlabeled=x")[1]
-    assert student_only.teacher_digest() == HybridSettings().teacher_digest() != s.teacher_digest()
-    assert student_only.digest() != HybridSettings().digest()
-    for bad in ("judge", "teacher,depth", "teacher,nope=1", "teacher,depth=four"):
-        with pytest.raises(EdgeemoError):
-            parse_spec(bad)

@@ -1,4 +1,10 @@
-"""A training recipe under the cross-validation protocol, end to end: ``edgeemo cv --system recipe:NAME[@ROLE]``.
+"""A training recipe under the cross-validation protocol, end to end: ``edgeemo cv --system
+recipe:NAME[,FIELD=VALUE...][@ROLE]``.
+
+``FIELD=VALUE`` pairs change the recipe's config for the CV (dotted names, as ``--set``: e.g.
+``recipe:4q-hybrid,teacher.depth=4,student.epochs=10@int8``; a value is read as JSON when it is JSON,
+else as text): a variation is measured under the same protocol without registering a recipe. Such
+a row's ``recipe_digest`` is the changed config's, so it never stands for the recipe on a card.
 
 For each fold the recipe's config gets ``data.exclude`` = the fold's held-out song ids, so the
 pipeline trains on every other song (the recipe's other data, e.g. the built-in corpus or
@@ -34,11 +40,29 @@ ROLES = ("int8", "fp32", "teacher")
 CV_EXPORT = {"int8": True, "min_compression": 0.0, "min_retention": -1e9, "max_int8_drop": 1e9}
 
 
-def fold_config(recipe: str, test: Sequence[Song]) -> RunConfig:
-    """The recipe's config with the fold's held-out songs left out of the run."""
+def fold_config(recipe: str, test: Sequence[Song], overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The recipe's config (with ``overrides``) with the fold's held-out songs left out of the run."""
     from edgeemo.recipes import recipe_config
 
-    return recipe_config(recipe).replace({"data.exclude": sorted(s.id for s in test)})
+    return recipe_config(recipe).replace(overrides or {}).replace({"data.exclude": sorted(s.id for s in test)})
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings -> ``{field: value}`` (JSON values where they parse, else the text)."""
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key or "." not in key:
+            raise EdgeemoError(f"recipe system setting {pair!r}: expected SECTION.FIELD=VALUE")
+        if key == "data.exclude":
+            raise EdgeemoError("recipe system setting data.exclude: the CV sets it (the fold's held-out songs)")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
 
 
 def train_fold(cfg: RunConfig, root: Path, progress: bool = False) -> tuple[Path, Path]:
@@ -78,32 +102,42 @@ def score_songs(run_dir: Path, bundle: Path, test: Sequence[Song], role: str) ->
 
 
 def recipe_system(spec: str) -> EndToEndSystem:
-    """The CV system ``recipe:NAME[@ROLE]``: train recipe NAME on each fold's training songs, score its test songs."""
+    """The CV system ``recipe:NAME[,FIELD=VALUE...][@ROLE]``: train recipe NAME (so changed) on each fold's
+    training songs, score its test songs."""
     from edgeemo.recipes import get_recipe
 
-    name, _, role = spec.partition("@")
+    head, _, role = spec.partition("@")
+    name, *pairs = head.split(",")
+    overrides = parse_overrides(pairs)
     role = role or "int8"
     if role not in ROLES:
         raise EdgeemoError(f"recipe system role {role!r} is not one of {', '.join(ROLES)} (recipe:NAME@ROLE)")
     recipe = get_recipe(name)
-    sources = {s.kind for s in recipe.config.data.sources}
+    config = recipe.config.replace(overrides)  # bad fields fail here, before any fold runs
+    sources = {s.kind for s in config.data.sources}
     if "quadrants" not in sources:
         kinds = ", ".join(sorted(sources))
         raise EdgeemoError(f"recipe {name} trains on {kinds}: no quadrant dataset to cross-validate")
 
     def fit_score(train: Sequence[Song], test: Sequence[Song], workdir: Path) -> SongScores:
-        cfg = fold_config(name, test)
+        cfg = fold_config(name, test, overrides)
         run_dir, bundle = train_fold(cfg, Path(workdir).parent.parent / "recipe-runs")
         _check_fold(run_dir, train, test)
         scores = score_songs(run_dir, bundle, test, role)
         return SongScores(scores[:, 0], scores[:, 1], details={"run": run_dir.name, "config_digest": cfg.digest()})
 
     label = {"int8": "int8 student", "fp32": "fp32 student", "teacher": "teacher"}[role]
+    changed = f" [{', '.join(pairs)}]" if pairs else ""
     return EndToEndSystem(
-        f"edgeemo {name} {label}",
-        f"recipe-{name}-{recipe.config.digest()}-{role}",
+        f"edgeemo {name}{changed} {label}",
+        f"recipe-{name}-{config.digest()}-{role}",
         fit_score,
-        extra={"recipe": name, "recipe_digest": recipe.config.digest(), "role": role},
+        extra={
+            "recipe": name,
+            "recipe_digest": config.digest(),
+            "role": role,
+            **({"overrides": overrides} if overrides else {}),
+        },
     )
 
 
@@ -122,5 +156,5 @@ def _check_fold(run_dir: Path, train: Sequence[Song], test: Sequence[Song]) -> N
 
 
 def register() -> None:
-    """Make ``recipe:NAME[@ROLE]`` a system spec of ``edgeemo cv``."""
+    """Make ``recipe:NAME[,FIELD=VALUE...][@ROLE]`` a system spec of ``edgeemo cv``."""
     register_system("recipe", recipe_system)

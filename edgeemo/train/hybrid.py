@@ -146,26 +146,8 @@ def train_token_teacher(
     data = TokenWindows(train)
     if len(data) == 0:
         raise TrainingError("the token teacher has no labelled window to learn from")
-    entry_of = data.data.index[:, 0]
-    groups = param_groups(model, settings.lr, 1.0, settings.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
-    cfg = FitConfig(
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        accum_steps=1,
-        patience=settings.patience,
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
-    result = fit(
-        TokenTeacherStage(model, settings),
-        optimizer,
-        lambda epoch: _epoch_subset(data, entry_of, settings.windows_per_entry, seed, epoch),
-        val,
-        out_dir,
-        cfg,
-    )
+    stage = TokenTeacherStage(model, settings)
+    result = _fit_windows(stage, model, data, data.data.index[:, 0], val, out_dir, settings, seed, device, progress)
     model, _ = load_model(Path(out_dir) / "best.pt")
     return model, result
 
@@ -235,8 +217,27 @@ def train_view_student(
     if backbone is not None:
         load_backbone(student, backbone)
     data = MelWindows(train, teacher_out)
-    entry_of = train.index[:, 0]
-    optimizer = torch.optim.AdamW(param_groups(student, settings.lr, 1.0, settings.weight_decay), lr=settings.lr)
+    stage = ViewDistillStage(student, settings, train.features)
+    result = _fit_windows(stage, student, data, train.index[:, 0], val, out_dir, settings, seed, device, progress)
+    student, _ = load_model(Path(out_dir) / "best.pt")
+    return student, result
+
+
+def _fit_windows(
+    stage: Any,
+    model: Regressor,
+    data: Dataset,
+    entry_of: np.ndarray,
+    val: ViewSet,
+    out_dir: Path,
+    settings: TokenTeacherSettings | ViewStudentSettings,
+    seed: int,
+    device: str,
+    progress: bool,
+) -> FitResult:
+    """The shared loop over ``data``, ``settings.windows_per_entry`` windows of each (item, view) an epoch,
+    AdamW on ``model`` (no decay on biases and norms)."""
+    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, 1.0, settings.weight_decay), lr=settings.lr)
     cfg = FitConfig(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
@@ -246,13 +247,11 @@ def train_view_student(
         device=device,
         progress=progress,
     )
-    result = fit(
-        ViewDistillStage(student, settings, train.features),
+    return fit(
+        stage,
         optimizer,
         lambda epoch: _epoch_subset(data, entry_of, settings.windows_per_entry, seed, epoch),
         val,
         out_dir,
         cfg,
     )
-    student, _ = load_model(Path(out_dir) / "best.pt")
-    return student, result
