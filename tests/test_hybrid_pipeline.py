@@ -23,13 +23,9 @@ LOOSE = {"int8": True, "calibration": 16, "min_compression": 0.0, "min_retention
 
 @pytest.fixture(scope="module")
 def musicnn():
-    from edgeemo.pretrained.musicnn import Musicnn
+    from tests.train_fixtures import random_musicnn
 
-    torch.manual_seed(0)
-    net = Musicnn().eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    return random_musicnn()
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,9 @@ FEATURES = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=500, n_mels=6
 
 @pytest.fixture(scope="module")
 def net():
-    from edgeemo.pretrained.musicnn import Musicnn
+    from tests.train_fixtures import random_musicnn
 
-    torch.manual_seed(0)
-    model = Musicnn().eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return random_musicnn()
 
 
 def write_wav(path, signal, sample_rate):

@@ -123,3 +123,16 @@ def fit_student(data, cfg: RunConfig, teacher_checkpoint: Path, out_dir: Path, *
     from edgeemo.train.distill import train_student
 
     return train_student(data, cfg.student, ctx(cfg), teacher_checkpoint, out_dir, **kw)
+
+
+def random_musicnn():
+    """An MSD-musicnn network with seeded random weights, frozen and in eval mode (no weights file needed)."""
+    import torch
+
+    from edgeemo.pretrained.musicnn import Musicnn
+
+    torch.manual_seed(0)
+    net = Musicnn().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
