@@ -232,6 +232,14 @@ class TeacherConfig:
         min=1,
         flags=("--views",),
     )
+    probe_alpha: float | None = opt(
+        None,
+        "musicnn_token_vit only: ridge alpha of a frozen linear probe of each window's pooled tokens, fitted "
+        "in closed form first; the ViT then learns its correction (null: no probe).",
+        min=0.0,
+        min_open=True,
+        flags=("--probe-alpha",),
+    )
 
 
 @dataclass(frozen=True)
@@ -263,6 +271,10 @@ class StudentConfig:
     windows_per_song: int | None = opt(
         None, "Windows per song and view an epoch draws (null: data.windows_per_song).", min=1
     )
+    views: int | None = opt(
+        None, "musicnn_token_vit teacher only: views of each training song the student learns (null: teacher.views).",
+        min=1, flags=("--student-views",),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -295,6 +307,8 @@ ADDED_FIELDS: dict[str, Any] = {
     "student.unlabeled_max_windows": 60,
     "student.unlabeled_max_seconds": 30.0,
     "student.windows_per_song": None,
+    "teacher.probe_alpha": None,
+    "student.views": None,
 }
 
 SECTIONS: dict[str, type] = {

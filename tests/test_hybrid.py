@@ -85,6 +85,35 @@ def test_teacher_learns_the_token_signal_and_resumes_without_retraining(tmp_path
     np.testing.assert_allclose(hybrid.token_teacher_outputs(reloaded, val, device="cpu"), out, atol=1e-6)
 
 
+def test_the_probe_teacher_starts_as_the_ridge_probe_and_keeps_it_frozen(tmp_path):
+    from edgeemo.train.tokenvit import pooled_tokens
+    from edgeemo.train.viewset import TokenWindows
+
+    train, val = synthetic_viewset(64, 0), synthetic_viewset(12, 1)
+    data = TokenWindows(train)
+    mean, std, weight, bias = hybrid.fit_ridge_probe(data, 10.0)
+    x = (pooled_tokens(np.stack([data.data.tokens(i) for i in range(len(data))])) - mean) / std
+    fitted = x @ weight.T + bias
+    # the closed form is the ridge optimum: its gradient vanishes
+    grad = x.T @ (fitted - data.labels) + 10.0 * weight.T
+    assert np.abs(grad).max() < 1e-6 * len(data)
+    assert np.corrcoef(fitted[:, 0], data.labels[:, 0])[0, 1] > 0.9  # the token signal is linear: the probe sees it
+    model = build_model(token_vit_spec(dim=32, depth=1, heads=2, probe=True)).eval()
+    model.backbone.set_token_stats(*hybrid.token_stats(train))
+    model.backbone.set_probe(mean, std, weight, bias)
+    x_t = torch.from_numpy(np.stack([data.data.tokens(i) for i in range(8)]))
+    np.testing.assert_allclose(model(x_t).detach().numpy(), np.clip(fitted[:8], -1, 1), atol=1e-4)
+    settings = hybrid.TokenTeacherSettings(
+        dim=32, depth=1, heads=2, epochs=2, lr=1e-3, windows_per_entry=4, batch_size=16, probe_alpha=1e3
+    )
+    trained, res = hybrid.train_token_teacher(train, val, tmp_path / "p", settings, device="cpu")
+    w_1e3 = hybrid.fit_ridge_probe(data, 1e3)[2]
+    np.testing.assert_allclose(trained.backbone.probe.weight.numpy(), w_1e3, rtol=1e-4, atol=1e-6)
+    assert res.best_metrics["valence_auc"] > 0.9 and res.best_metrics["arousal_auc"] > 0.9
+    with pytest.raises(TrainingError, match="alpha must be > 0"):
+        hybrid.fit_ridge_probe(data, 0.0)
+
+
 def test_an_interrupted_teacher_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     from tests.train_fixtures import interrupted_on_call
 

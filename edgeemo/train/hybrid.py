@@ -26,7 +26,7 @@ from edgeemo.errors import TrainingError
 from edgeemo.features import FeatureConfig
 from edgeemo.train.loop import FitConfig, FitResult, fit, resolve_device
 from edgeemo.train.models import Regressor, build_model, load_backbone, load_model, param_groups, student_spec
-from edgeemo.train.tokenvit import token_vit_spec
+from edgeemo.train.tokenvit import pooled_tokens, token_vit_spec
 from edgeemo.train.viewset import MelWindows, TokenWindows, ViewSet
 
 
@@ -42,6 +42,7 @@ class TokenTeacherSettings:
     batch_size: int = 64
     windows_per_entry: int = 12  # windows drawn per (song, view) each epoch
     patience: int | None = None
+    probe_alpha: float | None = None  # > 0: a frozen ridge probe of the pooled tokens, the ViT learns its correction
 
 
 @dataclass(frozen=True)
@@ -141,15 +142,37 @@ def train_token_teacher(
 ) -> tuple[Regressor, FitResult]:
     """Fit the token ViT on the labelled windows of ``train`` (all views); select on ``val``. Resumable."""
     torch.manual_seed(seed)
-    model = build_model(token_vit_spec(settings.dim, settings.depth, settings.heads, settings.drop_path))
+    probe = settings.probe_alpha is not None
+    model = build_model(token_vit_spec(settings.dim, settings.depth, settings.heads, settings.drop_path, probe))
     model.backbone.set_token_stats(*token_stats(train))
     data = TokenWindows(train)
     if len(data) == 0:
         raise TrainingError("the token teacher has no labelled window to learn from")
+    if probe and not (Path(out_dir) / "last.pt").is_file():  # a resumed run has its probe in last.pt
+        model.backbone.set_probe(*fit_ridge_probe(data, float(settings.probe_alpha)))
     stage = TokenTeacherStage(model, settings)
     result = _fit_windows(stage, model, data, data.data.index[:, 0], val, out_dir, settings, seed, device, progress)
     model, _ = load_model(Path(out_dir) / "best.pt")
     return model, result
+
+
+def fit_ridge_probe(data: TokenWindows, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Closed-form ridge from the standardised pooled tokens of every labelled window to its label: (feature
+    mean, feature sd, weight (2, 1506), bias (2,))."""
+    if alpha <= 0:
+        raise TrainingError(f"the probe's ridge alpha must be > 0, got {alpha}")
+    pooled = np.concatenate(
+        [
+            pooled_tokens(np.stack([data.data.tokens(j) for j in range(i, min(len(data), i + 512))]))
+            for i in range(0, len(data), 512)
+        ]
+    ).astype(np.float64)
+    mean, std = pooled.mean(axis=0), np.maximum(pooled.std(axis=0), 1e-3)
+    x = (pooled - mean) / std
+    y = np.asarray(data.labels, dtype=np.float64)
+    y_mean = y.mean(axis=0)
+    weight = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ (y - y_mean))
+    return mean, std, weight.T, y_mean
 
 
 def token_teacher_outputs(model: Regressor, data: ViewSet, device: str = "auto") -> np.ndarray:

@@ -2,8 +2,9 @@
 musicnn_token_vit``), in the run directory contract of :mod:`edgeemo.train.pipeline`.
 
 Owns mapping the run's config sections onto :mod:`edgeemo.train.hybrid` (the teacher: depth,
-drop path, epochs, ``head_lr``, weight decay, batch, patience and ``teacher.views`` augmented
-views of each training song; the student: its section plus ``student.unlabeled`` folders, whose
+drop path, epochs, ``head_lr``, weight decay, batch, patience, ``teacher.probe_alpha`` and
+``teacher.views`` augmented views of each training song; the student: its section plus
+``student.views`` (default: the teacher's) and ``student.unlabeled`` folders, whose
 files the run's validation, test and left-out songs never join), loading MSD-musicnn (the
 frozen front end) once per process, and giving such a teacher's predictions on the windows of a
 :class:`~edgeemo.data.windows.WindowSet` (:func:`teacher_window_predictions`: the same windows,
@@ -80,6 +81,7 @@ def teacher_settings(cfg: TeacherConfig, ctx: StageContext) -> TokenTeacherSetti
         batch_size=cfg.batch_size,
         windows_per_entry=ctx.windows_per_song or DEFAULT_WINDOWS,
         patience=cfg.patience,
+        probe_alpha=cfg.probe_alpha,
     )
 
 
@@ -113,7 +115,7 @@ def train_hybrid_student(
     from edgeemo.data.unlabeled import find_unlabeled
 
     teacher, _ = load_model(teacher_checkpoint)
-    train = song_views(splits["train"], ctx, teacher_cfg.views, cache_dir, progress)
+    train = song_views(splits["train"], ctx, cfg.views or teacher_cfg.views, cache_dir, progress)
     if cfg.unlabeled:
         found = find_unlabeled([resolve_path(p) for p in cfg.unlabeled], exclude=exclude)
         model, weights_id = musicnn_front_end()

@@ -50,6 +50,21 @@ class RegressionHead(nn.Module):
         return self.net(feats)
 
 
+class ProbeHead(nn.Module):
+    """For a backbone whose last two features are a linear probe's (valence, arousal): the probe's output plus
+    a 3-layer head on the other features, whose last layer starts at 0 (so the model starts as the probe)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = RegressionHead(width - 2)
+        last = self.mlp.net[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats[:, -2:] + self.mlp(feats[:, :-2])
+
+
 class Regressor(nn.Module):
     """timm backbone + regression head. ``forward`` -> ``(B, 2)``; ``forward_features`` -> pooled features."""
 
@@ -122,8 +137,10 @@ def build_model(spec: dict[str, Any]) -> Regressor:
     """Build a teacher or student from its spec (see :func:`teacher_spec`, :func:`student_spec`)."""
     backbone = _create_backbone(spec)
     width = int(backbone.num_features)
-    if spec["role"] == "teacher":
-        head: nn.Module = RegressionHead(width)
+    if spec["role"] == "teacher" and spec.get("kwargs", {}).get("probe"):
+        head: nn.Module = ProbeHead(width)
+    elif spec["role"] == "teacher":
+        head = RegressionHead(width)
     else:
         head = nn.Sequential(nn.Dropout(0.1), nn.Linear(width, 2))
     return Regressor(backbone, head, spec)
