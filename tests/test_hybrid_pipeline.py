@@ -18,6 +18,7 @@ from edgeemo.train.pipeline import open_run, train_all  # noqa: E402
 from tests.data_fixtures import synth_clip, write_miniature_quadrants  # noqa: E402
 from tests.train_fixtures import tiny_config  # noqa: E402
 
+PREFLIGHT = hybrid_stages.preflight  # the real one: the run fixture replaces it while the module's tests run
 LOOSE = {"int8": True, "calibration": 16, "min_compression": 0.0, "min_retention": -10.0, "max_int8_drop": 1.0}
 
 
@@ -53,6 +54,7 @@ def hybrid_run(tmp_path_factory, musicnn):
     )
     mp = pytest.MonkeyPatch()
     mp.setattr(hybrid_stages, "musicnn_front_end", lambda weights=None: (musicnn, "test-weights"))
+    mp.setattr(hybrid_stages, "preflight", lambda teacher, student: None)  # no weights file: the net is random
     r = open_run(root / "runs" / "hyb", cfg)
     summary = train_all(r, progress=False, cache_dir=root / "cache")
     yield r, root, summary, mp
@@ -112,3 +114,19 @@ def test_excerpt_songs_are_refused(hybrid_run):
     song = Song("x", root / "mini4q" / "audio" / "missing.mp3", 0.5, 0.5, start_s=2.0)
     with pytest.raises(TrainingError, match="whole-file songs"):
         hybrid_stages.song_views([dataclasses.replace(song)], StageContext(r.cfg.features), 1, root / "cache", False)
+
+
+def test_missing_musicnn_weights_or_unlabeled_folder_fail_before_training(tmp_path, monkeypatch):
+    from edgeemo.recipes import recipe_config
+
+    cfg = recipe_config("4q-hybrid")
+    monkeypatch.setenv("EDGEEMO_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(TrainingError, match="import-musicnn"):
+        PREFLIGHT(cfg.teacher, cfg.student)
+    weights = tmp_path / "empty-cache" / "pretrained" / "MSD_musicnn.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"x")
+    with pytest.raises(TrainingError, match=r"build_unlabeled_corpus\.sh"):
+        PREFLIGHT(cfg.teacher, cfg.student)
+    (tmp_path / "empty-cache" / "unlabeled" / "debian-xl").mkdir(parents=True)
+    PREFLIGHT(cfg.teacher, cfg.student)

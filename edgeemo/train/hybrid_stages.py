@@ -55,6 +55,25 @@ def musicnn_front_end(weights: str | None = None) -> tuple[Any, str]:
     return load_musicnn(path), sha256_file(path)[:16]
 
 
+def preflight(teacher: TeacherConfig, student: StudentConfig) -> None:
+    """Before any training: the musicnn weights and the student's unlabeled folders are there (one-line errors)."""
+    from edgeemo.pretrained.musicnn import default_weights_path
+
+    weights = default_weights_path()
+    if not weights.is_file():
+        raise TrainingError(
+            f"teacher.arch {TOKEN_VIT} runs MSD-musicnn's front end, and {weights} is missing: "
+            "pip install --no-deps musicnn==0.1.0 && edgeemo pretrained import-musicnn"
+        )
+    for folder in student.unlabeled:
+        path = resolve_path(folder)
+        if not path.is_dir():
+            raise TrainingError(
+                f"student.unlabeled folder {folder} ({path}) does not exist; the Debian corpus is built by "
+                "benchmarks/build_unlabeled_corpus.sh (see docs/cv.md)"
+            )
+
+
 def song_views(songs: Sequence[Song], ctx: StageContext, n_views: int, cache_dir: Path, progress: bool) -> ViewSet:
     """The songs' views (whole files only: a song cut from a longer file has no views)."""
     cut = next((s for s in songs if s.start_s != 0 or s.end_s is not None), None)

@@ -391,6 +391,12 @@ def train_all(
     """Run the stages in order, skipping finished ones; returns (and writes) ``summary.json``."""
     t0 = time.perf_counter()
     progress = progress and distributed.is_main()
+    from edgeemo.train.tokenvit import TOKEN_VIT
+
+    if run.cfg.teacher.arch == TOKEN_VIT and {"teacher", "student"} & set(stages):
+        from edgeemo.train.hybrid_stages import preflight
+
+        preflight(run.cfg.teacher, run.cfg.student)
     with distributed.main_first():  # rank 0 writes split.json and the caches; the others then read them
         data = prepare_run_data(run.dir, run.cfg.data, cache_dir)
         for split in ("train", "val", "test"):
