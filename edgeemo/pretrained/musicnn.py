@@ -269,10 +269,10 @@ def _read_tags(configuration_py: Path, model: str) -> list[str]:
 
 
 def default_weights_path(model: str = "MSD_musicnn") -> Path:
-    """``$EDGEEMO_CACHE/pretrained/<model>.safetensors``, else ``~/.cache/edgeemo/pretrained/<model>.safetensors``."""
-    root = os.environ.get("EDGEEMO_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "edgeemo"
-    return base / "pretrained" / f"{model}.safetensors"
+    """``<user cache>/pretrained/<model>.safetensors`` (:func:`edgeemo.config.default_cache_root`)."""
+    from edgeemo.config import default_cache_root
+
+    return default_cache_root().expanduser() / "pretrained" / f"{model}.safetensors"
 
 
 def _check_model(model: str) -> None:
