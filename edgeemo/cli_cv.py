@@ -48,6 +48,14 @@ def _default_work(data: Path, folds: int, seed: int) -> Path:
 )
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the report here.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N songs (a quick smoke run).")
+@click.option(
+    "--only-fold",
+    "only_folds",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="Run only fold K of the split (repeatable): a screening run. Its records are those of the full CV, "
+    "which reuses them; its report says which folds it holds and is not a CV figure.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars or per-fold lines.")
 def cv_cmd(
     data_path: Path,
@@ -58,6 +66,7 @@ def cv_cmd(
     work: Path | None,
     json_out: Path | None,
     limit: int | None,
+    only_folds: tuple[int, ...],
     quiet: bool,
 ) -> None:
     """Artist-grouped k-fold CV: mean ± sd over folds of song-level acc, macro-F1, V-AUC, A-AUC per system.
@@ -86,6 +95,11 @@ def cv_cmd(
         register()
     made = [make_system(s, cache, progress=not quiet) for s in specs]  # bad specs fail before any work
     split = grouped_folds(songs, folds, seed, stratify=not no_stratify)
+    bad = sorted(k for k in only_folds if k >= folds)
+    if bad:
+        raise EdgeemoError(f"--only-fold {bad[0]}: the split has folds 0..{folds - 1}")
+    if only_folds:
+        split = [split[k] for k in sorted(set(only_folds))]
     work = work or _default_work(data_path, folds, seed)
 
     def log(msg: str) -> None:
@@ -98,6 +112,9 @@ def cv_cmd(
     )
     results = [run_system(system, songs, split, work, log=log) for system in made]
     click.echo(format_table(results))
+    if only_folds:
+        shown = ", ".join(map(str, sorted(set(only_folds))))
+        click.echo(f"screening run: fold(s) {shown} of {folds} only; not a CV figure")
     warnings = [w for r in results if (w := leak_warning(r.name, r.info, Path(data_path).resolve().name))]
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
@@ -111,6 +128,8 @@ def cv_cmd(
                 dataset=str(data_path),
                 seed=seed,
                 stratified=not no_stratify,
+                k=folds,
+                **({"only_folds": sorted(set(only_folds))} if only_folds else {}),
                 systems=list(specs),
                 command="edgeemo " + " ".join(sys.argv[1:]),
                 seconds=time.perf_counter() - started,

@@ -401,7 +401,7 @@ def expected_accuracy(report: dict[str, Any], recipe: str, digest: str, source: 
             rows[ROLE_OF_SYSTEM.get(system.get("role", "int8"), system.get("role", "int8"))] = summary
         elif "recipe" not in system:
             peers[system["name"]] = summary
-        if n_folds != protocol.get("n_folds"):
+        if n_folds != protocol.get("k", protocol.get("n_folds")) or protocol.get("only_folds"):
             raise DataError(f"{source or 'the CV report'}: system {system['name']!r} has {n_folds} folds, not all")
     if not rows:
         raise DataError(

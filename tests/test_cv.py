@@ -287,6 +287,15 @@ def test_cli_runs_a_bundle_as_is_writes_json_and_resumes(tmp_path, monkeypatch):
     assert folder.exit_code == 2 and "is a directory" in folder.output and "(resumed)" not in folder.output
     bad = CliRunner().invoke(main, ["cv", "--data", str(data), "--system", "svm-of-my-own"])
     assert bad.exit_code == 2 and bad.output.strip().splitlines()[-1].startswith("error: unknown system")
+    # a screening run of one fold reuses the full run's record and says it is not a CV figure
+    one = CliRunner().invoke(main, [*args, "--only-fold", "1", "--json", str(tmp_path / "one.json")])
+    assert one.exit_code == 0 and "(resumed)" in one.output and "not a CV figure" in one.output
+    rep1 = json.loads((tmp_path / "one.json").read_text())
+    assert rep1["protocol"]["only_folds"] == [1] and rep1["protocol"]["k"] == 3
+    assert [f["fold"] for f in rep1["systems"][0]["folds"]] == [1]
+    assert rep1["systems"][0]["folds"][0]["metrics"] == sysrep["folds"][1]["metrics"]
+    out = CliRunner().invoke(main, [*args, "--only-fold", "3"])
+    assert out.exit_code == 2 and "folds 0..2" in out.output
 
 
 def test_make_system_rejects_bad_specs(tmp_path):
@@ -422,6 +431,10 @@ def test_expected_accuracy_takes_the_recipe_rows_and_the_peers():
         expected_accuracy(_cv_report("r", "d1"), "r", "d2")
     with pytest.raises(DataError, match="has 3 folds, not all"):
         expected_accuracy(_cv_report("r", "d1", n_folds=3), "r", "d1")
+    screening = _cv_report("r", "d1", n_folds=1)
+    screening["protocol"].update({"n_folds": 1, "k": 5, "only_folds": [0]})
+    with pytest.raises(DataError, match="not all"):
+        expected_accuracy(screening, "r", "d1")
     with pytest.raises(DataError, match="not an `edgeemo cv --json` report"):
         expected_accuracy({"rows": []}, "r", "d1")
 
