@@ -25,7 +25,6 @@ real run. Entries are written atomically; a damaged one is recomputed.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeemo.atomic import atomic_write_bytes
+from edgeemo.atomic import atomic_write_npz
 from edgeemo.data.types import Song
 from edgeemo.errors import EdgeemoError
 from edgeemo.filehash import content_digest
@@ -249,9 +248,7 @@ class ClipFeatureCache:
             return None  # damaged entry: recompute
 
     def store(self, extractor_id: str, audio: Path, values: dict[str, np.ndarray]) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, **values)
-        atomic_write_bytes(self.path(extractor_id, audio), buf.getvalue())
+        atomic_write_npz(self.path(extractor_id, audio), **values)
 
     def get(self, song: Song, extractor: ClipExtractor) -> dict[str, np.ndarray]:
         """The song's cached vectors (plus ``cpu_ms``), computed and stored when absent."""

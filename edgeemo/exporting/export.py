@@ -232,7 +232,7 @@ def export_run(
     from edgeemo.bundle import INPUT_NAME, OUTPUT_NAME, write_bundle
     from edgeemo.exporting.e2e import add_raw_audio
     from edgeemo.train.models import count_params, load_model
-    from edgeemo.train.pipeline import open_run
+    from edgeemo.train.pipeline import model_window_predictions, open_run
     from edgeemo.train.rundata import prepare_run_data
     from edgeemo.train.tokenvit import TOKEN_VIT
 
@@ -271,12 +271,7 @@ def export_run(
             quadrants[key] = {k: float(quad.metrics[k]) for k in QUADRANT_KEYS}
 
     token_teacher = teacher.spec["arch"] == TOKEN_VIT  # it hears the windows through musicnn's front end
-    if token_teacher:
-        from edgeemo.train.hybrid_stages import teacher_window_predictions
-
-        score("teacher_torch", preds=teacher_window_predictions(teacher, test, data.cache_dir))
-    else:
-        score("teacher_torch", torch_pred(teacher))
+    score("teacher_torch", preds=model_window_predictions(teacher, test, data.cache_dir))
     score("student_torch", torch_pred(student))
     parity_idx = np.linspace(0, len(test) - 1, min(PARITY_WINDOWS, len(test))).round().astype(int)
     parity_x = test.batch(parity_idx)

@@ -24,8 +24,9 @@ from torch.utils.data import Dataset, Subset
 from edgeemo import metrics
 from edgeemo.errors import TrainingError
 from edgeemo.features import FeatureConfig
-from edgeemo.train.loop import FitConfig, FitResult, fit, resolve_device
+from edgeemo.train.loop import FitConfig, FitResult, ValenceArousalStage, fit, resolve_device
 from edgeemo.train.models import Regressor, build_model, load_backbone, load_model, param_groups, student_spec
+from edgeemo.train.rundata import epoch_group_indices
 from edgeemo.train.tokenvit import pooled_tokens, token_vit_spec
 from edgeemo.train.viewset import MelWindows, TokenWindows, ViewSet
 
@@ -83,27 +84,36 @@ def _predict(fn, n: int, batch: Any, device: torch.device, batch_size: int = 256
     return np.concatenate(outs) if outs else np.zeros((0, 2), np.float32)
 
 
-def _epoch_subset(data: Dataset, entry_of: np.ndarray, per_entry: int, seed: int, epoch: int) -> Subset:
-    """At most ``per_entry`` windows of each entry, redrawn every epoch (repeatable)."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(entry_of))
-    seen: dict[int, int] = {}
-    keep = []
-    for i in order:
-        e = int(entry_of[i])
-        if seen.get(e, 0) < per_entry:
-            seen[e] = seen.get(e, 0) + 1
-            keep.append(int(i))
-    return Subset(data, sorted(keep))
+def _tokens_of(data: ViewSet, idx: Any) -> np.ndarray:
+    return np.stack([data.tokens(i) for i in idx])
 
 
-class TokenTeacherStage:
+def _mels_of(data: ViewSet, idx: Any) -> np.ndarray:
+    return np.stack([data.mel(i) for i in idx])[:, None]
+
+
+class _ViewSetStage(ValenceArousalStage):
+    """A stage validated on the labelled windows of a :class:`ViewSet` (view 0 of the validation songs)."""
+
+    eval_batch = 256
+
+    def inputs(self, data: ViewSet, idx: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def validate(self, val: ViewSet, device: torch.device, batch_size: int) -> dict[str, float]:
+        preds = _predict(self.predict, len(val), lambda idx: self.inputs(val, idx), device, self.eval_batch)
+        return viewset_report(val, preds)
+
+
+class TokenTeacherStage(_ViewSetStage):
     name = "teacher"
-    score_key = "ccc_mean"
 
     def __init__(self, model: Regressor, settings: TokenTeacherSettings) -> None:
         self.model = model
         self.settings = settings
+
+    def inputs(self, data: ViewSet, idx: Any) -> np.ndarray:
+        return _tokens_of(data, idx)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         loss = nn.functional.mse_loss(self.model(x).float(), y)
@@ -111,13 +121,6 @@ class TokenTeacherStage:
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
-
-    def validate(self, val: ViewSet, device: torch.device, batch_size: int) -> dict[str, float]:
-        preds = _predict(self.model, len(val), lambda idx: np.stack([val.tokens(i) for i in idx]), device)
-        return viewset_report(val, preds)
-
-    def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
-        return {}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"model_spec": self.model.spec, "stage_config": {"teacher": asdict(self.settings)}}
@@ -163,7 +166,7 @@ def fit_ridge_probe(data: TokenWindows, alpha: float) -> tuple[np.ndarray, np.nd
         raise TrainingError(f"the probe's ridge alpha must be > 0, got {alpha}")
     pooled = np.concatenate(
         [
-            pooled_tokens(np.stack([data.data.tokens(j) for j in range(i, min(len(data), i + 512))]))
+            pooled_tokens(_tokens_of(data.data, range(i, min(len(data), i + 512))))
             for i in range(0, len(data), 512)
         ]
     ).astype(np.float64)
@@ -179,12 +182,12 @@ def token_teacher_outputs(model: Regressor, data: ViewSet, device: str = "auto")
     """``(len(data), 2)``: the teacher's outputs on every window of ``data``."""
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    return _predict(model, len(data), lambda idx: np.stack([data.tokens(i) for i in idx]), dev)
+    return _predict(model, len(data), lambda idx: _tokens_of(data, idx), dev)
 
 
-class ViewDistillStage:
+class ViewDistillStage(_ViewSetStage):
     name = "student"
-    score_key = "ccc_mean"
+    eval_batch = 64
 
     def __init__(
         self, student: Regressor, settings: ViewStudentSettings, features: FeatureConfig | None = None
@@ -193,6 +196,9 @@ class ViewDistillStage:
         self.model = nn.ModuleDict({"student": student})  # checkpoints as the student stage's: "student." keys
         self.settings = settings
         self.features = features
+
+    def inputs(self, data: ViewSet, idx: Any) -> np.ndarray:
+        return _mels_of(data, idx)
 
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         y, has, t_out = target[:, :2], target[:, 2:3], target[:, 3:5]
@@ -204,13 +210,6 @@ class ViewDistillStage:
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
-
-    def validate(self, val: ViewSet, device: torch.device, batch_size: int) -> dict[str, float]:
-        preds = _predict(self.student, len(val), lambda idx: np.stack([val.mel(i) for i in idx])[:, None], device, 64)
-        return viewset_report(val, preds)
-
-    def epoch_extras(self, val_metrics: dict[str, float]) -> dict[str, float]:
-        return {}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {
@@ -273,7 +272,7 @@ def _fit_windows(
     return fit(
         stage,
         optimizer,
-        lambda epoch: _epoch_subset(data, entry_of, settings.windows_per_entry, seed, epoch),
+        lambda epoch: Subset(data, epoch_group_indices(entry_of, settings.windows_per_entry, seed, epoch)),
         val,
         out_dir,
         cfg,

@@ -37,21 +37,14 @@ from edgeemo.train.models import Regressor, load_model
 from edgeemo.train.tokenvit import TOKEN_VIT
 from edgeemo.train.viewset import ViewSet, build_viewset, concat_viewsets
 
-DEFAULT_DEPTH = 8
-DEFAULT_WINDOWS = 12
 
-
-def is_token_teacher(arch: str) -> bool:
-    return arch == TOKEN_VIT
-
-
-@lru_cache(maxsize=2)
-def musicnn_front_end(weights: str | None = None) -> tuple[Any, str]:
+@lru_cache(maxsize=1)
+def musicnn_front_end() -> tuple[Any, str]:
     """The frozen MSD-musicnn network and the first 16 hex digits of its weights file's sha256."""
     from edgeemo.filehash import sha256_file
     from edgeemo.pretrained.musicnn import default_weights_path, load_musicnn
 
-    path = Path(weights) if weights else default_weights_path()
+    path = default_weights_path()
     return load_musicnn(path), sha256_file(path)[:16]
 
 
@@ -92,13 +85,13 @@ def song_views(songs: Sequence[Song], ctx: StageContext, n_views: int, cache_dir
 
 def teacher_settings(cfg: TeacherConfig, ctx: StageContext) -> TokenTeacherSettings:
     return TokenTeacherSettings(
-        depth=cfg.depth or DEFAULT_DEPTH,
+        depth=cfg.depth or TokenTeacherSettings.depth,
         drop_path=cfg.drop_path,
         epochs=cfg.epochs,
         lr=cfg.head_lr,
         weight_decay=cfg.weight_decay,
         batch_size=cfg.batch_size,
-        windows_per_entry=ctx.windows_per_song or DEFAULT_WINDOWS,
+        windows_per_entry=ctx.windows_per_song or TokenTeacherSettings.windows_per_entry,
         patience=cfg.patience,
         probe_alpha=cfg.probe_alpha,
     )
@@ -156,7 +149,7 @@ def train_hybrid_student(
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         batch_size=cfg.batch_size,
-        windows_per_entry=cfg.windows_per_song or ctx.windows_per_song or DEFAULT_WINDOWS,
+        windows_per_entry=cfg.windows_per_song or ctx.windows_per_song or TokenTeacherSettings.windows_per_entry,
         task_weight=cfg.task_weight,
         output_weight=cfg.output_weight,
         patience=cfg.patience,
@@ -171,19 +164,15 @@ def train_hybrid_student(
 def teacher_window_predictions(model: Regressor, windows: WindowSet, cache_dir: Path) -> np.ndarray:
     """``(len(windows), 2)``: the token teacher on exactly the windows of ``windows`` (view 0 of its songs)."""
     ctx = StageContext(windows.cfg)
-    views = song_views(windows.songs, ctx, 1, cache_dir, progress=False)
-    n_views = np.bincount(views.index[:, 0], minlength=len(views.entries))
-    row_of: dict[tuple[int, int], int] = {}
-    for row, (entry, w) in enumerate(views.index):
-        row_of[(views.entries[int(entry)][0], int(w))] = row
+    views = song_views(windows.songs, ctx, 1, cache_dir, progress=False)  # one entry per song
+    song_of = views.item_of()
     expected = np.bincount(windows.index[:, 0], minlength=len(windows.songs))
-    got = np.zeros(len(windows.songs), dtype=np.int64)
-    for (item, _), n in zip(views.entries, n_views, strict=True):
-        got[item] = n
+    got = np.bincount(song_of, minlength=len(windows.songs))
     if not np.array_equal(expected, got):
         bad = int(np.flatnonzero(expected != got)[0])
         raise TrainingError(
             f"song {windows.songs[bad].id}: {expected[bad]} log-mel windows but {got[bad]} musicnn-token windows"
         )
+    row_of = {(int(s), int(w)): row for row, (s, w) in enumerate(zip(song_of, views.index[:, 1], strict=True))}
     preds = token_teacher_outputs(model, views)
     return preds[[row_of[(int(s), int(w))] for s, w in windows.index]]

@@ -217,20 +217,18 @@ def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
         result = train_hybrid_teacher(
             data.splits, run.cfg.teacher, run.ctx, run.stage_dir("teacher"), data.cache_dir, progress
         )
-        done = fit_done(result)
-        return finish_stage(run, "teacher", done)
-    result = train_teacher(
-        data,
-        run.cfg.teacher,
-        run.ctx,
-        run.stage_dir("teacher"),
-        backbone=pretrained_backbone(run, "teacher"),
-        gan_sampler=_gan_sampler(run),
-        gan_ratio=run.cfg.gan.ratio,
-        progress=progress,
-    )
-    done = fit_done(result)
-    return finish_stage(run, "teacher", done)
+    else:
+        result = train_teacher(
+            data,
+            run.cfg.teacher,
+            run.ctx,
+            run.stage_dir("teacher"),
+            backbone=pretrained_backbone(run, "teacher"),
+            gan_sampler=_gan_sampler(run),
+            gan_ratio=run.cfg.gan.ratio,
+            progress=progress,
+        )
+    return finish_stage(run, "teacher", fit_done(result))
 
 
 def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
@@ -259,24 +257,21 @@ def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
             backbone=pretrained_backbone(run, "student"),
             progress=progress,
         )
-        done = fit_done(result)
-        return finish_stage(run, "student", done)
-    result = train_student(
-        data,
-        run.cfg.student,
-        run.ctx,
-        teacher_ckpt,
-        run.stage_dir("student"),
-        backbone=pretrained_backbone(run, "student"),
-        progress=progress,
-    )
-    done = fit_done(result)
-    return finish_stage(run, "student", done)
+    else:
+        result = train_student(
+            data,
+            run.cfg.student,
+            run.ctx,
+            teacher_ckpt,
+            run.stage_dir("student"),
+            backbone=pretrained_backbone(run, "student"),
+            progress=progress,
+        )
+    return finish_stage(run, "student", fit_done(result))
 
 
 def evaluate_run(run: Run, data: RunData, split: str = "test") -> dict[str, Any]:
     """Teacher and student ``best.pt`` on a split: metrics, retention, parameters; predictions for plots."""
-
     from edgeemo.train.models import count_params, load_model
 
     windows = data.windows(split)

@@ -16,7 +16,6 @@ that backbone before it is distilled. Training itself is the shared loop
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from edgeemo.atomic import atomic_write_npz
 from edgeemo.config import PretrainConfig, StageContext, resolve_path, to_plain
 from edgeemo.data.unlabeled import find_unlabeled, holdout_split, window_indices
 from edgeemo.errors import AudioError, DataError, TrainingError
@@ -198,10 +198,7 @@ def _cached_examples(
         except (OSError, ValueError, KeyError):
             pass  # damaged cache entry: recompute
     got = file_examples(path, cfg, features, embedder, speed)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, x=got[0], y=got[1], n_emb=got[2])
-    tmp.replace(cache)
+    atomic_write_npz(cache, x=got[0], y=got[1], n_emb=got[2])
     return got
 
 

@@ -139,13 +139,19 @@ def prepare_run_data(run_dir: Path, cfg: DataConfig, cache_dir: Path | None = No
 
 def epoch_window_indices(windows: WindowSet, per_song: int | None, seed: int, epoch: int) -> np.ndarray:
     """A fresh random choice of at most ``per_song`` windows per song for one epoch (deterministic)."""
-    if per_song is None:
-        return np.arange(len(windows))
+    return epoch_group_indices(windows.index[:, 0], per_song, seed, epoch)
+
+
+def epoch_group_indices(group: np.ndarray, per_group: int | None, seed: int, epoch: int) -> np.ndarray:
+    """Sorted indices into ``group`` (one group id per window, e.g. its song): a fresh random choice of at most
+    ``per_group`` windows of each group for one epoch (deterministic in ``seed`` and ``epoch``)."""
+    if per_group is None:
+        return np.arange(len(group))
     rng = np.random.default_rng([seed, epoch])
-    song = windows.index[:, 0]
-    order = np.argsort(song, kind="stable")
-    bounds = np.flatnonzero(np.diff(song[order])) + 1
+    ids = np.asarray(group)
+    order = np.argsort(ids, kind="stable")
+    bounds = np.flatnonzero(np.diff(ids[order])) + 1
     keep = []
     for rows in np.split(order, bounds):
-        keep.append(rows if rows.size <= per_song else rng.choice(rows, per_song, replace=False))
+        keep.append(rows if rows.size <= per_group else rng.choice(rows, per_group, replace=False))
     return np.sort(np.concatenate(keep))

@@ -17,15 +17,15 @@ student over log-mel see one moment of one augmented sound: distillation is cons
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeemo.atomic import atomic_write_npz
 from edgeemo.errors import AudioError
-from edgeemo.features import FeatureConfig, frame_windows, log_mel
+from edgeemo.features import FeatureConfig, log_mel
 from edgeemo.filehash import content_digest
 from edgeemo.runtime.audio import load_audio, resample
 
@@ -145,12 +145,6 @@ class FileView:
     def n_windows(self, features: FeatureConfig) -> int:
         return features.n_windows(self.mel.shape[1])
 
-    def windows(self, features: FeatureConfig, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Student windows ``(k, n_mels, n_frames)`` and teacher tokens ``(k, N_TOKENS, 1506)`` of windows ``idx``."""
-        idx = np.asarray(idx, dtype=np.int64)
-        x = frame_windows(self.mel, features)[idx]
-        return x, token_windows(self.tokens, features.window_center_s(idx))
-
 
 def view_key(
     path: Path, features: FeatureConfig, view: int, seed: int, weights_id: str, max_seconds: float = MAX_SECONDS
@@ -205,12 +199,6 @@ def file_view(
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry is recomputed
     got = compute_view(path, features, view, seed, model, max_seconds)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, mel=got.mel, tokens=got.tokens)
-    tmp.replace(cache)
+    atomic_write_npz(cache, mel=got.mel, tokens=got.tokens)
     return got
 
-
-def params_dict(path: Path, view: int, seed: int) -> dict[str, float]:
-    return asdict(view_params(content_digest(path), view, seed))

@@ -41,10 +41,7 @@ class ViewSet:
 
     def item_of(self) -> np.ndarray:
         """Item number of every window."""
-        return np.array([self.entries[e][0] for e in self.index[:, 0]], dtype=np.int64)
-
-    def view_of(self) -> np.ndarray:
-        return np.array([self.entries[e][1] for e in self.index[:, 0]], dtype=np.int64)
+        return np.asarray(self.entries, dtype=np.int64).reshape(-1, 2)[self.index[:, 0], 0]
 
     def select(self, mask: np.ndarray) -> ViewSet:
         """The same cache with only the windows where ``mask`` is true."""
@@ -65,9 +62,9 @@ class ViewSet:
     def window_labels(self) -> np.ndarray:
         return self.labels[self.item_of()]
 
-    def item_means(self, values: np.ndarray, n_items: int | None = None) -> np.ndarray:
+    def item_means(self, values: np.ndarray) -> np.ndarray:
         """Average per-window values ``(N, k)`` per item ``(n_items, k)`` (NaN for items with no window)."""
-        n = len(self.items) if n_items is None else n_items
+        n = len(self.items)
         items = self.item_of()
         out = np.zeros((n, values.shape[1]))
         counts = np.bincount(items, minlength=n).astype(np.float64)
@@ -86,14 +83,13 @@ def build_viewset(
     weights_id: str,
     cache_dir: Path | None,
     *,
-    window_hop: int = 1,
     max_windows: int | None = None,
     max_seconds: float = MAX_SECONDS,
     progress: bool = True,
     desc: str = "views",
 ) -> ViewSet:
-    """Every item's views (from the cache when there), keeping every ``window_hop``-th window, at most
-    ``max_windows`` per view (evenly spread), analysing at most the middle ``max_seconds`` of a file.
+    """Every item's views (from the cache when there), keeping at most ``max_windows`` windows per view
+    (evenly spread), analysing at most the middle ``max_seconds`` of a file.
     Undecodable items are listed in ``failed`` and have no window."""
     items = [Path(p) for p in items]
     lab = np.full((len(items), 2), np.nan, np.float32) if labels is None else np.asarray(labels, np.float32)
@@ -110,7 +106,7 @@ def build_viewset(
             continue
         for v, fv in enumerate(got):
             n = fv.n_windows(features)
-            w = np.arange(0, n, max(1, window_hop))
+            w = np.arange(n)
             if max_windows is not None and w.size > max_windows:
                 w = w[np.linspace(0, w.size - 1, max_windows).round().astype(np.int64)]
             e = len(entries)
@@ -145,21 +141,19 @@ class MelWindows(Dataset):
     of an unlabeled window is 0 with mask 0.
     """
 
-    def __init__(self, data: ViewSet, teacher: np.ndarray, indices: np.ndarray | None = None) -> None:
+    def __init__(self, data: ViewSet, teacher: np.ndarray) -> None:
         labels = data.window_labels()
         has = np.all(np.isfinite(labels), axis=1)
         self.data = data
         self.targets = np.concatenate(
             [np.nan_to_num(labels), has[:, None].astype(np.float32), np.asarray(teacher, np.float32)], axis=1
         ).astype(np.float32)
-        self.indices = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
-        return int(self.indices.size)
+        return len(self.data)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        j = int(self.indices[i])
-        return torch.from_numpy(self.data.mel(j))[None], torch.from_numpy(self.targets[j])
+        return torch.from_numpy(self.data.mel(i))[None], torch.from_numpy(self.targets[i])
 
 
 def concat_viewsets(a: ViewSet, b: ViewSet) -> ViewSet:
