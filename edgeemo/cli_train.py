@@ -13,7 +13,6 @@ Torch is imported inside the commands, never at import time.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import click
 
 from edgeemo.cli_base import ErrorGroup
-from edgeemo.config import SECTIONS, DataSource, RunConfig, dotted_overrides, portable_path
+from edgeemo.config import SECTIONS, DataSource, RunConfig, dotted_overrides, parse_value, portable_path
 from edgeemo.errors import EdgeemoError
 from edgeemo.log import log
 
@@ -124,10 +123,7 @@ def parse_set(values: tuple[str, ...]) -> dict[str, Any]:
         if "=" not in item:
             raise EdgeemoError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
+        out[key.strip()] = parse_value(raw)
     return dotted_overrides(out)
 
 

@@ -548,6 +548,14 @@ FLAT_SHARED = {
 }
 
 
+def parse_value(text: str) -> Any:
+    """A ``FIELD=VALUE`` setting's value as typed: JSON where it parses (numbers, lists, null, true), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def dotted_overrides(values: dict[str, Any]) -> dict[str, Any]:
     """``{name: value}`` with flat edgeemo 0.1 names mapped to dotted ones (a shared flat name sets each section's)."""
     out: dict[str, Any] = {}

@@ -48,8 +48,8 @@ def fold_config(recipe: str, test: Sequence[Song], overrides: dict[str, Any] | N
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``FIELD=VALUE`` strings -> ``{field: value}`` (JSON values where they parse, else the text)."""
-    import json
+    """``FIELD=VALUE`` strings -> ``{field: value}`` (:func:`edgeemo.config.parse_value` values)."""
+    from edgeemo.config import parse_value
 
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -58,10 +58,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             raise EdgeemoError(f"recipe system setting {pair!r}: expected SECTION.FIELD=VALUE")
         if key == "data.exclude":
             raise EdgeemoError("recipe system setting data.exclude: the CV sets it (the fold's held-out songs)")
-        try:
-            out[key] = json.loads(text)
-        except ValueError:
-            out[key] = text
+        out[key] = parse_value(text)
     return out
 
 
