@@ -259,7 +259,13 @@ class StudentConfig:
     weight_decay: float = opt(0.05, "AdamW weight decay.", min=0.0)
     task_weight: float = opt(0.5, "Weight of the ground-truth (label) loss.", min=0.0, flags=("--alpha",))
     output_weight: float = opt(0.5, "Weight of the teacher-output distillation loss.", min=0.0, flags=("--beta",))
-    feature_weight: float = opt(0.1, "Weight of the teacher-feature distillation loss.", min=0.0, flags=("--gamma",))
+    feature_weight: float = opt(
+        0.1,
+        "Weight of the teacher-feature distillation loss (musicnn_token_vit teacher: the window's pooled musicnn "
+        "tokens).",
+        min=0.0,
+        flags=("--gamma",),
+    )
     unlabeled: tuple[str, ...] = opt(
         (),
         "musicnn_token_vit teacher only: unlabeled audio folders whose windows the student also learns the "

@@ -152,6 +152,40 @@ def test_distillation_loss_ignores_labels_of_unlabeled_windows():
     assert total.item() == pytest.approx(0.5 * task + 0.25, rel=1e-5)
 
 
+def test_feature_targets_are_the_standardised_pooled_tokens_and_enter_the_loss():
+    from edgeemo.train.tokenvit import pooled_tokens
+    from edgeemo.train.viewset import MelWindows
+
+    data = synthetic_viewset(3, 5)
+    stats = hybrid.pooled_token_stats(data)
+    pooled = pooled_tokens(np.stack([data.tokens(i) for i in range(len(data))]))
+    np.testing.assert_allclose(stats[0], pooled.mean(axis=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(stats[1], np.maximum(pooled.std(axis=0), 1e-3), rtol=1e-4, atol=1e-4)
+    windows = MelWindows(data, np.zeros((len(data), 2)), stats)
+    _, target = windows[4]
+    assert target.shape == (5 + TOKEN_DIM,)
+    np.testing.assert_allclose(target[5:].numpy(), (pooled[4] - stats[0]) / stats[1], rtol=1e-4, atol=1e-4)
+    assert MelWindows(data, np.zeros((len(data), 2)))[4][1].shape == (5,)
+
+    student = build_model({"role": "student", "arch": "mobilevit_xxs", "input_shape": [32, 32], "kwargs": {}})
+    settings = hybrid.ViewStudentSettings(task_weight=0.0, output_weight=0.0, feature_weight=2.0)
+    stage = hybrid.ViewDistillStage(student, settings, FEATURES)
+    assert set(stage.model.keys()) == {"student", "proj"}
+    student.eval()
+    x = torch.randn(4, 1, 32, 32)
+    feats = student.forward_features(x)
+    target = torch.zeros(4, 5 + TOKEN_DIM)
+    target[:, 5:] = stage.proj(feats).detach()  # the projected features match: no feature loss
+    total, terms = stage.loss(x, target)
+    assert terms["feat"] == pytest.approx(0.0, abs=1e-5) and total.item() == pytest.approx(0.0, abs=1e-4)
+    target[:, 5:] = -target[:, 5:]  # opposite direction: 1 - cos = 2, weighted 2
+    total, terms = stage.loss(x, target)
+    assert terms["feat"] == pytest.approx(2.0, abs=1e-4) and total.item() == pytest.approx(4.0, abs=1e-3)
+    assert (
+        "feat" not in hybrid.ViewDistillStage(student, hybrid.ViewStudentSettings(), FEATURES).loss(x, target[:, :5])[1]
+    )
+
+
 @pytest.mark.slow
 def test_student_learns_from_teacher_outputs_on_unlabeled_windows(tmp_path):
     from edgeemo.train.viewset import concat_viewsets
@@ -171,5 +205,13 @@ def test_student_learns_from_teacher_outputs_on_unlabeled_windows(tmp_path):
     _, alone = hybrid.train_view_student(data, teacher, val, tmp_path / "l", labels_only, device="cpu")
     assert res.best_metrics["ccc_mean"] > 0.35
     assert res.best_metrics["ccc_mean"] > alone.best_metrics["ccc_mean"] + 0.1
+    with_features = hybrid.ViewStudentSettings(
+        epochs=3, lr=3e-3, windows_per_entry=8, batch_size=16, feature_weight=0.5
+    )
+    student, feat = hybrid.train_view_student(data, teacher, val, tmp_path / "f", with_features, device="cpu")
+    assert all(np.isfinite(h["train_feat"]) for h in feat.history)  # the feature term is trained and logged
+    assert feat.best_metrics["ccc_mean"] > 0.35
+    reloaded, _ = load_model(tmp_path / "f" / "best.pt")  # the projection stays in the checkpoint, not the model
+    assert set(reloaded.state_dict()) == set(student.state_dict())
     with pytest.raises(TrainingError, match="do not match"):
         hybrid.train_view_student(data, teacher[:-1], val, tmp_path / "s2", settings, device="cpu")

@@ -28,6 +28,7 @@ from edgeemo.train.loop import FitConfig, FitResult, ValenceArousalStage, fit, r
 from edgeemo.train.models import Regressor, build_model, load_backbone, load_model, param_groups, student_spec
 from edgeemo.train.rundata import epoch_group_indices
 from edgeemo.train.tokenvit import pooled_tokens, token_vit_spec
+from edgeemo.train.views import TOKEN_DIM
 from edgeemo.train.viewset import MelWindows, TokenWindows, ViewSet
 
 
@@ -56,6 +57,7 @@ class ViewStudentSettings:
     windows_per_entry: int = 6
     task_weight: float = 0.5
     output_weight: float = 1.0
+    feature_weight: float = 0.0  # > 0: also match the window's standardised pooled musicnn tokens (1 - cosine)
     patience: int | None = None
 
 
@@ -165,10 +167,7 @@ def fit_ridge_probe(data: TokenWindows, alpha: float) -> tuple[np.ndarray, np.nd
     if alpha <= 0:
         raise TrainingError(f"the probe's ridge alpha must be > 0, got {alpha}")
     pooled = np.concatenate(
-        [
-            pooled_tokens(_tokens_of(data.data, range(i, min(len(data), i + 512))))
-            for i in range(0, len(data), 512)
-        ]
+        [pooled_tokens(_tokens_of(data.data, range(i, min(len(data), i + 512)))) for i in range(0, len(data), 512)]
     ).astype(np.float64)
     mean, std = pooled.mean(axis=0), np.maximum(pooled.std(axis=0), 1e-3)
     x = (pooled - mean) / std
@@ -176,6 +175,16 @@ def fit_ridge_probe(data: TokenWindows, alpha: float) -> tuple[np.ndarray, np.nd
     y_mean = y.mean(axis=0)
     weight = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ (y - y_mean))
     return mean, std, weight.T, y_mean
+
+
+def pooled_token_stats(data: ViewSet, max_windows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and sd (floored at 1e-3) of the pooled tokens of (up to ``max_windows``, evenly
+    spread) windows of ``data``."""
+    rows = np.linspace(0, len(data) - 1, min(len(data), max_windows)).round().astype(np.int64)
+    pooled = np.concatenate(
+        [pooled_tokens(_tokens_of(data, rows[i : i + 512])) for i in range(0, rows.size, 512)]
+    ).astype(np.float64)
+    return pooled.mean(axis=0).astype(np.float32), np.maximum(pooled.std(axis=0), 1e-3).astype(np.float32)
 
 
 def token_teacher_outputs(model: Regressor, data: ViewSet, device: str = "auto") -> np.ndarray:
@@ -193,7 +202,11 @@ class ViewDistillStage(_ViewSetStage):
         self, student: Regressor, settings: ViewStudentSettings, features: FeatureConfig | None = None
     ) -> None:
         self.student = student
-        self.model = nn.ModuleDict({"student": student})  # checkpoints as the student stage's: "student." keys
+        modules: dict[str, nn.Module] = {"student": student}  # checkpoints as the student stage's: "student." keys
+        if settings.feature_weight > 0:
+            self.proj = nn.Linear(student.width, TOKEN_DIM)
+            modules["proj"] = self.proj
+        self.model = nn.ModuleDict(modules)
         self.settings = settings
         self.features = features
 
@@ -202,11 +215,17 @@ class ViewDistillStage(_ViewSetStage):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         y, has, t_out = target[:, :2], target[:, 2:3], target[:, 3:5]
-        out = self.student(x).float()
+        out, feats = self.student.forward_with_features(x)
+        out = out.float()
         task = ((out - y) ** 2 * has).sum() / (2 * has.sum()).clamp(min=1.0)
         kd = nn.functional.mse_loss(out, t_out)
         total = self.settings.task_weight * task + self.settings.output_weight * kd
-        return total, {"loss": total.item(), "task": task.item(), "kd": kd.item()}
+        terms = {"task": task.item(), "kd": kd.item()}
+        if self.settings.feature_weight > 0:
+            feat = 1.0 - nn.functional.cosine_similarity(self.proj(feats.float()), target[:, 5:], dim=1).mean()
+            total = total + self.settings.feature_weight * feat
+            terms["feat"] = feat.item()
+        return total, {"loss": total.item(), **terms}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -238,7 +257,8 @@ def train_view_student(
     student = build_model(student_spec(settings.arch, train.features.shape))
     if backbone is not None:
         load_backbone(student, backbone)
-    data = MelWindows(train, teacher_out)
+    stats = pooled_token_stats(train) if settings.feature_weight > 0 else None
+    data = MelWindows(train, teacher_out, stats)
     stage = ViewDistillStage(student, settings, train.features)
     result = _fit_windows(stage, student, data, train.index[:, 0], val, out_dir, settings, seed, device, progress)
     student, _ = load_model(Path(out_dir) / "best.pt")

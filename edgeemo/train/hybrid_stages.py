@@ -4,7 +4,8 @@ musicnn_token_vit``), in the run directory contract of :mod:`edgeemo.train.pipel
 Owns mapping the run's config sections onto :mod:`edgeemo.train.hybrid` (the teacher: depth,
 drop path, epochs, ``head_lr``, weight decay, batch, patience, ``teacher.probe_alpha`` and
 ``teacher.views`` augmented views of each training song; the student: its section plus
-``student.views`` (default: the teacher's) and ``student.unlabeled`` folders, whose
+``student.views`` (default: the teacher's), ``student.feature_weight`` (matching the musicnn
+tokens the teacher reads) and ``student.unlabeled`` folders, whose
 files the run's validation, test and left-out songs never join), loading MSD-musicnn (the
 frozen front end) once per process, and giving such a teacher's predictions on the windows of a
 :class:`~edgeemo.data.windows.WindowSet` (:func:`teacher_window_predictions`: the same windows,
@@ -152,6 +153,7 @@ def train_hybrid_student(
         windows_per_entry=cfg.windows_per_song or ctx.windows_per_song or TokenTeacherSettings.windows_per_entry,
         task_weight=cfg.task_weight,
         output_weight=cfg.output_weight,
+        feature_weight=cfg.feature_weight,
         patience=cfg.patience,
     )
     _, result = train_view_student(

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from edgeemo.errors import AudioError, DataError
 from edgeemo.features import FeatureConfig
 from edgeemo.progress import progress_iter
+from edgeemo.train.tokenvit import pooled_tokens
 from edgeemo.train.views import MAX_SECONDS, FileView, file_view, token_windows
 
 
@@ -135,25 +136,34 @@ class TokenWindows(Dataset):
 
 
 class MelWindows(Dataset):
-    """``(window (1, n_mels, n_frames), target (5))`` with target ``[label (2) | has label | teacher (2)]``.
+    """``(window (1, n_mels, n_frames), target)`` with target ``[label (2) | has label | teacher (2)]``, then,
+    given ``feature_stats`` (mean, sd), the window's pooled musicnn tokens standardised by them.
 
     ``teacher`` holds the teacher's output for every window of ``data`` (same order); the label
     of an unlabeled window is 0 with mask 0.
     """
 
-    def __init__(self, data: ViewSet, teacher: np.ndarray) -> None:
+    def __init__(
+        self, data: ViewSet, teacher: np.ndarray, feature_stats: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
         labels = data.window_labels()
         has = np.all(np.isfinite(labels), axis=1)
         self.data = data
         self.targets = np.concatenate(
             [np.nan_to_num(labels), has[:, None].astype(np.float32), np.asarray(teacher, np.float32)], axis=1
         ).astype(np.float32)
+        self.feature_stats = feature_stats
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.data.mel(i))[None], torch.from_numpy(self.targets[i])
+        target = self.targets[i]
+        if self.feature_stats is not None:
+            mean, std = self.feature_stats
+            pooled = pooled_tokens(self.data.tokens(i)[None])[0]
+            target = np.concatenate([target, (pooled - mean) / std]).astype(np.float32)
+        return torch.from_numpy(self.data.mel(i))[None], torch.from_numpy(target)
 
 
 def concat_viewsets(a: ViewSet, b: ViewSet) -> ViewSet:
