@@ -598,6 +598,28 @@ def test_condition_scores_count_windows_in_their_quadrant():
     assert "in_quadrant" not in rows[-1]  # the centre is no quadrant
 
 
+def test_train_on_generated_test_on_real_rewards_windows_that_carry_their_labels():
+    data = make_windows(n_songs=80, seed=5)  # 320 windows: a reference sample and a disjoint held-out one
+    ref = gan_mod.quality_reference(data, 0)
+    assert len(ref.real) == gan_mod.QUALITY_WINDOWS and len(ref.held) == gan_mod.QUALITY_WINDOWS
+    assert ref.fd_floor is not None and ref.trtr is not None and ref.trtr > 0.5  # the frames encode the labels
+    by_label = {tuple(np.round(t, 6)): i for i, t in enumerate(data.targets)}
+
+    def faithful(labels, seed):  # "generates" a real window of a song with that label
+        return data.batch(np.array([by_label[tuple(np.round(t, 6))] for t in labels]))
+
+    def blind(labels, seed):  # real-looking windows of random songs: the condition is ignored
+        return data.batch(np.random.default_rng(seed).choice(len(data), len(labels)))
+
+    good = gan_mod.tstr_score(faithful, ref, 0)
+    bad = gan_mod.tstr_score(blind, ref, 0)
+    assert ref.trtr - 0.15 < good <= ref.trtr + 0.05  # as good as real windows, up to which windows were drawn
+    assert abs(bad) < 0.2
+    x = np.random.default_rng(1).standard_normal((50, 4))
+    y = np.stack([x[:, 0] - x[:, 1], 2 * x[:, 2]], 1)
+    assert gan_mod.probe_ccc(x[:40], y[:40], x[40:], y[40:]) > 0.98  # a linear map is recovered
+
+
 def test_quality_is_logged_per_epoch_and_in_health(straight, train, tmp_path):
     result, out, _, err = straight
     assert all(h["FD"] > 0 and math.isfinite(h["FD"]) for h in result.history)
@@ -607,8 +629,10 @@ def test_quality_is_logged_per_epoch_and_in_health(straight, train, tmp_path):
     assert q["fd_real_floor"] is None  # 20 windows: no two disjoint real samples to compare
     assert "sample FD" in err
     sampler = GanSampler.load(result.generator_path)
-    real, labels, _ = gan_mod.quality_reference(train, 0)
-    assert gan_mod.sample_fd(sampler, real, labels, 0) == pytest.approx(q["fd"], rel=1e-6)
+    ref = gan_mod.quality_reference(train, 0)
+    assert gan_mod.sample_fd(sampler, ref.real, ref.labels, 0) == pytest.approx(q["fd"], rel=1e-6)
+    assert q["tstr_ccc"] is None and q["trtr_ccc"] is None  # no held-out real sample to test on
+    assert all("TSTR" not in h for h in result.history)
     seen = []
     res = fit_gan(
         train,

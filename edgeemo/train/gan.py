@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeemo import __version__
+from edgeemo import __version__, metrics
 from edgeemo.atomic import atomic_write_bytes, atomic_write_json
 from edgeemo.config import ADDED_FIELDS, GanConfig, StageContext, to_plain
 from edgeemo.data.windows import WindowSet
@@ -681,6 +681,10 @@ def _recipe_line(cfg: GanConfig, g: nn.Module, d: nn.Module) -> str:
     )
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _batches(n_iter: int, progress: bool, desc: str) -> Iterator[int]:
     return iter(progress_iter(range(n_iter), progress, desc))
 
@@ -699,18 +703,68 @@ def _finite(value: torch.Tensor, what: str, epoch: int, iteration: int, last_pat
         )
 
 
-def quality_reference(train: WindowSet, seed: int) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """The fixed real sample quality is measured on (``QUALITY_WINDOWS`` seeded windows and their labels) and the
-    Frechet distance between it and a disjoint real sample (the floor a perfect G would reach; None when the set
-    has too few windows for one)."""
+@dataclass(frozen=True)
+class QualityReference:
+    """The fixed real windows sample quality is measured against: ``real`` (``QUALITY_WINDOWS`` seeded windows)
+    and their ``labels``; ``held``/``held_labels``, a disjoint real sample (empty when the set is too small);
+    ``fd_floor``, the Frechet distance between the two (what a perfect G would reach), and ``trtr``, the CCC
+    a probe trained on ``real`` reaches on ``held`` (what "train on generated, test on real" is compared with).
+    """
+
+    real: np.ndarray
+    labels: np.ndarray
+    held: np.ndarray
+    held_labels: np.ndarray
+    fd_floor: float | None
+    trtr: float | None
+
+    @property
+    def center(self) -> float:
+        return float(self.real.mean())
+
+    @property
+    def scale(self) -> float:
+        return float(self.real.std())
+
+
+def quality_reference(train: WindowSet, seed: int) -> QualityReference:
+    """The :class:`QualityReference` of ``train`` for ``seed``."""
     order = np.random.default_rng([seed, 99]).permutation(len(train))
     pick, other = order[:QUALITY_WINDOWS], order[QUALITY_WINDOWS : 2 * QUALITY_WINDOWS]
     real = train.batch(pick)
-    floor = None
+    labels = np.ascontiguousarray(train.targets[pick], dtype=np.float32)
+    held = train.batch(other) if len(other) else real[:0]
+    held_labels = np.ascontiguousarray(train.targets[other], dtype=np.float32)
+    floor = trtr = None
     if len(other) >= 2:
         center, scale = float(real.mean()), float(real.std())
-        floor = frechet_distance(embed_windows(real, center, scale), embed_windows(train.batch(other), center, scale))
-    return real, np.ascontiguousarray(train.targets[pick], dtype=np.float32), floor
+        e_real, e_held = embed_windows(real, center, scale), embed_windows(held, center, scale)
+        floor = frechet_distance(e_real, e_held)
+        trtr = probe_ccc(e_real, labels, e_held, held_labels)
+    return QualityReference(real, labels, held, held_labels, floor, trtr)
+
+
+TSTR_ALPHA = 1.0  # ridge penalty of the probe on standardised frozen-embedding features
+
+
+def probe_ccc(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """Mean over valence and arousal of the CCC on ``test`` of a ridge (``TSTR_ALPHA``) fitted on ``train``
+    (features standardised by the training set's mean and sd)."""
+    mean, std = train_x.mean(0), np.maximum(train_x.std(0), 1e-8)
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    y_mean = train_y.mean(0)
+    w = np.linalg.solve(a.T @ a + TSTR_ALPHA * np.eye(a.shape[1]), a.T @ (train_y - y_mean))
+    pred = b @ w + y_mean
+    return float(np.mean([metrics.ccc(test_y[:, k], pred[:, k]) for k in range(test_y.shape[1])]))
+
+
+def tstr_score(sampler: GanSampler, ref: QualityReference, seed: int) -> float | None:
+    """Train on synthetic, test on real: :func:`probe_ccc` of a probe fitted on windows generated for the
+    reference labels, scored on the held-out real windows (None without a held-out sample)."""
+    if len(ref.held) < 2:
+        return None
+    fake = embed_windows(sampler(ref.labels, seed=seed), ref.center, ref.scale)
+    return probe_ccc(fake, ref.labels, embed_windows(ref.held, ref.center, ref.scale), ref.held_labels)
 
 
 def train_gan(
@@ -728,8 +782,10 @@ def train_gan(
     windows' targets as conditions. Writes ``last.pt`` (every epoch), ``metrics.jsonl``,
     ``curves.png``, ``health.json``, ``samples.png`` and finally ``gen.pt`` to ``out_dir``.
     Sample quality: every epoch records ``FD``, the Frechet distance (:func:`sample_fd`) between a fixed real sample
-    and windows generated for its labels; ``health.json`` adds ``quality`` (the final FD, the real-vs-real floor
-    and, with a ``scorer`` (windows -> (n, 2)), :func:`condition_scores`).
+    and windows generated for its labels, and ``TSTR`` (:func:`tstr_score`, when the set holds a disjoint real
+    sample); ``health.json`` adds ``quality`` (the final FD, the real-vs-real floor, ``tstr_ccc`` beside
+    ``trtr_ccc``, the same probe trained on real windows, and, with a ``scorer`` (windows -> (n, 2)),
+    :func:`condition_scores`).
     An existing ``gen.pt`` trained with the same settings is returned without training;
     one (or a ``last.pt``) from other settings raises :class:`TrainingError`. A NaN or
     infinite loss raises :class:`TrainingError` naming the epoch; ``last.pt`` then still
@@ -779,7 +835,7 @@ def train_gan(
     else:
         log(_recipe_line(cfg, g, d))
     bs, epochs = cfg.batch_size, cfg.epochs
-    q_real, q_labels, fd_floor = quality_reference(train, ctx.seed)
+    ref = quality_reference(train, ctx.seed)
     for epoch in range(start, epochs):  # 0-based here; recorded 1-based like the other stages
         t0 = time.perf_counter()
         seed_everything(ctx.seed * 100_003 + 70_001 + epoch)
@@ -846,9 +902,12 @@ def train_gan(
             "G_grad_norm": sums["G_grad_norm"] / max(g_steps, 1),
             "D_clipped_frac": d_clipped / max(d_steps, 1),
             "G_clipped_frac": g_clipped / max(g_steps, 1),
-            "FD": sample_fd(GanSampler(g, str(device)), q_real, q_labels, ctx.seed),
+            "FD": sample_fd(GanSampler(g, str(device)), ref.real, ref.labels, ctx.seed),
             "seconds": round(time.perf_counter() - t0, 2),
         }
+        tstr = tstr_score(GanSampler(g, str(device)), ref, ctx.seed)
+        if tstr is not None:
+            rec["TSTR"] = tstr
         history.append(rec)
         save_checkpoint(
             last_path,
@@ -871,8 +930,8 @@ def train_gan(
             f"[gan] epoch {epoch + 1}/{epochs} D_loss {rec['D_loss']:.3f} G_loss {rec['G_loss']:.3f} | "
             f"D_real {rec['D_real']:.3f} D_fake {rec['D_fake']:.3f} | noise {sigma:.3f} | "
             f"D steps {d_steps} G steps {g_steps} | "
-            f"clipped D {rec['D_clipped_frac']:.0%} G {rec['G_clipped_frac']:.0%} | FD {rec['FD']:.3f} | "
-            f"{rec['seconds']:.1f} s"
+            f"clipped D {rec['D_clipped_frac']:.0%} G {rec['G_clipped_frac']:.0%} | FD {rec['FD']:.3f} "
+            f"TSTR {_fmt(rec.get('TSTR'))} | {rec['seconds']:.1f} s"
         )
 
     # ---- after training: diversity, health, samples, gen.pt
@@ -882,12 +941,19 @@ def train_gan(
     ratio = diversity(sampler(train.targets[pick], seed=ctx.seed)) / real_div if real_div > 0 else float("nan")
     health = health_check(history, ratio, cfg.real_label, cfg.fake_label)
     health["real_diversity"] = real_div
-    quality: dict[str, Any] = {"fd": sample_fd(sampler, q_real, q_labels, ctx.seed), "fd_real_floor": fd_floor}
+    quality: dict[str, Any] = {
+        "fd": sample_fd(sampler, ref.real, ref.labels, ctx.seed),
+        "fd_real_floor": ref.fd_floor,
+        "tstr_ccc": tstr_score(sampler, ref, ctx.seed),
+        "trtr_ccc": ref.trtr,
+    }
     if scorer is not None:
         quality["conditions"] = condition_scores(sampler, scorer, seed=ctx.seed)
     health["quality"] = quality
-    floor_text = "n/a" if fd_floor is None else f"{fd_floor:.3f}"
-    log(f"GAN health: sample FD {quality['fd']:.3f} (real vs real {floor_text})")
+    log(
+        f"GAN health: sample FD {quality['fd']:.3f} (real vs real {_fmt(ref.fd_floor)}); train on generated, "
+        f"test on real: CCC {_fmt(quality['tstr_ccc'])} (train on real: {_fmt(ref.trtr)})"
+    )
     for row in quality.get("conditions", []):
         hit = f", {row['in_quadrant']:.0%} in its quadrant" if "in_quadrant" in row else ""
         log(
