@@ -83,6 +83,11 @@ def test_train_all_writes_every_artifact(straight):
     assert set(summary["seconds"]) >= {"features", "gan", "teacher", "student"}
     split = json.loads((run / "split.json").read_text())
     assert not set(split["train"]) & set(split["test"])
+    conditions = json.loads((run / "teacher" / "done.json").read_text())["gan_conditions"]  # scored by the teacher
+    assert [c["condition"] for c in conditions] == [[0.7, 0.7], [-0.7, 0.7], [-0.7, -0.7], [0.7, -0.7], [0.0, 0.0]]
+    assert all(0.0 <= c["in_quadrant"] <= 1.0 for c in conditions[:4]) and "in_quadrant" not in conditions[4]
+    assert all(-1.0 <= x <= 1.0 for c in conditions for x in c["mean_score"])
+    assert "[teacher] GAN windows: generated for v+0.7 a+0.7" in res.stderr
 
 
 def test_second_run_skips_finished_stages(straight):

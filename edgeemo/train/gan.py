@@ -437,6 +437,16 @@ def condition_scores(
     return out
 
 
+def log_condition_scores(rows: list[dict[str, Any]], prefix: str) -> None:
+    """One log line per :func:`condition_scores` row."""
+    for row in rows:
+        hit = f", {row['in_quadrant']:.0%} in its quadrant" if "in_quadrant" in row else ""
+        log(
+            f"{prefix}: generated for v{row['condition'][0]:+.1f} a{row['condition'][1]:+.1f} score "
+            f"v{row['mean_score'][0]:+.2f} a{row['mean_score'][1]:+.2f}{hit}"
+        )
+
+
 def health_check(
     history: list[dict[str, Any]],
     diversity_ratio: float,
@@ -954,12 +964,7 @@ def train_gan(
         f"GAN health: sample FD {quality['fd']:.3f} (real vs real {_fmt(ref.fd_floor)}); train on generated, "
         f"test on real: CCC {_fmt(quality['tstr_ccc'])} (train on real: {_fmt(ref.trtr)})"
     )
-    for row in quality.get("conditions", []):
-        hit = f", {row['in_quadrant']:.0%} in its quadrant" if "in_quadrant" in row else ""
-        log(
-            f"GAN health: generated for v{row['condition'][0]:+.1f} a{row['condition'][1]:+.1f} score "
-            f"v{row['mean_score'][0]:+.2f} a{row['mean_score'][1]:+.2f}{hit}"
-        )
+    log_condition_scores(quality.get("conditions", []), "GAN health")
     for msg in health["messages"]:
         log(f"GAN health: {msg}")
     log(f"GAN health: {'OK' if health['ok'] else 'WARNING: outside the healthy ranges (training continues)'}")

@@ -228,7 +228,30 @@ def run_teacher(run: Run, data: RunData, progress: bool = True) -> dict[str, Any
             gan_ratio=run.cfg.gan.ratio,
             progress=progress,
         )
-    return finish_stage(run, "teacher", fit_done(result))
+    done = fit_done(result)
+    if run.cfg.uses_gan and distributed.is_main():
+        done["gan_conditions"] = teacher_gan_conditions(run)
+    return finish_stage(run, "teacher", done)
+
+
+def teacher_gan_conditions(run: Run) -> list[dict[str, Any]]:
+    """Do the GAN's windows carry their condition? :func:`~edgeemo.train.gan.condition_scores` under the run's
+    trained teacher (the GAN trains before any model that could score it), logged per condition."""
+    import torch
+
+    from edgeemo.train.gan import condition_scores, log_condition_scores
+    from edgeemo.train.models import load_model
+
+    teacher, _ = load_model(run.stage_dir("teacher") / "best.pt")
+    teacher.eval()
+
+    def scorer(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return teacher(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
+
+    rows = condition_scores(_gan_sampler(run), scorer, seed=run.ctx.seed)
+    log_condition_scores(rows, "[teacher] GAN windows")
+    return rows
 
 
 def run_student(run: Run, data: RunData, progress: bool = True) -> dict[str, Any]:
