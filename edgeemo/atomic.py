@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# What reading back a damaged (truncated, overwritten, half-written by another tool) .npy/.npz entry can raise:
+# callers that cache catch these and recompute the entry.
+DAMAGED_ENTRY_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def atomic_write_npz(path: str | Path, **arrays: Any) -> None:

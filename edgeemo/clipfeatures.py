@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeemo.atomic import atomic_write_npz
+from edgeemo.atomic import DAMAGED_ENTRY_ERRORS, atomic_write_npz
 from edgeemo.data.types import Song
 from edgeemo.errors import EdgeemoError
 from edgeemo.filehash import content_digest
@@ -244,7 +244,7 @@ class ClipFeatureCache:
         try:
             with np.load(file) as z:
                 return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):
+        except DAMAGED_ENTRY_ERRORS:
             return None  # damaged entry: recompute
 
     def store(self, extractor_id: str, audio: Path, values: dict[str, np.ndarray]) -> None:

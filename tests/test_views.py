@@ -111,9 +111,12 @@ def test_file_view_cache_round_trips_and_recomputes_a_damaged_entry(net, tmp_pat
     again = views.file_view(path, FEATURES, 1, 0, net, "w", tmp_path / "cache")
     np.testing.assert_array_equal(again.mel, first.mel)
     monkeypatch.undo()
-    entries[0].write_bytes(b"not an npz")
-    fixed = views.file_view(path, FEATURES, 1, 0, net, "w", tmp_path / "cache")
-    np.testing.assert_array_equal(fixed.tokens, first.tokens)
+    good = entries[0].read_bytes()
+    for damaged in (b"not an npz", good[: len(good) // 2]):  # garbage, and a truncated zip (BadZipFile)
+        entries[0].write_bytes(damaged)
+        fixed = views.file_view(path, FEATURES, 1, 0, net, "w", tmp_path / "cache")
+        np.testing.assert_array_equal(fixed.tokens, first.tokens)
+        assert entries[0].read_bytes() == good  # rewritten whole
     # another view or another weights id is another entry
     views.file_view(path, FEATURES, 2, 0, net, "w", tmp_path / "cache")
     views.file_view(path, FEATURES, 1, 0, net, "other", tmp_path / "cache")

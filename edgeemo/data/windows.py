@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeemo.atomic import DAMAGED_ENTRY_ERRORS
 from edgeemo.config import default_cache_root
 from edgeemo.data.types import Song
 from edgeemo.errors import AudioError, DataError
@@ -48,7 +49,7 @@ def song_frames(song: Song, cfg: FeatureConfig, cache_dir: Path | None = None) -
         if path.is_file():
             try:
                 return np.load(path).astype(np.float32)
-            except (OSError, ValueError):
+            except DAMAGED_ENTRY_ERRORS:
                 pass  # a damaged cache entry is recomputed
     signal = load_audio(song.path, cfg.sample_rate, start_s=song.start_s, end_s=song.end_s)
     signal, _ = pad_to_window(signal, cfg)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from edgeemo.atomic import atomic_write_npz
+from edgeemo.atomic import DAMAGED_ENTRY_ERRORS, atomic_write_npz
 from edgeemo.config import PretrainConfig, StageContext, resolve_path, to_plain
 from edgeemo.data.unlabeled import find_unlabeled, holdout_split, window_indices
 from edgeemo.errors import AudioError, DataError, TrainingError
@@ -195,7 +195,7 @@ def _cached_examples(
         try:
             with np.load(cache) as z:
                 return z["x"], z["y"], int(z["n_emb"])
-        except (OSError, ValueError, KeyError):
+        except DAMAGED_ENTRY_ERRORS:
             pass  # damaged cache entry: recompute
     got = file_examples(path, cfg, features, embedder, speed)
     atomic_write_npz(cache, x=got[0], y=got[1], n_emb=got[2])

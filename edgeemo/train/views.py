@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeemo.atomic import atomic_write_npz
+from edgeemo.atomic import DAMAGED_ENTRY_ERRORS, atomic_write_npz
 from edgeemo.errors import AudioError
 from edgeemo.features import FeatureConfig, log_mel
 from edgeemo.filehash import content_digest
@@ -196,7 +196,7 @@ def file_view(
         try:
             with np.load(cache) as z:
                 return FileView(z["mel"], z["tokens"])
-        except (OSError, ValueError, KeyError):
+        except DAMAGED_ENTRY_ERRORS:
             pass  # a damaged entry is recomputed
     got = compute_view(path, features, view, seed, model, max_seconds)
     atomic_write_npz(cache, mel=got.mel, tokens=got.tokens)
