@@ -27,6 +27,7 @@ from edgeemo.features import FeatureConfig
 
 SOURCE_KINDS = ("builtin", "deam", "manifest", "quadrants")
 TEACHER_POOLS = ("token", "avg")
+SELECTIONS = ("best", "last")  # the epoch a stage keeps: best validation score, or the last of a fixed schedule
 TEACHER_STEMS = ("patch", "conv")
 TEACHER_LOSSES = ("mse", "ccc", "mix")
 QUANT_RECIPES = ("auto", "qdq", "qoperator")
@@ -256,6 +257,11 @@ class StudentConfig:
     batch_size: int = opt(32, "Student batch size.", min=1)
     accum_steps: int = opt(1, "Student gradient-accumulation steps.", min=1)
     patience: int | None = opt(6, "Early-stopping patience (epochs; null: none).", min=1)
+    select: str = opt(
+        "best",
+        "The epoch the student keeps: best (validation CCC) or last (the end of a fixed schedule; no early stop).",
+        choices=SELECTIONS,
+    )
     weight_decay: float = opt(0.05, "AdamW weight decay.", min=0.0)
     task_weight: float = opt(0.5, "Weight of the ground-truth (label) loss.", min=0.0, flags=("--alpha",))
     output_weight: float = opt(0.5, "Weight of the teacher-output distillation loss.", min=0.0, flags=("--beta",))
@@ -315,6 +321,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "student.windows_per_song": None,
     "teacher.probe_alpha": None,
     "student.views": None,
+    "student.select": "best",
 }
 
 SECTIONS: dict[str, type] = {

@@ -215,3 +215,35 @@ def test_student_learns_from_teacher_outputs_on_unlabeled_windows(tmp_path):
     assert set(reloaded.state_dict()) == set(student.state_dict())
     with pytest.raises(TrainingError, match="do not match"):
         hybrid.train_view_student(data, teacher[:-1], val, tmp_path / "s2", settings, device="cpu")
+
+
+@pytest.mark.parametrize(("select", "kept"), [("best", 2), ("last", 3)])
+def test_the_student_keeps_the_best_validated_or_the_last_epoch(tmp_path, monkeypatch, select, kept):
+    import torch as torch_mod
+
+    scores = iter([0.2, 0.7, 0.4])
+
+    def fake_report(data, preds):
+        s = next(scores)
+        return {"ccc_valence": s, "ccc_arousal": s, "ccc_mean": s}
+
+    monkeypatch.setattr(hybrid, "viewset_report", fake_report)
+    train, val = synthetic_viewset(4, 7), synthetic_viewset(2, 8)
+    settings = hybrid.ViewStudentSettings(epochs=3, windows_per_entry=2, batch_size=8, select=select)
+    _, res = hybrid.train_view_student(train, np.zeros((len(train), 2)), val, tmp_path / "s", settings, device="cpu")
+    assert res.best_epoch == kept
+    assert torch_mod.load(tmp_path / "s" / "best.pt", weights_only=False)["epoch"] == kept
+
+
+def test_student_select_is_a_config_field_that_keeps_old_digests():
+    from edgeemo.config import RunConfig, StageContext
+    from edgeemo.errors import EdgeemoError
+    from edgeemo.train.loop import stage_fit_config
+
+    cfg = RunConfig()
+    assert cfg.student.select == "best" and stage_fit_config(cfg.student, StageContext.of(cfg)).select == "best"
+    last = cfg.replace({"student.select": "last"})
+    assert stage_fit_config(last.student, StageContext.of(last)).select == "last"
+    assert last.digest() != cfg.digest() == cfg.replace({"student.select": "best"}).digest()
+    with pytest.raises(EdgeemoError, match="select"):
+        cfg.replace({"student.select": "worst"})

@@ -59,6 +59,7 @@ class ViewStudentSettings:
     output_weight: float = 1.0
     feature_weight: float = 0.0  # > 0: also match the window's standardised pooled musicnn tokens (1 - cosine)
     patience: int | None = None
+    select: str = "best"  # or "last": keep the final epoch of the fixed schedule
 
 
 def viewset_report(data: ViewSet, preds: np.ndarray) -> dict[str, float]:
@@ -288,6 +289,7 @@ def _fit_windows(
         seed=seed,
         device=device,
         progress=progress,
+        select=getattr(settings, "select", "best"),
     )
     return fit(
         stage,

@@ -155,6 +155,7 @@ def train_hybrid_student(
         output_weight=cfg.output_weight,
         feature_weight=cfg.feature_weight,
         patience=cfg.patience,
+        select=cfg.select,
     )
     _, result = train_view_student(
         train, teacher_out, val, out_dir, settings, backbone=backbone, seed=ctx.seed, device=ctx.device,

@@ -61,11 +61,13 @@ class FitConfig:
     num_workers: int = 0
     progress: bool = True
     ema_decay: float = 0.0  # > 0: validate, keep and export an EMA of the weights (train/ema.py)
+    select: str = "best"  # best.pt holds the best-validated epoch, or ("last") every epoch in turn: the final one
 
 
 def stage_fit_config(section: Any, ctx: StageContext, progress: bool = True, ema_decay: float = 0.0) -> FitConfig:
     """The shared loop's settings for a stage: its section's ``epochs``, ``batch_size``, ``accum_steps``
-    (1 when the section has none) and ``patience``, with the run-wide seed and device."""
+    (1 when the section has none), ``patience`` and ``select`` ("best" when it has none), with the run-wide seed
+    and device."""
     return FitConfig(
         epochs=section.epochs,
         batch_size=section.batch_size,
@@ -75,6 +77,7 @@ def stage_fit_config(section: Any, ctx: StageContext, progress: bool = True, ema
         device=ctx.device,
         progress=progress,
         ema_decay=ema_decay,
+        select=getattr(section, "select", "best"),
     )
 
 
@@ -343,7 +346,7 @@ def fit(
         if world > 1:
             val_metrics, extras = distributed.broadcast_object((val_metrics, extras))
         score = val_metrics[score_key]
-        improved = score > best_score
+        improved = score > best_score or cfg.select == "last"
         record: dict[str, Any] = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 2)}
         record.update({f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()})
         record.update({f"val_{k}": v for k, v in {**val_metrics, **extras}.items()})
