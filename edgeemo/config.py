@@ -278,6 +278,12 @@ class StudentConfig:
         "teacher's outputs on.",
         flags=("--student-unlabeled",),
     )
+    mixes: int = opt(
+        0,
+        "musicnn_token_vit teacher only: mixed views per training song (the song mixed with another training "
+        "song at 30-50%), whose windows the student learns the teacher's outputs on.",
+        min=0,
+    )
     unlabeled_max_windows: int = opt(60, "Windows per unlabeled file (evenly spread).", min=1)
     unlabeled_max_seconds: float = opt(30.0, "Analyse the middle N seconds of each unlabeled file.", min=4.0)
     windows_per_song: int | None = opt(
@@ -322,6 +328,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "teacher.probe_alpha": None,
     "student.views": None,
     "student.select": "best",
+    "student.mixes": 0,
 }
 
 SECTIONS: dict[str, type] = {

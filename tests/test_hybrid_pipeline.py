@@ -50,6 +50,7 @@ def hybrid_run(tmp_path_factory, musicnn):
             "student.unlabeled": [str(unlabeled)],
             "student.unlabeled_max_windows": 5,
             "student.feature_weight": 0.0,
+            "student.mixes": 1,
         }
     )
     mp = pytest.MonkeyPatch()
@@ -66,9 +67,10 @@ def test_train_all_trains_the_token_teacher_and_its_student(hybrid_run):
     assert summary["test"]["teacher"]["arch"] == "musicnn_token_vit"
     assert summary["test"]["student"]["arch"] == "mobilevit_xxs"
     assert np.isfinite(summary["test"]["teacher"]["ccc_mean"]) and np.isfinite(summary["test"]["student"]["ccc_mean"])
-    # every training song in 2 views, cached once per file and view (the student reuses the teacher's)
+    # every training song in 2 views and 1 mixed view, cached once per file and view (the student reuses the
+    # teacher's views), the validation and test songs as they are, the unlabeled files
     split = json.loads((r.dir / "split.json").read_text())
-    n_files = 2 * len(split["train"]) + len(split["val"]) + len(split["test"]) + 3
+    n_files = 3 * len(split["train"]) + len(split["val"]) + len(split["test"]) + 3
     assert len(list((root / "cache" / "views").glob("*.npz"))) == n_files
     ck = torch.load(r.dir / "student" / "best.pt", map_location="cpu", weights_only=False)
     assert ck["stage"] == "student" and ck["feature_config"] == r.cfg.features.to_dict()

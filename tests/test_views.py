@@ -11,7 +11,13 @@ from edgeemo.errors import AudioError, DataError  # noqa: E402
 from edgeemo.features import FeatureConfig  # noqa: E402
 from edgeemo.runtime.audio import write_wav as _write_wav  # noqa: E402
 from edgeemo.train import views  # noqa: E402
-from edgeemo.train.viewset import MelWindows, TokenWindows, build_viewset, concat_viewsets  # noqa: E402
+from edgeemo.train.viewset import (  # noqa: E402
+    MelWindows,
+    TokenWindows,
+    build_mix_viewset,
+    build_viewset,
+    concat_viewsets,
+)
 
 FEATURES = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=500, n_mels=64, n_frames=128, window_hop_s=0.5)
 
@@ -163,3 +169,47 @@ def test_build_viewset_indexes_windows_skips_bad_files_and_joins(net, tmp_path):
     assert mel[0][1][2].item() == 1.0
     with pytest.raises(DataError):
         build_viewset([bad], None, FEATURES, 1, 0, net, "w", None, progress=False)
+
+
+def test_mix_partners_are_other_files_and_stay_the_same_in_every_set_that_holds_them():
+    digests = [f"{i:012x}" + "0" * 52 for i in range(1, 41)]
+    for k in range(3):
+        for i, d in enumerate(digests):
+            j, share = views.mix_partner(d, digests, k, 0)
+            assert j != i and views.MIX_SHARE[0] <= share <= views.MIX_SHARE[1]
+            assert views.mix_partner(d, digests, k, 0) == (j, share)  # repeatable
+            # another candidate set (a CV fold's training songs) that still holds the partner keeps it
+            subset = [c for n, c in enumerate(digests) if n % 3 != 1 or n == j]
+            assert subset[views.mix_partner(d, subset, k, 0)[0]] == digests[j]
+    assert views.mix_partner(digests[0], digests, 0, 0) != views.mix_partner(digests[0], digests, 1, 0)
+    with pytest.raises(DataError, match="another file"):
+        views.mix_partner(digests[0], digests[:1], 0, 0)
+
+
+def test_render_mix_level_matches_and_loops_the_partner():
+    x = _tone(4.0, 440.0)
+    y = 0.1 * _tone(1.5, 1000.0, seed=1)  # quieter and shorter
+    mixed = views.render_mix(x, y, 0.4)
+    assert mixed.shape == x.shape and mixed.dtype == np.float32
+    partner = np.resize(y, x.size) * np.sqrt(np.mean(x**2)) / np.sqrt(np.mean(y**2))
+    np.testing.assert_allclose(mixed, np.clip(0.6 * x + 0.4 * partner, -1, 1), atol=1e-5)
+    np.testing.assert_allclose(views.render_mix(x, np.zeros(100, np.float32), 0.4), 0.6 * x, atol=1e-6)
+
+
+def test_mixed_views_are_cached_and_unlabeled(net, tmp_path):
+    paths = [write_wav(tmp_path / f"s{i}.wav", _tone(6.0, 220.0 * (i + 1), seed=i), 16000) for i in range(3)]
+    mixes = build_mix_viewset(paths, FEATURES, 2, 0, net, "w", tmp_path / "cache", progress=False)
+    assert mixes.entries == [(i, k) for i in range(3) for k in range(2)]
+    assert np.all(np.isnan(mixes.labels)) and len(mixes) == sum(v.n_windows(FEATURES) for v in mixes.views)
+    assert len(list((tmp_path / "cache" / "views").glob("*.npz"))) == 6
+    digests = [views.content_digest(p) for p in paths]
+    j, share = views.mix_partner(digests[0], digests, 1, 0)
+    signal = views.render_mix(views.load_audio(paths[0], 16000), views.load_audio(paths[j], 16000), share)
+    direct = views.view_streams(signal, FEATURES, net, paths[0])
+    np.testing.assert_array_equal(mixes.views[1].mel, direct.mel)  # entry (0, 1)
+    np.testing.assert_array_equal(mixes.views[1].tokens, direct.tokens)
+    again = build_mix_viewset(paths, FEATURES, 2, 0, net, "w", tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(again.views[5].tokens, mixes.views[5].tokens)
+    assert len(list((tmp_path / "cache" / "views").glob("*.npz"))) == 6  # read back, nothing recomputed
+    with pytest.raises(DataError, match="another file"):  # one training song has no partner
+        build_mix_viewset(paths[:1], FEATURES, 1, 0, net, "w", None, progress=False)

@@ -4,7 +4,8 @@ musicnn_token_vit``), in the run directory contract of :mod:`edgeemo.train.pipel
 Owns mapping the run's config sections onto :mod:`edgeemo.train.hybrid` (the teacher: depth,
 drop path, epochs, ``head_lr``, weight decay, batch, patience, ``teacher.probe_alpha`` and
 ``teacher.views`` augmented views of each training song; the student: its section plus
-``student.views`` (default: the teacher's), ``student.feature_weight`` (matching the musicnn
+``student.views`` (default: the teacher's), ``student.mixes`` (mixed views of pairs of training songs),
+``student.feature_weight`` (matching the musicnn
 tokens the teacher reads) and ``student.unlabeled`` folders, whose
 files the run's validation, test and left-out songs never join), loading MSD-musicnn (the
 frozen front end) once per process, and giving such a teacher's predictions on the windows of a
@@ -36,7 +37,7 @@ from edgeemo.train.hybrid import (
 from edgeemo.train.loop import FitResult
 from edgeemo.train.models import Regressor, load_model
 from edgeemo.train.tokenvit import TOKEN_VIT
-from edgeemo.train.viewset import ViewSet, build_viewset, concat_viewsets
+from edgeemo.train.viewset import ViewSet, build_mix_viewset, build_viewset, concat_viewsets
 
 
 @lru_cache(maxsize=1)
@@ -142,6 +143,14 @@ def train_hybrid_student(
             f"validation/test or left-out songs), {len(unlabeled)} windows"
         )
         train = concat_viewsets(train, unlabeled)
+    if cfg.mixes:
+        model, weights_id = musicnn_front_end()
+        mixes = build_mix_viewset(
+            [s.path for s in splits["train"]], ctx.features, cfg.mixes, ctx.seed, model, weights_id, cache_dir,
+            progress=progress,
+        )  # fmt: skip
+        log(f"[student] {cfg.mixes} mixed view(s) of each training song, {len(mixes)} windows")
+        train = concat_viewsets(train, mixes)
     val = song_views(splits["val"], ctx, 1, cache_dir, progress)
     teacher_out = token_teacher_outputs(teacher, train, ctx.device)
     settings = ViewStudentSettings(

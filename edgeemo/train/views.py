@@ -7,7 +7,8 @@ musicnn's *token frames* of a signal (:func:`musicnn_tokens`: the 753 channels o
 front end and midend, mean- and max-pooled over groups of :data:`TOKEN_POOL` frames, i.e. one
 1506-d token every 0.256 s, computed on the whole file in overlapping segments so a long track
 costs no more memory than a clip) and the per-file, per-view cache of both the student's
-log-mel frames and the token frames (:func:`file_view`). A window of the student
+log-mel frames and the token frames (:func:`file_view`), and mixed views (:func:`file_mix`: a file mixed with another
+training file, :func:`mix_partner`, for distillation on sounds no single song makes). A window of the student
 (:class:`~edgeemo.features.FeatureConfig` hop and length) is matched to the :data:`N_TOKENS`
 tokens centred on the same time (:func:`token_windows`), so a teacher over tokens and the
 student over log-mel see one moment of one augmented sound: distillation is consistent
@@ -17,6 +18,7 @@ student over log-mel see one moment of one augmented sound: distillation is cons
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeemo.atomic import DAMAGED_ENTRY_ERRORS, atomic_write_npz
-from edgeemo.errors import AudioError
+from edgeemo.errors import AudioError, DataError
 from edgeemo.features import FeatureConfig, log_mel
 from edgeemo.filehash import content_digest
 from edgeemo.runtime.audio import load_audio, resample
@@ -42,6 +44,7 @@ _HOP_S = 256 / SAMPLE_RATE
 MAX_SECONDS = 120.0  # by default a longer file is analysed in its middle 120 s
 VIEW_FORMAT = "edgeemo-view-v1"
 FRONT_END_KEYS = ("timbral", "temporal", "cnn1", "cnn2", "cnn3")  # musicnn outputs the tokens are made of
+MIX_SHARE = (0.3, 0.5)  # the partner's share of a mixed view
 
 
 @dataclass(frozen=True)
@@ -159,15 +162,27 @@ def compute_view(
     path: Path, features: FeatureConfig, view: int, seed: int, model, max_seconds: float = MAX_SECONDS
 ) -> FileView:
     """Render ``view`` of the file (its middle ``max_seconds`` at most) and compute both streams (no cache)."""
+    _check_rate(features)
+    params = view_params(content_digest(path), view, seed)
+    return view_streams(render_view(middle(load_audio(path, SAMPLE_RATE), max_seconds), params), features, model, path)
+
+
+def _check_rate(features: FeatureConfig) -> None:
     if features.sample_rate != SAMPLE_RATE:
         raise AudioError(f"views need {SAMPLE_RATE} Hz features (musicnn's rate), got {features.sample_rate}")
-    params = view_params(content_digest(path), view, seed)
-    signal = load_audio(path, SAMPLE_RATE)
+
+
+def middle(signal: np.ndarray, max_seconds: float) -> np.ndarray:
+    """The middle ``max_seconds`` of a 16 kHz signal (all of it when shorter)."""
     keep = int(max_seconds * SAMPLE_RATE)
     if signal.size > keep:
         start = (signal.size - keep) // 2
         signal = signal[start : start + keep]
-    signal = render_view(signal, params)
+    return signal
+
+
+def view_streams(signal: np.ndarray, features: FeatureConfig, model, path: Path) -> FileView:
+    """The student's log-mel frames and musicnn's token frames of one rendered 16 kHz signal."""
     mel = log_mel(signal, features).astype(np.float16)
     if features.n_windows(mel.shape[1]) == 0:
         raise AudioError(f"shorter than one window ({features.window_seconds:.2f} s)", path=path)
@@ -176,6 +191,22 @@ def compute_view(
     except AudioError as exc:
         raise AudioError(str(exc), path=path) from None
     return FileView(mel, tokens)
+
+
+def cached_view(cache: Path | None, compute: Callable[[], FileView]) -> FileView:
+    """The :class:`FileView` stored at ``cache``, or ``compute()`` written there atomically (recomputing a
+    damaged entry); no cache: ``compute()``."""
+    if cache is None:
+        return compute()
+    if cache.is_file():
+        try:
+            with np.load(cache) as z:
+                return FileView(z["mel"], z["tokens"])
+        except DAMAGED_ENTRY_ERRORS:
+            pass  # a damaged entry is recomputed
+    got = compute()
+    atomic_write_npz(cache, mel=got.mel, tokens=got.tokens)
+    return got
 
 
 def file_view(
@@ -189,16 +220,73 @@ def file_view(
     max_seconds: float = MAX_SECONDS,
 ) -> FileView:
     """:func:`compute_view`, read from or written (atomically) to ``cache_dir/views`` when there is one."""
-    if cache_dir is None:
-        return compute_view(path, features, view, seed, model, max_seconds)
-    cache = Path(cache_dir) / "views" / f"{view_key(path, features, view, seed, weights_id, max_seconds)}.npz"
-    if cache.is_file():
-        try:
-            with np.load(cache) as z:
-                return FileView(z["mel"], z["tokens"])
-        except DAMAGED_ENTRY_ERRORS:
-            pass  # a damaged entry is recomputed
-    got = compute_view(path, features, view, seed, model, max_seconds)
-    atomic_write_npz(cache, mel=got.mel, tokens=got.tokens)
-    return got
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / "views" / f"{view_key(path, features, view, seed, weights_id, max_seconds)}.npz"
+    return cached_view(cache, lambda: compute_view(path, features, view, seed, model, max_seconds))
 
+
+def mix_partner(digest: str, candidates: list[str], mix: int, seed: int) -> tuple[int, float]:
+    """Mixed view ``mix`` of the file with content ``digest``: the index of its partner among the
+    ``candidates`` digests (never the file itself) and the partner's share (``MIX_SHARE``).
+
+    The partner is the candidate that ranks first under a hash of (seed, digest, mix, candidate), so
+    a file keeps its partner in every candidate set that contains it (CV folds share cached mixes)."""
+    ranked = [
+        (hashlib.sha256(f"{seed}|{digest}|{mix}|{c}".encode()).digest(), i)
+        for i, c in enumerate(candidates)
+        if c != digest
+    ]
+    if not ranked:
+        raise DataError("a mixed view needs another file to mix with")
+    rng = np.random.default_rng([int(seed), int(digest[:12], 16), int(mix), 7])
+    return min(ranked)[1], float(rng.uniform(*MIX_SHARE))
+
+
+def render_mix(signal: np.ndarray, partner: np.ndarray, share: float) -> np.ndarray:
+    """``(1 - share) x signal + share x partner``, the partner looped or cut to the signal's length and
+    brought to its RMS level first (a silent partner adds nothing); float32 in [-1, 1]."""
+    x = np.asarray(signal, dtype=np.float32)
+    y = np.asarray(partner, dtype=np.float32)
+    if y.size == 0:
+        return x.copy()
+    y = np.resize(y, x.size)  # repeats a shorter partner
+    rms_x, rms_y = float(np.sqrt(np.mean(x**2))), float(np.sqrt(np.mean(y**2)))
+    y = y * np.float32(rms_x / rms_y) if rms_y > 1e-8 else np.zeros_like(x)
+    return np.clip((1.0 - share) * x + share * y, -1.0, 1.0).astype(np.float32)
+
+
+def mix_key(
+    path: Path, partner: Path, share: float, features: FeatureConfig, weights_id: str, max_seconds: float
+) -> str:
+    ident = (
+        f"{VIEW_FORMAT}|mix|{content_digest(path)}|{content_digest(partner)}|{share!r}|{features.digest()}|"
+        f"{weights_id}|{TOKEN_POOL}|max{max_seconds!r}"
+    )
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def file_mix(
+    path: Path,
+    partner: Path,
+    share: float,
+    features: FeatureConfig,
+    model,
+    weights_id: str,
+    cache_dir: Path | None,
+    max_seconds: float = MAX_SECONDS,
+) -> FileView:
+    """The file mixed with ``partner`` (:func:`render_mix`, both cut to their middle ``max_seconds``), both
+    streams, cached like :func:`file_view`."""
+    _check_rate(features)
+
+    def compute() -> FileView:
+        signal = middle(load_audio(path, SAMPLE_RATE), max_seconds)
+        other = middle(load_audio(partner, SAMPLE_RATE), max_seconds)
+        return view_streams(render_mix(signal, other, share), features, model, path)
+
+    cache = None
+    if cache_dir is not None:
+        key = mix_key(path, partner, share, features, weights_id, max_seconds)
+        cache = Path(cache_dir) / "views" / f"{key}.npz"
+    return cached_view(cache, compute)

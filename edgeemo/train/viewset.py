@@ -4,7 +4,8 @@ Owns :class:`ViewSet` (per item -- a labelled song or an unlabeled file -- and p
 cached :class:`~edgeemo.train.views.FileView`; an index of ``(entry, window)`` pairs; per item its
 (valence, arousal) label or NaN), :func:`build_viewset` (fills it from the view cache, computing
 what is missing, skipping undecodable files with one line each) and the torch datasets the two
-stages train on: :class:`TokenWindows` (teacher: tokens -> label) and :class:`MelWindows`
+stages train on (and :func:`build_mix_viewset`, the unlabeled set of mixed views of the training
+files): :class:`TokenWindows` (teacher: tokens -> label) and :class:`MelWindows`
 (student: log-mel window -> ``[label | mask | teacher output]``).
 """
 
@@ -20,9 +21,10 @@ from torch.utils.data import Dataset
 
 from edgeemo.errors import AudioError, DataError
 from edgeemo.features import FeatureConfig
+from edgeemo.filehash import content_digest
 from edgeemo.progress import progress_iter
 from edgeemo.train.tokenvit import pooled_tokens
-from edgeemo.train.views import MAX_SECONDS, FileView, file_view, token_windows
+from edgeemo.train.views import MAX_SECONDS, FileView, file_mix, file_view, mix_partner, token_windows
 
 
 @dataclass
@@ -117,6 +119,42 @@ def build_viewset(
     if not rows:
         raise DataError(f"no usable audio out of {len(items)} file(s)" + (f": {failed[0]}" if failed else ""))
     return ViewSet(features, items, lab, entries, fviews, np.concatenate(rows).astype(np.int64), failed)
+
+
+def build_mix_viewset(
+    items: Sequence[Path],
+    features: FeatureConfig,
+    n_mixes: int,
+    seed: int,
+    model,
+    weights_id: str,
+    cache_dir: Path | None,
+    *,
+    max_seconds: float = MAX_SECONDS,
+    progress: bool = True,
+) -> ViewSet:
+    """``n_mixes`` mixed views of every item, each with a partner among ``items`` (:func:`mix_partner`), as an
+    unlabeled :class:`ViewSet` (a mixture has no label of its own; the teacher's outputs on it are its target).
+    Items that cannot be decoded, or mixed with an undecodable partner, are listed in ``failed``."""
+    items = [Path(p) for p in items]
+    digests = [content_digest(p) for p in items]
+    entries, fviews, rows, failed = [], [], [], []
+    for i, path in enumerate(progress_iter(items, progress, f"mixes x{n_mixes}", unit="file", tty_only=False)):
+        for k in range(n_mixes):
+            j, share = mix_partner(digests[i], digests, k, seed)
+            try:
+                fv = file_mix(path, items[j], share, features, model, weights_id, cache_dir, max_seconds)
+            except AudioError as exc:
+                failed.append(str(exc))
+                continue
+            e = len(entries)
+            entries.append((i, k))
+            fviews.append(fv)
+            rows.append(np.stack([np.full(fv.n_windows(features), e), np.arange(fv.n_windows(features))], axis=1))
+    if not rows:
+        raise DataError(f"no mixed view out of {len(items)} file(s)" + (f": {failed[0]}" if failed else ""))
+    labels = np.full((len(items), 2), np.nan, np.float32)
+    return ViewSet(features, items, labels, entries, fviews, np.concatenate(rows).astype(np.int64), failed)
 
 
 class TokenWindows(Dataset):
