@@ -278,6 +278,13 @@ class StudentConfig:
         "teacher's outputs on.",
         flags=("--student-unlabeled",),
     )
+    crossfit: int = opt(
+        0,
+        "musicnn_token_vit teacher only: K >= 2 gives the labelled training songs' windows the outputs of K teachers "
+        "each trained without that song's (artist-grouped) part, instead of the run's teacher, which has learnt "
+        "those songs (0: off).",
+        min=0,
+    )
     mixes: int = opt(
         0,
         "musicnn_token_vit teacher only: mixed views per training song (the song mixed with another training "
@@ -329,6 +336,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "student.views": None,
     "student.select": "best",
     "student.mixes": 0,
+    "student.crossfit": 0,
 }
 
 SECTIONS: dict[str, type] = {

@@ -132,3 +132,37 @@ def test_missing_musicnn_weights_or_unlabeled_folder_fail_before_training(tmp_pa
         PREFLIGHT(cfg.teacher, cfg.student)
     (tmp_path / "empty-cache" / "unlabeled" / "debian-xl").mkdir(parents=True)
     PREFLIGHT(cfg.teacher, cfg.student)
+
+
+def test_crossfit_targets_come_from_teachers_that_never_heard_the_song_or_its_artist(hybrid_run, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from edgeemo.config import StageContext
+    from edgeemo.data.quadrants import load_quadrants
+
+    r, root, _, _ = hybrid_run
+    songs = load_quadrants(root / "mini4q").songs
+    ctx = StageContext(r.cfg.features)
+    trained_on: list[set[Path]] = []
+
+    def fake_fit(fit_on, val, out_dir, settings, **kwargs):  # the "model" is the part's number
+        trained_on.append({Path(p) for p in fit_on.items})
+        return len(trained_on) - 1, None
+
+    monkeypatch.setattr(hybrid_stages, "train_token_teacher", fake_fit)
+    monkeypatch.setattr(
+        hybrid_stages, "token_teacher_outputs", lambda model, data, device="auto": np.full((len(data), 2), model, float)
+    )
+    data = hybrid_stages.song_views(songs, ctx, 1, root / "cache", False)
+    out = hybrid_stages.crossfit_outputs(songs, data, data, r.cfg.teacher, ctx, 3, tmp_path, root / "cache", False)
+    assert len(trained_on) == 3 and not np.isnan(out).any()
+    part_of_song = {}
+    for item, part in zip(data.item_of(), out[:, 0].astype(int), strict=True):
+        assert part_of_song.setdefault(item, part) == part  # every window of a song from one teacher
+    for item, part in part_of_song.items():
+        assert songs[item].path not in trained_on[part]  # ...which never trained on it
+        heard = {s.group for s in songs if s.path in trained_on[part]}
+        assert songs[item].group not in heard  # nor on its artist
+        assert len(trained_on[part]) + sum(p == part for p in part_of_song.values()) == len(songs)
+    with pytest.raises(TrainingError, match="at least 2"):
+        hybrid_stages.crossfit_outputs(songs, data, data, r.cfg.teacher, ctx, 1, tmp_path, root / "cache", False)

@@ -5,6 +5,7 @@ Owns mapping the run's config sections onto :mod:`edgeemo.train.hybrid` (the tea
 drop path, epochs, ``head_lr``, weight decay, batch, patience, ``teacher.probe_alpha`` and
 ``teacher.views`` augmented views of each training song; the student: its section plus
 ``student.views`` (default: the teacher's), ``student.mixes`` (mixed views of pairs of training songs),
+``student.crossfit`` (the labelled songs' targets from teachers that did not learn them),
 ``student.feature_weight`` (matching the musicnn
 tokens the teacher reads) and ``student.unlabeled`` folders, whose
 files the run's validation, test and left-out songs never join), loading MSD-musicnn (the
@@ -153,6 +154,12 @@ def train_hybrid_student(
         train = concat_viewsets(train, mixes)
     val = song_views(splits["val"], ctx, 1, cache_dir, progress)
     teacher_out = token_teacher_outputs(teacher, train, ctx.device)
+    if cfg.crossfit:
+        labelled = train.item_of() < len(splits["train"])
+        teacher_out[labelled] = crossfit_outputs(
+            splits["train"], train.select(labelled), val, teacher_cfg, ctx, cfg.crossfit,
+            Path(out_dir) / "crossfit", cache_dir, progress,
+        )  # fmt: skip
     settings = ViewStudentSettings(
         arch=cfg.arch,
         epochs=cfg.epochs,
@@ -171,6 +178,39 @@ def train_hybrid_student(
         progress=progress,
     )  # fmt: skip
     return result
+
+
+def crossfit_outputs(
+    songs: Sequence[Song],
+    data: ViewSet,
+    val: ViewSet,
+    cfg: TeacherConfig,
+    ctx: StageContext,
+    k: int,
+    out_dir: Path,
+    cache_dir: Path,
+    progress: bool = True,
+) -> np.ndarray:
+    """``(len(data), 2)``: for every window of ``data`` (windows of ``songs``; item ``i`` is ``songs[i]``), the
+    output of the teacher trained on the other ``k - 1`` of ``k`` artist-grouped parts of ``songs``
+    (stratified by quadrant when every song has one), each teacher a resumable fit under ``out_dir/part-<j>``."""
+    from edgeemo.cv import grouped_folds
+
+    if k < 2:
+        raise TrainingError(f"student.crossfit needs at least 2 parts, got {k}")
+    parts = grouped_folds(songs, k, ctx.seed, stratify=all(s.quadrant for s in songs))
+    items = data.item_of()
+    out = np.full((len(data), 2), np.nan, np.float32)
+    for part in parts:
+        log(f"[student] cross-fitted teacher {part.index + 1}/{k}: {len(part.train)} songs, scoring {len(part.test)}")
+        fit_on = song_views([songs[i] for i in part.train], ctx, cfg.views, cache_dir, progress)
+        model, _ = train_token_teacher(
+            fit_on, val, Path(out_dir) / f"part-{part.index}", teacher_settings(cfg, ctx), seed=ctx.seed,
+            device=ctx.device, progress=progress,
+        )  # fmt: skip
+        rows = np.isin(items, part.test)
+        out[rows] = token_teacher_outputs(model, data.select(rows), ctx.device)
+    return out
 
 
 def teacher_window_predictions(model: Regressor, windows: WindowSet, cache_dir: Path) -> np.ndarray:
