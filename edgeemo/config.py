@@ -278,6 +278,12 @@ class StudentConfig:
         "teacher's outputs on.",
         flags=("--student-unlabeled",),
     )
+    mixup: float = opt(
+        0.0,
+        "musicnn_token_vit teacher only: blend training windows and their targets pairwise (mixup), "
+        "lam ~ Beta(mixup, mixup); 0: off.",
+        min=0.0,
+    )
     crossfit: int = opt(
         0,
         "musicnn_token_vit teacher only: K >= 2 gives the labelled training songs' windows the outputs of K teachers "
@@ -337,6 +343,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "student.select": "best",
     "student.mixes": 0,
     "student.crossfit": 0,
+    "student.mixup": 0.0,
 }
 
 SECTIONS: dict[str, type] = {

@@ -93,3 +93,22 @@ def test_teacher_trains_on_augmented_windows_and_validates_on_clean_ones():
     stage.model.eval()
     stage.predict(x)
     assert torch.equal(seen[-1], x)
+
+
+def test_mixup_blends_windows_and_targets_with_one_weight_and_multiplies_masks():
+    from edgeemo.train.augment import mixup_batch
+
+    x = torch.randn(16, 1, 8, 12)
+    t = torch.cat([torch.randn(16, 2), (torch.arange(16) % 2).float()[:, None], torch.randn(16, 2)], dim=1)
+    torch.manual_seed(3)
+    mx, mt = mixup_batch(x, t, 0.4, mask_cols=slice(2, 3))
+    torch.manual_seed(3)
+    lam = torch.distributions.Beta(0.4, 0.4).sample((16,))
+    perm = torch.randperm(16)
+    torch.testing.assert_close(mx, lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[perm])
+    for cols in (slice(0, 2), slice(3, 5)):
+        torch.testing.assert_close(mt[:, cols], lam[:, None] * t[:, cols] + (1 - lam[:, None]) * t[perm][:, cols])
+    torch.testing.assert_close(mt[:, 2], t[:, 2] * t[perm, 2])  # labelled only when both windows were
+    assert not torch.equal(mx, x) and lam.min() >= 0 and lam.max() <= 1
+    same_x, same_t = mixup_batch(x, t, 0.0)
+    assert same_x is x and same_t is t  # off

@@ -150,6 +150,15 @@ def test_distillation_loss_ignores_labels_of_unlabeled_windows():
     assert terms["task"] == pytest.approx(task, rel=1e-5)
     assert terms["kd"] == pytest.approx(0.25, rel=1e-5)
     assert total.item() == pytest.approx(0.5 * task + 0.25, rel=1e-5)
+    mixing = hybrid.ViewDistillStage(student, hybrid.ViewStudentSettings(task_weight=0.5, mixup=0.4), FEATURES)
+    assert mixing.loss(x, target)[0].item() == pytest.approx(total.item(), rel=1e-6)  # evaluation never mixes
+    student.train()
+    torch.manual_seed(0)
+    mixed, _ = mixing.loss(x, target)
+    torch.manual_seed(0)
+    plain = hybrid.ViewDistillStage(student, hybrid.ViewStudentSettings(task_weight=0.5), FEATURES)
+    assert mixed.item() != pytest.approx(plain.loss(x, target)[0].item(), rel=1e-3)  # training does
+    student.eval()
 
 
 def test_feature_targets_are_the_standardised_pooled_tokens_and_enter_the_loss():

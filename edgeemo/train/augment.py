@@ -10,6 +10,8 @@ so a resumed run augments exactly as an uninterrupted one.
   to two semitones, so this is a cheap transposition for data whose key is a nuisance.
   It is off by default: on the built-in corpus, where register is a valence cue, it
   wiped valence out (docs).
+* **Mixup** (Zhang et al. 2018; :func:`mixup_batch`): each window is blended with another window of the
+  batch, ``lam * x_i + (1 - lam) * x_j`` with ``lam ~ Beta(alpha, alpha)``, and its targets alike.
 * **Masks** (Park et al. 2019): one band of up to ``freq_mask`` mel bins and one span of
   up to ``time_mask`` frames per window are set to the window's mean, so no single cue
   region can carry the prediction.
@@ -78,3 +80,21 @@ def augment_batch(x: torch.Tensor, aug: Augment) -> torch.Tensor:
             mask |= _band_mask(b, n_frames, aug.time_mask, x.device)[:, None, None, :]
         out = torch.where(mask, mean, out)
     return out
+
+
+def mixup_batch(
+    x: torch.Tensor, targets: torch.Tensor, alpha: float, mask_cols: slice | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows and targets blended pairwise with a shuffled copy of the batch: ``lam * a + (1 - lam) * b``
+    per window, ``lam ~ Beta(alpha, alpha)``. Target columns in ``mask_cols`` (0/1 masks) are multiplied
+    instead, so a blend counts as labelled only when both windows were."""
+    if alpha <= 0 or x.shape[0] < 2:
+        return x, targets
+    lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0],)).to(x.device, x.dtype)
+    perm = torch.randperm(x.shape[0], device=x.device)
+    mixed_x = lam.view(-1, *([1] * (x.dim() - 1))) * x + (1 - lam.view(-1, *([1] * (x.dim() - 1)))) * x[perm]
+    lam_t = lam.to(targets.dtype)[:, None]
+    mixed_t = lam_t * targets + (1 - lam_t) * targets[perm]
+    if mask_cols is not None:
+        mixed_t[:, mask_cols] = targets[:, mask_cols] * targets[perm][:, mask_cols]
+    return mixed_x, mixed_t

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, Subset
 from edgeemo import metrics
 from edgeemo.errors import TrainingError
 from edgeemo.features import FeatureConfig
+from edgeemo.train.augment import mixup_batch
 from edgeemo.train.loop import FitConfig, FitResult, ValenceArousalStage, fit, resolve_device
 from edgeemo.train.models import Regressor, build_model, load_backbone, load_model, param_groups, student_spec
 from edgeemo.train.rundata import epoch_group_indices
@@ -60,6 +61,7 @@ class ViewStudentSettings:
     feature_weight: float = 0.0  # > 0: also match the window's standardised pooled musicnn tokens (1 - cosine)
     patience: int | None = None
     select: str = "best"  # or "last": keep the final epoch of the fixed schedule
+    mixup: float = 0.0  # > 0: blend training windows and their targets pairwise, lam ~ Beta(mixup, mixup)
 
 
 def viewset_report(data: ViewSet, preds: np.ndarray) -> dict[str, float]:
@@ -215,6 +217,8 @@ class ViewDistillStage(_ViewSetStage):
         return _mels_of(data, idx)
 
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.student.training and self.settings.mixup > 0:
+            x, target = mixup_batch(x, target, self.settings.mixup, mask_cols=slice(2, 3))
         y, has, t_out = target[:, :2], target[:, 2:3], target[:, 3:5]
         out, feats = self.student.forward_with_features(x)
         out = out.float()

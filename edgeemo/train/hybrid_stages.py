@@ -172,6 +172,7 @@ def train_hybrid_student(
         feature_weight=cfg.feature_weight,
         patience=cfg.patience,
         select=cfg.select,
+        mixup=cfg.mixup,
     )
     _, result = train_view_student(
         train, teacher_out, val, out_dir, settings, backbone=backbone, seed=ctx.seed, device=ctx.device,
