@@ -31,7 +31,7 @@ SELECTIONS = ("best", "last")  # the epoch a stage keeps: best validation score,
 TEACHER_STEMS = ("patch", "conv")
 TEACHER_LOSSES = ("mse", "ccc", "mix")
 QUANT_RECIPES = ("auto", "qdq", "qoperator")
-GAN_NETS = ("v1", "v2")
+GAN_NETS = ("v1", "v2", "v3")
 ROOTS = ("EDGEEMO_DATA", "EDGEEMO_CACHE")
 
 
@@ -190,8 +190,9 @@ class GanConfig:
     latent_dim: int = opt(64, "Generator latent size.", min=1)
     nets: str = opt(
         "v1",
-        "GAN networks: v1 (small transposed-conv G, plain 4-conv D) or v2 (upsample+conv G; wider spectrally "
-        "normalised D with a mel-position channel and minibatch-std).",
+        "GAN networks: v1 (small transposed-conv G, plain 4-conv D), v2 (upsample+conv G; wider spectrally "
+        "normalised D with a mel-position channel and minibatch-std) or v3 (a narrower v2 G; a wide projection D "
+        "reading out multi-scale feature statistics).",
         choices=GAN_NETS,
     )
 
