@@ -9,7 +9,8 @@ new recipe name or version.
 
 Built in: ``tiny`` (CPU, CI, minutes: the main job), ``small`` (CPU, about an hour), ``base``
 (the paper recipe for a GPU: ViT-B/16 -> MobileViT-S at 128 x 256), and the recipe of every
-shipped bundle (``4q-m1sp``, the reference bundle's).
+shipped bundle (``4q-m1sp``, the reference bundle's), and ``4q-tiny``, the main job's recipe on 4Q alone, under
+which the GAN comparisons run.
 """
 
 from __future__ import annotations
@@ -212,5 +213,20 @@ def hybrid_4q() -> RunConfig:
             "student.unlabeled_max_windows": 60,
             "student.unlabeled_max_seconds": 30.0,
             "student.windows_per_song": 6,
+        }
+    )
+
+
+@register_recipe(
+    "4q-tiny",
+    "the main job's recipe (tiny) on 4Q alone: conv-stem ViT-Tiny -> MobileViT-XXS at 64x128 with the default GAN; "
+    "the cheap 4Q recipe the GAN and augmentation comparisons run under `edgeemo cv`",
+    digest="1c19f73c57ead27d",
+)
+def tiny_4q() -> RunConfig:
+    return tiny().replace(
+        {
+            "data.sources": [DataSource("quadrants", "$EDGEEMO_DATA/4q-dev").to_dict()],
+            "data.split_fractions": [0.9, 0.09, 0.01],  # the CV's held-out fold is the test set
         }
     )

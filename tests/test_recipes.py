@@ -58,6 +58,11 @@ def test_recipes_differ_where_they_say():
     assert ref.pretrain.unlabeled == ("$EDGEEMO_DATA/4q-dev", "$EDGEEMO_CACHE/unlabeled/debian")
     assert ref.pretrain.student and ref.export.int8
     assert [s.kind for s in ref.data.sources] == ["builtin", "quadrants"]
+    small4q = recipe_config("4q-tiny")  # the main job's recipe on 4Q alone
+    assert [(s.kind, s.path) for s in small4q.data.sources] == [("quadrants", "$EDGEEMO_DATA/4q-dev")]
+    assert small4q.replace({"data.sources": tiny.to_dict()["data"]["sources"], "recipe": "tiny"}).replace(
+        {"data.split_fractions": list(tiny.data.split_fractions)}
+    ) == tiny
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "base", "4q-m1sp"])
