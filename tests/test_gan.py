@@ -458,13 +458,18 @@ def test_v1_nets_are_unchanged():
     assert not any(n.endswith("original") for n, _ in d.named_parameters())  # no spectral norm
 
 
-def test_v2_nets_shapes_spectral_norm_and_no_transposed_convs():
+def assert_fits_three_window_sizes(gen_cls, disc_cls):
+    """G makes (1, n_mels, n_frames) windows and D one logit each, at the tiny, main-job and base sizes."""
     for shape in ((32, 64), (64, 128), (128, 256)):
-        g, d = gan_mod.GeneratorV2(shape, 16).eval(), gan_mod.DiscriminatorV2(shape).eval()
+        g, d = gen_cls(shape, 16).eval(), disc_cls(shape).eval()
         with torch.no_grad():
             x = g(torch.randn(3, 16), torch.zeros(3, 2))
             assert x.shape == (3, 1, *shape)
             assert d(x, torch.zeros(3, 2)).shape == (3,)
+
+
+def test_v2_nets_shapes_spectral_norm_and_no_transposed_convs():
+    assert_fits_three_window_sizes(gan_mod.GeneratorV2, gan_mod.DiscriminatorV2)
     g, d = gan_mod.GeneratorV2((64, 128), 64), gan_mod.DiscriminatorV2((64, 128))
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in g.modules())
     assert sum(isinstance(m, nn.Upsample) for m in g.modules()) == 4
@@ -539,12 +544,7 @@ def test_v2_run_trains_samples_and_reloads(train, tmp_path):
 
 # ----------------------------------------------------------------------------- nets v3
 def test_v3_nets_shapes_statistics_readout_and_a_narrow_generator():
-    for shape in ((32, 64), (64, 128), (128, 256)):
-        g, d = gan_mod.GeneratorV3(shape, 16).eval(), gan_mod.DiscriminatorV3(shape).eval()
-        with torch.no_grad():
-            x = g(torch.randn(3, 16), torch.zeros(3, 2))
-            assert x.shape == (3, 1, *shape)
-            assert d(x, torch.zeros(3, 2)).shape == (3,)
+    assert_fits_three_window_sizes(gan_mod.GeneratorV3, gan_mod.DiscriminatorV3)
     g, d = gan_mod.GeneratorV3((64, 128), 64), gan_mod.DiscriminatorV3((64, 128))
     assert isinstance(g, gan_mod.GeneratorV2) and g.width == gan_mod.G3_WIDTH < gan_mod.G2_WIDTH
     assert count_parameters(g) < count_parameters(gan_mod.GeneratorV2((64, 128), 64))

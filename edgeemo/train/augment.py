@@ -92,7 +92,8 @@ def mixup_batch(
         return x, targets
     lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0],)).to(x.device, x.dtype)
     perm = torch.randperm(x.shape[0], device=x.device)
-    mixed_x = lam.view(-1, *([1] * (x.dim() - 1))) * x + (1 - lam.view(-1, *([1] * (x.dim() - 1)))) * x[perm]
+    w = lam.view(-1, *([1] * (x.dim() - 1)))  # one weight per window, broadcast over its other axes
+    mixed_x = w * x + (1 - w) * x[perm]
     lam_t = lam.to(targets.dtype)[:, None]
     mixed_t = lam_t * targets + (1 - lam_t) * targets[perm]
     if mask_cols is not None:

@@ -4,7 +4,8 @@ Owns the generator G(z, valence, arousal) -> one log-mel window, the projection
 discriminator D(x, valence, arousal) in three versions chosen by ``GanConfig.nets`` (v1: a small
 transposed-conv G and a plain 4-conv D; v2: an upsample+conv G and a wider, spectrally
 normalised D with a mel-position input channel and minibatch-std; v3: a narrower v2 G and a wide D that reads
-out multi-scale feature statistics, which leads under the recipe's schedule), the training loop and its outputs, and
+out multi-scale feature statistics, which leads under the recipe's schedule on the built-in corpus), the training
+loop and its outputs, and
 :class:`GanSampler`, which loads the finished generator (``gen.pt``) and feeds
 generated windows to the teacher (it matches ``edgeemo.train.teacher.GanSampler``).
 
@@ -304,8 +305,9 @@ D3_WIDTHS = (64, 128, 256, 512)  # channels of the v3 discriminator's four stage
 class GeneratorV3(GeneratorV2):
     """G(z, labels) for ``nets: v3``: the v2 generator (upsample + conv) at ``G3_WIDTH`` channels.
 
-    Narrower than v2's on purpose: against the v3 discriminator a 64-channel G closes D's lead within two epochs
-    and a 48-channel one holds D_real at ~0.55; at 32 channels D leads all run (docs/gan.md)."""
+    Narrower than v2's on purpose: on the built-in corpus a 64-channel G closes the v3 discriminator's lead within
+    two epochs and a 48-channel one holds D_real at ~0.55; against a 32-channel one D leads from the middle of the
+    run to its end (docs/gan.md)."""
 
     nets = "v3"
 
@@ -321,7 +323,8 @@ class DiscriminatorV3(nn.Module):
     its per-channel mean and std over frequency and time; their concatenation, layer-normalised (no affine), is
     read out as ``logit = linear(p) + <embed(labels), p> / sqrt(dim p)``. The wide linear readout over
     statistics of every scale learns in few steps, and the convolutions keep learning new statistics for it: that
-    is what lets D lead under the recipe's one D step per four G steps at half the LR, where v2 never leaves 0.5.
+    is what lets D lead under the recipe's one D step per four G steps at half the LR on the built-in corpus, where
+    v2 never leaves 0.5 (on 4Q it does not lead either).
     (The same readout over *fixed* random convolutions does not: G matches fixed statistics within an epoch.)
     """
 

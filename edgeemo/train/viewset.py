@@ -147,10 +147,10 @@ def build_mix_viewset(
             except AudioError as exc:
                 failed.append(str(exc))
                 continue
-            e = len(entries)
+            e, n = len(entries), fv.n_windows(features)
             entries.append((i, k))
             fviews.append(fv)
-            rows.append(np.stack([np.full(fv.n_windows(features), e), np.arange(fv.n_windows(features))], axis=1))
+            rows.append(np.stack([np.full(n, e), np.arange(n)], axis=1))
     if not rows:
         raise DataError(f"no mixed view out of {len(items)} file(s)" + (f": {failed[0]}" if failed else ""))
     labels = np.full((len(items), 2), np.nan, np.float32)
