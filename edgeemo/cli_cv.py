@@ -16,18 +16,18 @@ import click
 from edgeemo.errors import EdgeemoError
 
 
-def _default_work(data: Path, folds: int, seed: int) -> Path:
-    return Path("runs") / "cv" / f"{data.resolve().name}-k{folds}-seed{seed}"
+def _default_work(dataset: str, folds: int, seed: int) -> Path:
+    return Path("runs") / "cv" / f"{dataset}-k{folds}-seed{seed}"
 
 
 @click.command("cv")
 @click.option(
     "--data",
     "data_path",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/4q-dev"),
+    default="../shared/data/4q-dev",
     show_default=True,
-    help="Quadrant-labelled dataset (4Q layout: annotations.csv with an artist column).",
+    help="Quadrant-labelled dataset (4Q layout: annotations.csv with an artist column), or builtin[:N]: the "
+    "built-in corpus (N songs, default the main job's 400; each clip its own group, quadrant = signs of its target).",
 )
 @click.option(
     "--system",
@@ -58,7 +58,7 @@ def _default_work(data: Path, folds: int, seed: int) -> Path:
 )
 @click.option("--quiet", is_flag=True, help="No progress bars or per-fold lines.")
 def cv_cmd(
-    data_path: Path,
+    data_path: str,
     systems: tuple[str, ...],
     folds: int,
     seed: int,
@@ -77,16 +77,13 @@ def cv_cmd(
     interrupted one) recomputes nothing it already has.
     """
     from edgeemo.clipfeatures import default_feature_cache, limit_threads
-    from edgeemo.cv import format_table, grouped_folds, report, run_system
+    from edgeemo.cv import cv_dataset, format_table, grouped_folds, report, run_system
     from edgeemo.cv_systems import DEFAULT_SYSTEMS, leak_warning, make_system
-    from edgeemo.data.quadrants import load_quadrants
 
     started = time.perf_counter()
     limit_threads()
-    songset = load_quadrants(data_path)
-    songs = songset.songs[:limit] if limit else songset.songs
-    if not songs:
-        raise EdgeemoError(f"{data_path}: no songs with audio")
+    dataset = cv_dataset(data_path)
+    songs = dataset.songs[:limit] if limit else dataset.songs
     cache = default_feature_cache()
     specs = systems or DEFAULT_SYSTEMS
     if any(s.startswith("recipe:") for s in specs):
@@ -100,7 +97,7 @@ def cv_cmd(
         raise EdgeemoError(f"--only-fold {bad[0]}: the split has folds 0..{folds - 1}")
     if only_folds:
         split = [split[k] for k in sorted(set(only_folds))]
-    work = work or _default_work(data_path, folds, seed)
+    work = work or _default_work(dataset.name, folds, seed)
 
     def log(msg: str) -> None:
         if not quiet:
@@ -115,7 +112,7 @@ def cv_cmd(
     if only_folds:
         shown = ", ".join(map(str, sorted(set(only_folds))))
         click.echo(f"screening run: fold(s) {shown} of {folds} only; not a CV figure")
-    warnings = [w for r in results if (w := leak_warning(r.name, r.info, Path(data_path).resolve().name))]
+    warnings = [w for r in results if (w := leak_warning(r.name, r.info, dataset.name))]
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     if json_out is not None:
@@ -125,7 +122,7 @@ def cv_cmd(
                 results,
                 songs,
                 split,
-                dataset=str(data_path),
+                dataset=dataset.spec,
                 seed=seed,
                 stratified=not no_stratify,
                 k=folds,

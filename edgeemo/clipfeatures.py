@@ -25,8 +25,10 @@ real run. Entries are written atomically; a damaged one is recomputed.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,37 @@ def limit_threads() -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
+
+
+@contextmanager
+def all_threads() -> Iterator[None]:
+    """Every core for BLAS/OpenMP and torch inside the block, the limits from before it after it.
+
+    A CV times its peers on one thread (:func:`limit_threads`) but trains a recipe's folds on
+    every core, as ``edgeemo train-all`` does; whatever the block sets (an export sets torch's
+    thread count) does not leak into the one-thread timings that follow.
+    """
+    cores = max(1, os.cpu_count() or 1)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        from threadpoolctl import threadpool_limits
+
+        blas = threadpool_limits(cores)
+    except ImportError:
+        blas = None
+    if torch is not None:
+        torch.set_num_threads(cores)
+    try:
+        yield
+    finally:
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
+        if blas is not None:
+            blas.restore_original_limits()
 
 
 # --- extractors ------------------------------------------------------------------------------

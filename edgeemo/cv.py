@@ -14,6 +14,10 @@ quadrant = signs of the song's (valence, arousal) score, V-AUC / A-AUC of the sc
 system may instead name each song's quadrant itself (a 4-class classifier); accuracy and
 macro-F1 are then those of its labels (:func:`edgeemo.peer_models.peer_metrics`).
 
+The songs come from :func:`cv_dataset`: a quadrant-labelled folder (4Q layout, grouped by
+artist) or the built-in synthesised corpus (``builtin[:N]``: each clip its own group, its
+quadrant the signs of its (valence, arousal) target).
+
 The sd is the sample standard deviation over folds (``ddof=1``). Importing this module
 needs only numpy; the split imports scikit-learn when called.
 """
@@ -27,7 +31,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -46,6 +50,52 @@ COLUMN_NAMES = {
     "valence_auc": "V-AUC",
     "arousal_auc": "A-AUC",
 }
+
+
+# --- the songs -----------------------------------------------------------------------------
+BUILTIN = "builtin"
+
+
+@dataclass(frozen=True)
+class CVDataset:
+    """The songs a CV runs over, the dataset's name (``4q-dev``, ``builtin-n400``) and how it was named."""
+
+    name: str
+    songs: list[Song]
+    spec: str
+
+
+def cv_dataset(spec: str | Path) -> CVDataset:
+    """The songs of ``spec``: a quadrant-labelled folder, or ``builtin`` / ``builtin:N`` (the built-in corpus).
+
+    The built-in corpus is the one a run's default data config builds (``data.corpus_n`` songs,
+    seed ``data.corpus_seed``, ``data.corpus_duration`` s a clip), ``N`` songs when given. Its
+    clips are independent draws, so each is its own group; its quadrant is the signs of the
+    clip's target (:func:`edgeemo.metrics.quadrant_of`).
+    """
+    text = str(spec)
+    head, sep, count = text.partition(":")
+    if head == BUILTIN and not Path(text).exists():
+        from edgeemo.config import DataConfig
+        from edgeemo.data.synth import builtin_corpus
+
+        cfg = DataConfig()
+        n = cfg.corpus_n
+        if sep:
+            if not count.isdigit() or int(count) < 10:
+                raise EdgeemoError(f"--data {text}: expected builtin or builtin:N with N >= 10 songs")
+            n = int(count)
+        corpus = builtin_corpus(n=n, seed=cfg.corpus_seed, duration_s=cfg.corpus_duration)
+        labels = metrics.quadrant_of(corpus.targets()[:, 0], corpus.targets()[:, 1])
+        songs = [replace(s, quadrant=str(q)) for s, q in zip(corpus.songs, labels, strict=True)]
+        return CVDataset(f"{BUILTIN}-n{n}", songs, text)
+    from edgeemo.data.quadrants import load_quadrants
+
+    path = Path(text)
+    songs = load_quadrants(path).songs
+    if not songs:
+        raise EdgeemoError(f"{path}: no songs with audio")
+    return CVDataset(path.resolve().name, songs, text)
 
 
 # --- folds -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -453,3 +454,57 @@ def test_export_reads_cv_figures_only_for_the_recipe_it_trained(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(EdgeemoError, match="cannot read the CV report"):
         cv_expected_accuracy(tmp_path / "bad.json", cfg)
+
+
+def test_builtin_corpus_is_a_cv_dataset_grouped_by_clip(tmp_path, monkeypatch):
+    from edgeemo.cv import cv_dataset
+    from edgeemo.metrics import quadrant_of
+
+    monkeypatch.setenv("EDGEEMO_CACHE", str(tmp_path / "cache"))
+    ds = cv_dataset("builtin:12")
+    assert ds.name == "builtin-n12" and len(ds.songs) == 12 and ds.spec == "builtin:12"
+    assert len({s.group for s in ds.songs}) == 12  # independent draws: each clip is its own group
+    signs = quadrant_of([s.valence for s in ds.songs], [s.arousal for s in ds.songs])
+    assert [s.quadrant for s in ds.songs] == list(signs)
+    assert len(set(s.quadrant for s in ds.songs)) > 1
+    folds = grouped_folds(ds.songs, 3, seed=0, stratify=False)
+    assert sorted(i for f in folds for i in f.test) == list(range(12))
+    for bad in ("builtin:x", "builtin:5"):
+        with pytest.raises(EdgeemoError, match="builtin or builtin:N"):
+            cv_dataset(bad)
+
+
+def test_cli_cross_validates_on_the_builtin_corpus(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgeemo.cli import main
+
+    monkeypatch.setenv("EDGEEMO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # the default --work is runs/cv/<dataset>-k<folds>-seed<seed>
+    bundle = Path(__file__).resolve().parents[1] / "export" / "reference"
+    args = ["cv", "--data", "builtin:16", "--folds", "2", "--no-stratify", "--system", f"bundle:{bundle}"]
+    res = CliRunner().invoke(main, [*args, "--json", "cv.json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "cv.json").read_text())
+    assert rep["protocol"]["dataset"] == "builtin:16" and rep["protocol"]["n_songs"] == 16
+    assert (tmp_path / "runs" / "cv" / "builtin-n16-k2-seed0").is_dir()
+    (sysrep,) = rep["systems"]
+    assert len(sysrep["folds"]) == 2 and 0.0 <= sysrep["summary"]["valence_auc"]["mean"] <= 1.0
+    bad = CliRunner().invoke(main, ["cv", "--data", "builtin:3"])
+    assert bad.exit_code == 2 and "builtin or builtin:N" in bad.output
+
+
+def test_training_inside_a_cv_gets_every_core_and_leaves_the_one_thread_limit():
+    torch = pytest.importorskip("torch")
+    from edgeemo.clipfeatures import all_threads, limit_threads
+
+    before = torch.get_num_threads()
+    try:
+        limit_threads()
+        with all_threads():
+            assert torch.get_num_threads() == max(1, os.cpu_count() or 1)
+            torch.set_num_threads(1)  # what a stage inside sets (an export sets its own count) does not leak out
+            torch.set_num_threads(3)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -69,8 +69,13 @@ def test_recipe_folds_leave_out_their_songs_and_resume(mini_recipe, tmp_path):
 def test_recipe_system_spec_errors(mini_recipe):
     with pytest.raises(EdgeemoError, match="role 'student' is not one of int8, fp32, teacher"):
         recipe_system("cv-mini@student")
-    with pytest.raises(EdgeemoError, match="no quadrant dataset to cross-validate"):
-        recipe_system("tiny")
+    deam_only = tiny_config().replace({"data.sources": [DataSource("deam", str(mini_recipe)).to_dict()]})
+    recipes._REGISTRY["cv-deam"] = recipes.Recipe("cv-deam", 1, "test", deam_only)
+    try:
+        with pytest.raises(EdgeemoError, match="no quadrant dataset or built-in corpus to cross-validate"):
+            recipe_system("cv-deam")
+    finally:
+        del recipes._REGISTRY["cv-deam"]
     with pytest.raises(EdgeemoError, match="unknown recipe"):
         recipe_system("nope")
 
@@ -93,3 +98,24 @@ def test_recipe_system_with_changed_fields_is_another_system(mini_recipe):
     ):
         with pytest.raises(EdgeemoError, match=match):
             recipe_system(bad)
+
+
+def test_a_builtin_recipe_folds_over_the_builtin_corpus(tmp_path, monkeypatch):
+    """The main job's recipe is a CV system over ``--data builtin``: each fold's run leaves out its test clips."""
+    from edgeemo.cv import cv_dataset
+    from edgeemo.train.rundata import prepare_run_data
+
+    monkeypatch.setenv("EDGEEMO_CACHE", str(tmp_path / "cache"))
+    songs = cv_dataset("builtin:12").songs
+    folds = grouped_folds(songs, 3, seed=0, stratify=False)
+    system = recipe_system("tiny,data.corpus_n=12@teacher")  # accepted: tiny trains on the built-in corpus
+    assert system.info(songs)["recipe"] == "tiny"
+    test = [songs[i] for i in folds[0].test]
+    cfg = fold_config("tiny", test, {"data.corpus_n": 12})
+    data = prepare_run_data(tmp_path / "run", cfg.data, tmp_path / "cache")
+    assert {s.id for s in data.excluded} == {s.id for s in test}
+    used = {s.id for k in ("train", "val", "test") for s in data.splits[k]}
+    assert used == {songs[i].id for i in folds[0].train}  # every other clip, none of the held-out ones
+    # a recipe whose corpus lacks the CV's clips fails before any training
+    with pytest.raises(EdgeemoError, match="song id"):
+        prepare_run_data(tmp_path / "run2", fold_config("tiny", [songs[-1]], {"data.corpus_n": 10}).data)

@@ -6,7 +6,9 @@ recipe:NAME[,FIELD=VALUE...][@ROLE]``.
 else as text): a variation is measured under the same protocol without registering a recipe. Such
 a row's ``recipe_digest`` is the changed config's, so it never stands for the recipe on a card.
 
-For each fold the recipe's config gets ``data.exclude`` = the fold's held-out song ids, so the
+The CV's songs are one of the recipe's datasets: a quadrant-labelled one (``--data`` a 4Q folder)
+or the built-in corpus (``--data builtin``; the recipe's ``data.corpus_*`` must be the CV's). For
+each fold the recipe's config gets ``data.exclude`` = the fold's held-out song ids, so the
 pipeline trains on every other song (the recipe's other data, e.g. the built-in corpus or
 unlabeled audio, joins it; held-out songs are in no split and never pretrained on), then the run
 is exported with int8, and the held-out songs are scored by ``ROLE``:
@@ -63,17 +65,20 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def train_fold(cfg: RunConfig, root: Path, progress: bool = False) -> tuple[Path, Path]:
-    """Train (or resume) the fold's run under ``root`` and export its bundle once; returns (run dir, bundle dir)."""
+    """Train (or resume) the fold's run under ``root`` on every core and export its bundle once; returns
+    (run dir, bundle dir). The thread limits of the CV's one-thread timings are restored after."""
+    from edgeemo.clipfeatures import all_threads
     from edgeemo.exporting.export import export_run
     from edgeemo.train.pipeline import open_run, train_all
 
     run_dir = root / f"{cfg.recipe}-{cfg.digest()}"
     bundle = run_dir / "bundle"
-    run = open_run(run_dir, cfg)
-    train_all(run, progress=progress)
-    if not (bundle / "card.json").is_file():  # written last and atomically: present means complete
-        log(f"[cv] exporting {run_dir.name}")
-        export_run(run_dir, bundle, overrides=CV_EXPORT)
+    with all_threads():
+        run = open_run(run_dir, cfg)
+        train_all(run, progress=progress)
+        if not (bundle / "card.json").is_file():  # written last and atomically: present means complete
+            log(f"[cv] exporting {run_dir.name}")
+            export_run(run_dir, bundle, overrides=CV_EXPORT)
     return run_dir, bundle
 
 
@@ -112,9 +117,9 @@ def recipe_system(spec: str) -> EndToEndSystem:
     recipe = get_recipe(name)
     config = recipe.config.replace(overrides)  # bad fields fail here, before any fold runs
     sources = {s.kind for s in config.data.sources}
-    if "quadrants" not in sources:
+    if not sources & {"quadrants", "builtin"}:
         kinds = ", ".join(sorted(sources))
-        raise EdgeemoError(f"recipe {name} trains on {kinds}: no quadrant dataset to cross-validate")
+        raise EdgeemoError(f"recipe {name} trains on {kinds}: no quadrant dataset or built-in corpus to cross-validate")
 
     def fit_score(train: Sequence[Song], test: Sequence[Song], workdir: Path) -> SongScores:
         cfg = fold_config(name, test, overrides)
