@@ -76,12 +76,29 @@ def cv_cmd(
     keyed by file content, and each finished fold is recorded under --work, so a re-run (or an
     interrupted one) recomputes nothing it already has.
     """
-    from edgeemo.clipfeatures import default_feature_cache, limit_threads
+    from edgeemo.clipfeatures import one_thread
+
+    with one_thread():
+        _run_cv(data_path, systems, folds, seed, no_stratify, work, json_out, limit, only_folds, quiet)
+
+
+def _run_cv(
+    data_path: str,
+    systems: tuple[str, ...],
+    folds: int,
+    seed: int,
+    no_stratify: bool,
+    work: Path | None,
+    json_out: Path | None,
+    limit: int | None,
+    only_folds: tuple[int, ...],
+    quiet: bool,
+) -> None:
+    from edgeemo.clipfeatures import default_feature_cache
     from edgeemo.cv import cv_dataset, format_table, grouped_folds, report, run_system
     from edgeemo.cv_systems import DEFAULT_SYSTEMS, leak_warning, make_system
 
     started = time.perf_counter()
-    limit_threads()
     dataset = cv_dataset(data_path)
     songs = dataset.songs[:limit] if limit else dataset.songs
     cache = default_feature_cache()

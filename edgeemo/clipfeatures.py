@@ -77,6 +77,31 @@ def limit_threads() -> None:
 
 
 @contextmanager
+def one_thread() -> Iterator[None]:
+    """:func:`limit_threads` inside the block; the thread counts from before it after it (a CV run in a
+    longer process, e.g. a test session, leaves that process's torch and BLAS threads as they were)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        from threadpoolctl import threadpool_limits
+
+        blas = threadpool_limits(None)  # a snapshot to restore
+    except ImportError:
+        blas = None
+    limit_threads()
+    try:
+        yield
+    finally:
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
+        if blas is not None:
+            blas.restore_original_limits()
+
+
+@contextmanager
 def all_threads() -> Iterator[None]:
     """Every core for BLAS/OpenMP and torch inside the block, the limits from before it after it.
 
