@@ -76,81 +76,64 @@ def cv_cmd(
     keyed by file content, and each finished fold is recorded under --work, so a re-run (or an
     interrupted one) recomputes nothing it already has.
     """
-    from edgeemo.clipfeatures import one_thread
-
-    with one_thread():
-        _run_cv(data_path, systems, folds, seed, no_stratify, work, json_out, limit, only_folds, quiet)
-
-
-def _run_cv(
-    data_path: str,
-    systems: tuple[str, ...],
-    folds: int,
-    seed: int,
-    no_stratify: bool,
-    work: Path | None,
-    json_out: Path | None,
-    limit: int | None,
-    only_folds: tuple[int, ...],
-    quiet: bool,
-) -> None:
-    from edgeemo.clipfeatures import default_feature_cache
+    from edgeemo.clipfeatures import default_feature_cache, thread_count
     from edgeemo.cv import cv_dataset, format_table, grouped_folds, report, run_system
     from edgeemo.cv_systems import DEFAULT_SYSTEMS, leak_warning, make_system
 
-    started = time.perf_counter()
-    dataset = cv_dataset(data_path)
-    songs = dataset.songs[:limit] if limit else dataset.songs
-    cache = default_feature_cache()
-    specs = systems or DEFAULT_SYSTEMS
-    if any(s.startswith("recipe:") for s in specs):
-        from edgeemo.train.cv_recipe import register
+    with thread_count(1):  # the peers' per-clip costs are one-core costs
+        started = time.perf_counter()
+        dataset = cv_dataset(data_path)
+        songs = dataset.songs[:limit] if limit else dataset.songs
+        cache = default_feature_cache()
+        specs = systems or DEFAULT_SYSTEMS
+        if any(s.startswith("recipe:") for s in specs):
+            from edgeemo.train.cv_recipe import register
 
-        register()
-    made = [make_system(s, cache, progress=not quiet) for s in specs]  # bad specs fail before any work
-    split = grouped_folds(songs, folds, seed, stratify=not no_stratify)
-    bad = sorted(k for k in only_folds if k >= folds)
-    if bad:
-        raise EdgeemoError(f"--only-fold {bad[0]}: the split has folds 0..{folds - 1}")
-    if only_folds:
-        split = [split[k] for k in sorted(set(only_folds))]
-    work = work or _default_work(dataset.name, folds, seed)
+            register()
+        made = [make_system(s, cache, progress=not quiet) for s in specs]  # bad specs fail before any work
+        split = grouped_folds(songs, folds, seed, stratify=not no_stratify)
+        bad = sorted(k for k in only_folds if k >= folds)
+        if bad:
+            raise EdgeemoError(f"--only-fold {bad[0]}: the split has folds 0..{folds - 1}")
+        if only_folds:
+            split = [split[k] for k in sorted(set(only_folds))]
+        work = work or _default_work(dataset.name, folds, seed)
 
-    def log(msg: str) -> None:
-        if not quiet:
-            click.echo(msg, err=True)
+        def log(msg: str) -> None:
+            if not quiet:
+                click.echo(msg, err=True)
 
-    log(
-        f"{len(songs)} songs, {len({s.group for s in songs})} artists, {folds} folds (seed {seed}); "
-        f"fold records in {work}"
-    )
-    results = [run_system(system, songs, split, work, log=log) for system in made]
-    click.echo(format_table(results))
-    if only_folds:
-        shown = ", ".join(map(str, sorted(set(only_folds))))
-        click.echo(f"screening run: fold(s) {shown} of {folds} only; not a CV figure")
-    warnings = [w for r in results if (w := leak_warning(r.name, r.info, dataset.name))]
-    for w in warnings:
-        click.echo(f"warning: {w}", err=True)
-    if json_out is not None:
-        _write_report(
-            json_out,
-            report(
-                results,
-                songs,
-                split,
-                dataset=dataset.spec,
-                seed=seed,
-                stratified=not no_stratify,
-                k=folds,
-                **({"only_folds": sorted(set(only_folds))} if only_folds else {}),
-                systems=list(specs),
-                command="edgeemo " + " ".join(sys.argv[1:]),
-                seconds=time.perf_counter() - started,
-                warnings=warnings,
-            ),
+        log(
+            f"{len(songs)} songs, {len({s.group for s in songs})} artists, {folds} folds (seed {seed}); "
+            f"fold records in {work}"
         )
-        log(f"wrote {json_out}")
+        results = [run_system(system, songs, split, work, log=log) for system in made]
+        click.echo(format_table(results))
+        if only_folds:
+            shown = ", ".join(map(str, sorted(set(only_folds))))
+            click.echo(f"screening run: fold(s) {shown} of {folds} only; not a CV figure")
+        warnings = [w for r in results if (w := leak_warning(r.name, r.info, dataset.name))]
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+        if json_out is not None:
+            _write_report(
+                json_out,
+                report(
+                    results,
+                    songs,
+                    split,
+                    dataset=dataset.spec,
+                    seed=seed,
+                    stratified=not no_stratify,
+                    k=folds,
+                    **({"only_folds": sorted(set(only_folds))} if only_folds else {}),
+                    systems=list(specs),
+                    command="edgeemo " + " ".join(sys.argv[1:]),
+                    seconds=time.perf_counter() - started,
+                    warnings=warnings,
+                ),
+            )
+            log(f"wrote {json_out}")
 
 
 def _write_report(path: Path, report: dict) -> None:

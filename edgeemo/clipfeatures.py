@@ -77,39 +77,13 @@ def limit_threads() -> None:
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
-    """:func:`limit_threads` inside the block; the thread counts from before it after it (a CV run in a
-    longer process, e.g. a test session, leaves that process's torch and BLAS threads as they were)."""
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    before = torch.get_num_threads() if torch is not None else None
-    try:
-        from threadpoolctl import threadpool_limits
+def thread_count(n: int) -> Iterator[None]:
+    """``n`` threads for BLAS/OpenMP (threadpoolctl) and torch inside the block; the counts from before it after
+    it, whatever the block sets (an export sets torch's own count).
 
-        blas = threadpool_limits(None)  # a snapshot to restore
-    except ImportError:
-        blas = None
-    limit_threads()
-    try:
-        yield
-    finally:
-        if torch is not None and before is not None:
-            torch.set_num_threads(before)
-        if blas is not None:
-            blas.restore_original_limits()
-
-
-@contextmanager
-def all_threads() -> Iterator[None]:
-    """Every core for BLAS/OpenMP and torch inside the block, the limits from before it after it.
-
-    A CV times its peers on one thread (:func:`limit_threads`) but trains a recipe's folds on
-    every core, as ``edgeemo train-all`` does; whatever the block sets (an export sets torch's
-    thread count) does not leak into the one-thread timings that follow.
+    A CV times its peers on one thread and trains a recipe's folds on every core, as ``edgeemo train-all``
+    does; neither leaks into the other or into the process that ran the CV (e.g. a test session).
     """
-    cores = max(1, os.cpu_count() or 1)
     try:
         import torch
     except ImportError:
@@ -118,11 +92,11 @@ def all_threads() -> Iterator[None]:
     try:
         from threadpoolctl import threadpool_limits
 
-        blas = threadpool_limits(cores)
+        blas = threadpool_limits(n)
     except ImportError:
         blas = None
     if torch is not None:
-        torch.set_num_threads(cores)
+        torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -130,6 +104,11 @@ def all_threads() -> Iterator[None]:
             torch.set_num_threads(before)
         if blas is not None:
             blas.restore_original_limits()
+
+
+def all_cores() -> int:
+    """The machine's CPU count (at least 1)."""
+    return max(1, os.cpu_count() or 1)
 
 
 # --- extractors ------------------------------------------------------------------------------

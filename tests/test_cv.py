@@ -496,12 +496,12 @@ def test_cli_cross_validates_on_the_builtin_corpus(tmp_path, monkeypatch):
 
 def test_training_inside_a_cv_gets_every_core_and_leaves_the_one_thread_limit():
     torch = pytest.importorskip("torch")
-    from edgeemo.clipfeatures import all_threads, limit_threads
+    from edgeemo.clipfeatures import all_cores, limit_threads, thread_count
 
     before = torch.get_num_threads()
     try:
         limit_threads()
-        with all_threads():
+        with thread_count(all_cores()):
             assert torch.get_num_threads() == max(1, os.cpu_count() or 1)
             torch.set_num_threads(1)  # what a stage inside sets (an export sets its own count) does not leak out
             torch.set_num_threads(3)

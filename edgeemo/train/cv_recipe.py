@@ -67,13 +67,13 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 def train_fold(cfg: RunConfig, root: Path, progress: bool = False) -> tuple[Path, Path]:
     """Train (or resume) the fold's run under ``root`` on every core and export its bundle once; returns
     (run dir, bundle dir). The thread limits of the CV's one-thread timings are restored after."""
-    from edgeemo.clipfeatures import all_threads
+    from edgeemo.clipfeatures import all_cores, thread_count
     from edgeemo.exporting.export import export_run
     from edgeemo.train.pipeline import open_run, train_all
 
     run_dir = root / f"{cfg.recipe}-{cfg.digest()}"
     bundle = run_dir / "bundle"
-    with all_threads():
+    with thread_count(all_cores()):
         run = open_run(run_dir, cfg)
         train_all(run, progress=progress)
         if not (bundle / "card.json").is_file():  # written last and atomically: present means complete
