@@ -121,7 +121,7 @@ def test_excerpt_songs_are_refused(hybrid_run):
 def test_missing_musicnn_weights_or_unlabeled_folder_fail_before_training(tmp_path, monkeypatch):
     from edgeemo.recipes import recipe_config
 
-    cfg = recipe_config("4q-hybrid")
+    cfg = recipe_config("4q-hybrid").replace({"student.unlabeled": ["$EDGEEMO_CACHE/unlabeled/debian-xl"]})
     monkeypatch.setenv("EDGEEMO_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(TrainingError, match="import-musicnn"):
         PREFLIGHT(cfg.teacher, cfg.student)
