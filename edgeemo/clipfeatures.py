@@ -60,30 +60,9 @@ class ClipExtractor:
         return self.fn(signal)
 
 
-def limit_threads() -> None:
-    """One thread for BLAS/OpenMP (threadpoolctl) and torch, if present: per-clip costs are one-core costs."""
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-
-
-@contextmanager
-def thread_count(n: int) -> Iterator[None]:
-    """``n`` threads for BLAS/OpenMP (threadpoolctl) and torch inside the block; the counts from before it after
-    it, whatever the block sets (an export sets torch's own count).
-
-    A CV times its peers on one thread and trains a recipe's folds on every core, as ``edgeemo train-all``
-    does; neither leaks into the other or into the process that ran the CV (e.g. a test session).
-    """
+def set_thread_count(n: int) -> Callable[[], None]:
+    """``n`` threads for BLAS/OpenMP (threadpoolctl) and torch, where present; returns what restores the
+    counts from before the call."""
     try:
         import torch
     except ImportError:
@@ -97,13 +76,34 @@ def thread_count(n: int) -> Iterator[None]:
         blas = None
     if torch is not None:
         torch.set_num_threads(n)
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         if torch is not None and before is not None:
             torch.set_num_threads(before)
         if blas is not None:
             blas.restore_original_limits()
+
+    return restore
+
+
+def limit_threads() -> None:
+    """One thread for BLAS/OpenMP (threadpoolctl) and torch, if present: per-clip costs are one-core costs."""
+    set_thread_count(1)
+
+
+@contextmanager
+def thread_count(n: int) -> Iterator[None]:
+    """``n`` threads for BLAS/OpenMP (threadpoolctl) and torch inside the block; the counts from before it after
+    it, whatever the block sets (an export sets torch's own count).
+
+    A CV times its peers on one thread and trains a recipe's folds on every core, as ``edgeemo train-all``
+    does; neither leaks into the other or into the process that ran the CV (e.g. a test session).
+    """
+    restore = set_thread_count(n)
+    try:
+        yield
+    finally:
+        restore()
 
 
 def all_cores() -> int:

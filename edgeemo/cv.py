@@ -86,7 +86,8 @@ def cv_dataset(spec: str | Path) -> CVDataset:
                 raise EdgeemoError(f"--data {text}: expected builtin or builtin:N with N >= 10 songs")
             n = int(count)
         corpus = builtin_corpus(n=n, seed=cfg.corpus_seed, duration_s=cfg.corpus_duration)
-        labels = metrics.quadrant_of(corpus.targets()[:, 0], corpus.targets()[:, 1])
+        targets = corpus.targets()
+        labels = metrics.quadrant_of(targets[:, 0], targets[:, 1])
         songs = [replace(s, quadrant=str(q)) for s, q in zip(corpus.songs, labels, strict=True)]
         return CVDataset(f"{BUILTIN}-n{n}", songs, text)
     from edgeemo.data.quadrants import load_quadrants

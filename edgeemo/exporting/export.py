@@ -8,7 +8,6 @@ check passed (:func:`edgeemo.bundle.write_bundle` renames it into place).
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeemo import __version__
+from edgeemo.clipfeatures import all_cores
 from edgeemo.config import DataSource, ExportConfig, RunConfig, portable_path, to_plain
 from edgeemo.errors import EdgeemoError
 from edgeemo.evaluation import predict_windowset, song_quadrant_report, window_and_song_report
@@ -251,7 +251,7 @@ def export_run(
     shape = run.cfg.features.shape
     teacher, _ = load_model(run.dir / "teacher" / "best.pt")
     student, _ = load_model(run.dir / "student" / "best.pt")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(all_cores())
 
     def torch_pred(model):
         def f(x: np.ndarray) -> np.ndarray:
