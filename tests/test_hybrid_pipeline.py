@@ -68,10 +68,12 @@ def test_train_all_trains_the_token_teacher_and_its_student(hybrid_run):
     assert summary["test"]["student"]["arch"] == "mobilevit_xxs"
     assert np.isfinite(summary["test"]["teacher"]["ccc_mean"]) and np.isfinite(summary["test"]["student"]["ccc_mean"])
     # every training song in 2 views and 1 mixed view, cached once per file and view (the student reuses the
-    # teacher's views), the validation and test songs as they are, the unlabeled files
+    # teacher's views), the validation and test songs as they are, the unlabeled files; a log-mel and a token
+    # entry each
     split = json.loads((r.dir / "split.json").read_text())
     n_files = 3 * len(split["train"]) + len(split["val"]) + len(split["test"]) + 3
-    assert len(list((root / "cache" / "views").glob("*.npz"))) == n_files
+    for stream in ("mel", "tokens"):
+        assert len(list((root / "cache" / "views").glob(f"{stream}-*.npz"))) == n_files
     ck = torch.load(r.dir / "student" / "best.pt", map_location="cpu", weights_only=False)
     assert ck["stage"] == "student" and ck["feature_config"] == r.cfg.features.to_dict()
 

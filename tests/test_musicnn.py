@@ -286,6 +286,28 @@ def test_missing_weights_is_a_one_line_cli_error(tmp_path, torch):
 
 
 @pytest.mark.train
+@needs_musicnn
+def test_weights_id_is_a_digest_of_the_tensors_not_of_the_file(net, weights, tmp_path, torch):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from edgeemo.pretrained.musicnn import load_musicnn, weights_digest
+
+    with safe_open(str(weights), framework="pt") as f:
+        meta = dict(f.metadata())
+        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert len(net.weights_id) == 64 and net.weights_id == weights_digest(sd)
+    resaved = tmp_path / "again.safetensors"  # the same weights, other metadata: other bytes, same id
+    save_file(sd, str(resaved), metadata={**dict(reversed(list(meta.items()))), "note": "resaved"})
+    assert resaved.read_bytes() != weights.read_bytes()
+    assert load_musicnn(resaved).weights_id == net.weights_id
+    sd["out.bias"] = sd["out.bias"] + 1e-3  # other weights: another id
+    changed = tmp_path / "changed.safetensors"
+    save_file(sd, str(changed), metadata=meta)
+    assert load_musicnn(changed).weights_id != net.weights_id
+
+
+@pytest.mark.train
 def test_import_without_the_musicnn_package_names_the_pip_command(tmp_path, monkeypatch, torch):
     from edgeemo.pretrained import musicnn as mod
 

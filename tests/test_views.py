@@ -101,11 +101,15 @@ def test_token_windows_are_centred_on_the_student_windows():
     assert short.shape == (1, views.N_TOKENS, 4) and short[0, -1, 0] == 3
 
 
+def _entries(cache, stream):
+    return sorted((cache / "views").glob(f"{stream}-*.npz"))
+
+
 def test_file_view_cache_round_trips_and_recomputes_a_damaged_entry(net, tmp_path, monkeypatch):
     path = write_wav(tmp_path / "a.wav", _tone(6.0), 16000)
-    first = views.file_view(path, FEATURES, 1, 0, net, "w", tmp_path / "cache")
-    entries = list((tmp_path / "cache" / "views").glob("*.npz"))
-    assert len(entries) == 1
+    cache = tmp_path / "cache"
+    first = views.file_view(path, FEATURES, 1, 0, net, "w", cache)
+    assert len(_entries(cache, "mel")) == 1 and len(_entries(cache, "tokens")) == 1
     direct = views.compute_view(path, FEATURES, 1, 0, net)
     np.testing.assert_array_equal(first.mel, direct.mel)
     np.testing.assert_array_equal(first.tokens, direct.tokens)
@@ -113,20 +117,41 @@ def test_file_view_cache_round_trips_and_recomputes_a_damaged_entry(net, tmp_pat
     def boom(*args, **kwargs):
         raise AssertionError("recomputed a cached view")
 
-    monkeypatch.setattr(views, "compute_view", boom)
-    again = views.file_view(path, FEATURES, 1, 0, net, "w", tmp_path / "cache")
+    monkeypatch.setattr(views, "render_file_view", boom)
+    again = views.file_view(path, FEATURES, 1, 0, net, "w", cache)
     np.testing.assert_array_equal(again.mel, first.mel)
+    np.testing.assert_array_equal(again.tokens, first.tokens)
     monkeypatch.undo()
-    good = entries[0].read_bytes()
-    for damaged in (b"not an npz", good[: len(good) // 2]):  # garbage, and a truncated zip (BadZipFile)
-        entries[0].write_bytes(damaged)
-        fixed = views.file_view(path, FEATURES, 1, 0, net, "w", tmp_path / "cache")
-        np.testing.assert_array_equal(fixed.tokens, first.tokens)
-        assert entries[0].read_bytes() == good  # rewritten whole
-    # another view or another weights id is another entry
-    views.file_view(path, FEATURES, 2, 0, net, "w", tmp_path / "cache")
-    views.file_view(path, FEATURES, 1, 0, net, "other", tmp_path / "cache")
-    assert len(list((tmp_path / "cache" / "views").glob("*.npz"))) == 3
+    for stream, name in (("mel", "mel"), ("tokens", "tokens")):
+        entry = _entries(cache, stream)[0]
+        good = entry.read_bytes()
+        for damaged in (b"not an npz", good[: len(good) // 2]):  # garbage, and a truncated zip (BadZipFile)
+            entry.write_bytes(damaged)
+            fixed = views.file_view(path, FEATURES, 1, 0, net, "w", cache)
+            np.testing.assert_array_equal(getattr(fixed, name), getattr(first, name))
+            assert entry.read_bytes() == good  # rewritten whole
+    # another view is two more entries; other weights, only a token entry
+    views.file_view(path, FEATURES, 2, 0, net, "w", cache)
+    views.file_view(path, FEATURES, 1, 0, net, "other", cache)
+    assert len(_entries(cache, "mel")) == 2 and len(_entries(cache, "tokens")) == 3
+
+
+def test_a_new_front_end_recomputes_only_the_log_mel_stream(net, tmp_path, monkeypatch):
+    path = write_wav(tmp_path / "a.wav", _tone(6.0), 16000)
+    cache = tmp_path / "cache"
+    first = views.file_view(path, FEATURES, 1, 0, net, "w", cache)
+    wider = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=500, n_mels=96, n_frames=128, window_hop_s=0.5)
+
+    def no_musicnn(*args, **kwargs):
+        raise AssertionError("ran musicnn for a cached token stream")
+
+    monkeypatch.setattr(views, "musicnn_tokens", no_musicnn)
+    got = views.file_view(path, wider, 1, 0, net, "w", cache)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(got.tokens, first.tokens)
+    assert got.mel.shape[0] == 96
+    np.testing.assert_array_equal(got.mel, views.compute_view(path, wider, 1, 0, net).mel)
+    assert len(_entries(cache, "mel")) == 2 and len(_entries(cache, "tokens")) == 1
 
 
 def test_views_need_musicnn_rate_features_and_whole_windows(net, tmp_path):
@@ -201,15 +226,14 @@ def test_mixed_views_are_cached_and_unlabeled(net, tmp_path):
     mixes = build_mix_viewset(paths, FEATURES, 2, 0, net, "w", tmp_path / "cache", progress=False)
     assert mixes.entries == [(i, k) for i in range(3) for k in range(2)]
     assert np.all(np.isnan(mixes.labels)) and len(mixes) == sum(v.n_windows(FEATURES) for v in mixes.views)
-    assert len(list((tmp_path / "cache" / "views").glob("*.npz"))) == 6
+    assert len(list((tmp_path / "cache" / "views").glob("*.npz"))) == 12  # a log-mel and a token entry each
     digests = [views.content_digest(p) for p in paths]
     j, share = views.mix_partner(digests[0], digests, 1, 0)
     signal = views.render_mix(views.load_audio(paths[0], 16000), views.load_audio(paths[j], 16000), share)
-    direct = views.view_streams(signal, FEATURES, net, paths[0])
-    np.testing.assert_array_equal(mixes.views[1].mel, direct.mel)  # entry (0, 1)
-    np.testing.assert_array_equal(mixes.views[1].tokens, direct.tokens)
+    np.testing.assert_array_equal(mixes.views[1].mel, views.student_frames(signal, FEATURES, paths[0]))  # (0, 1)
+    np.testing.assert_array_equal(mixes.views[1].tokens, views.token_frames(net, signal, paths[0]))
     again = build_mix_viewset(paths, FEATURES, 2, 0, net, "w", tmp_path / "cache", progress=False)
     np.testing.assert_array_equal(again.views[5].tokens, mixes.views[5].tokens)
-    assert len(list((tmp_path / "cache" / "views").glob("*.npz"))) == 6  # read back, nothing recomputed
+    assert len(list((tmp_path / "cache" / "views").glob("*.npz"))) == 12  # read back, nothing recomputed
     with pytest.raises(DataError, match="another file"):  # one training song has no partner
         build_mix_viewset(paths[:1], FEATURES, 1, 0, net, "w", None, progress=False)

@@ -3,8 +3,9 @@
 Owns :class:`Musicnn` (an exact eval-mode port of musicnn's ``build_musicnn`` for 96
 mel bands), :func:`convert_checkpoint` / :func:`import_musicnn` (the original TF1
 checkpoint shipped in the ``musicnn==0.1.0`` wheel -> a ``safetensors`` file with
-the tag list and provenance in its metadata), :func:`load_musicnn` and
-:class:`MusicnnEmbedder`. The numpy front end lives in
+the tag list and provenance in its metadata), :func:`load_musicnn` (the model's
+``weights_id`` is :func:`weights_digest`, a digest of its tensors that two imports of
+one checkpoint share) and :class:`MusicnnEmbedder`. The numpy front end lives in
 :mod:`edgeemo.pretrained.musicnn_frontend` (no torch) and is re-exported here.
 
 The weights are ISC-licensed (musicnn, Jordi Pons). The ``musicnn`` package is only
@@ -15,6 +16,7 @@ TensorFlow and librosa. Install it with ``pip install --no-deps musicnn==0.1.0``
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import json
 import os
@@ -128,6 +130,7 @@ class Musicnn(nn.Module):
         self.num_classes = num_classes
         self.tags: list[str] = []
         self.metadata: dict[str, str] = {}
+        self.weights_id = ""  # :func:`weights_digest` of the loaded weights
         self.input_bn = nn.BatchNorm2d(1, eps=_BN_EPS)
         self.timbral_convs = nn.ModuleList(nn.Conv2d(1, _TIMBRAL_FILTERS, (7, w)) for w in _TIMBRAL_WIDTHS)
         self.timbral_bns = nn.ModuleList(nn.BatchNorm2d(_TIMBRAL_FILTERS, eps=_BN_EPS) for _ in _TIMBRAL_WIDTHS)
@@ -327,6 +330,18 @@ def import_musicnn(model: str = "MSD_musicnn", source: Path | None = None, out: 
     return out
 
 
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors (names, dtypes, shapes, values, in name order): the same weights give the same
+    digest whatever file holds them (safetensors writes its metadata in no fixed order, so the file's own
+    bytes differ between two imports of one checkpoint)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_musicnn(path: Path | None = None, model: str = "MSD_musicnn") -> Musicnn:
     """Load converted weights (default :func:`default_weights_path`) into a :class:`Musicnn` in eval mode.
 
@@ -356,6 +371,7 @@ def load_musicnn(path: Path | None = None, model: str = "MSD_musicnn") -> Musicn
         raise EdgeemoError(f"weights do not fit the musicnn architecture ({first})", path=path) from None
     net.tags = list(json.loads(metadata.get("tags", "[]")))
     net.metadata = metadata
+    net.weights_id = weights_digest(sd)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)

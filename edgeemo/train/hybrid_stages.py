@@ -43,12 +43,11 @@ from edgeemo.train.viewset import ViewSet, build_mix_viewset, build_viewset, con
 
 @lru_cache(maxsize=1)
 def musicnn_front_end() -> tuple[Any, str]:
-    """The frozen MSD-musicnn network and the first 16 hex digits of its weights file's sha256."""
-    from edgeemo.filehash import sha256_file
-    from edgeemo.pretrained.musicnn import default_weights_path, load_musicnn
+    """The frozen MSD-musicnn network and the first 16 hex digits of its weights' digest (its ``weights_id``)."""
+    from edgeemo.pretrained.musicnn import load_musicnn
 
-    path = default_weights_path()
-    return load_musicnn(path), sha256_file(path)[:16]
+    net = load_musicnn()
+    return net, net.weights_id[:16]
 
 
 def preflight(teacher: TeacherConfig, student: StudentConfig) -> None:

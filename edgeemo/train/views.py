@@ -6,13 +6,15 @@ file's content digest, ``v`` and a seed, so every view is repeatable), :func:`re
 musicnn's *token frames* of a signal (:func:`musicnn_tokens`: the 753 channels of musicnn's
 front end and midend, mean- and max-pooled over groups of :data:`TOKEN_POOL` frames, i.e. one
 1506-d token every 0.256 s, computed on the whole file in overlapping segments so a long track
-costs no more memory than a clip) and the per-file, per-view cache of both the student's
-log-mel frames and the token frames (:func:`file_view`), and mixed views (:func:`file_mix`: a file mixed with another
-training file, :func:`mix_partner`, for distillation on sounds no single song makes). A window of the student
-(:class:`~edgeemo.features.FeatureConfig` hop and length) is matched to the :data:`N_TOKENS`
-tokens centred on the same time (:func:`token_windows`), so a teacher over tokens and the
-student over log-mel see one moment of one augmented sound: distillation is consistent
-(Beyer et al. 2022) without running musicnn at every step.
+costs no more memory than a clip) and the per-file, per-view cache of the student's log-mel
+frames and of the token frames (:func:`file_view`; one entry per stream, so a new front end
+recomputes only the log-mel stream and new musicnn weights only the tokens), and mixed views
+(:func:`file_mix`: a file mixed with another training file, :func:`mix_partner`, for distillation
+on sounds no single song makes). A window of the student (:class:`~edgeemo.features.FeatureConfig`
+hop and length) is matched to the :data:`N_TOKENS` tokens centred on the same time
+(:func:`token_windows`), so a teacher over tokens and the student over log-mel see one moment of
+one augmented sound: distillation is consistent (Beyer et al. 2022) without running musicnn at
+every step.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ _SEGMENT = 3750  # musicnn frames per segment (60 s), plus a margin each side
 _MARGIN = 160  # > the longest temporal filter (128 frames) + the midend's 3 x 7-frame convs
 _HOP_S = 256 / SAMPLE_RATE
 MAX_SECONDS = 120.0  # by default a longer file is analysed in its middle 120 s
-VIEW_FORMAT = "edgeemo-view-v1"
+VIEW_FORMAT = "edgeemo-view-v2"
 FRONT_END_KEYS = ("timbral", "temporal", "cnn1", "cnn2", "cnn3")  # musicnn outputs the tokens are made of
 MIX_SHARE = (0.3, 0.5)  # the partner's share of a mixed view
 
@@ -149,22 +151,51 @@ class FileView:
         return features.n_windows(self.mel.shape[1])
 
 
-def view_key(
-    path: Path, features: FeatureConfig, view: int, seed: int, weights_id: str, max_seconds: float = MAX_SECONDS
-) -> str:
-    ident = f"{VIEW_FORMAT}|{content_digest(path)}|{features.digest()}|{view}|{seed}|{weights_id}|{TOKEN_POOL}"
+def view_ident(path: Path, view: int, seed: int, max_seconds: float = MAX_SECONDS) -> str:
+    """What identifies the rendered sound of ``view`` of the file: its content, the view, the seed, the cut."""
+    ident = f"{content_digest(path)}|{view}|{seed}"
     if max_seconds != MAX_SECONDS:
         ident += f"|max{max_seconds!r}"
+    return ident
+
+
+def stream_entries(cache_dir: Path | None, sound: str, features: FeatureConfig, weights_id: str) -> StreamEntries:
+    """The cache entries of one rendered sound (``sound``, e.g. :func:`view_ident`): its log-mel frames keyed
+    by the front end (``features``), its token frames keyed by musicnn's weights, so a change of either
+    recomputes only its own stream."""
+    if cache_dir is None:
+        return StreamEntries(None, None)
+    root = Path(cache_dir) / "views"
+    mel = _key(f"{VIEW_FORMAT}|mel|{sound}|{features.digest()}")
+    tokens = _key(f"{VIEW_FORMAT}|tokens|{sound}|{weights_id}|{TOKEN_POOL}")
+    return StreamEntries(root / f"mel-{mel}.npz", root / f"tokens-{tokens}.npz")
+
+
+def _key(ident: str) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class StreamEntries:
+    """Where one rendered sound's two streams are cached (``None``: not cached)."""
+
+    mel: Path | None
+    tokens: Path | None
 
 
 def compute_view(
     path: Path, features: FeatureConfig, view: int, seed: int, model, max_seconds: float = MAX_SECONDS
 ) -> FileView:
     """Render ``view`` of the file (its middle ``max_seconds`` at most) and compute both streams (no cache)."""
-    _check_rate(features)
+    return cached_view(
+        StreamEntries(None, None), lambda: render_file_view(path, view, seed, max_seconds), features, model, path
+    )
+
+
+def render_file_view(path: Path, view: int, seed: int, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """The 16 kHz signal of ``view`` of the file, cut to its middle ``max_seconds``."""
     params = view_params(content_digest(path), view, seed)
-    return view_streams(render_view(middle(load_audio(path, SAMPLE_RATE), max_seconds), params), features, model, path)
+    return render_view(middle(load_audio(path, SAMPLE_RATE), max_seconds), params)
 
 
 def _check_rate(features: FeatureConfig) -> None:
@@ -181,32 +212,51 @@ def middle(signal: np.ndarray, max_seconds: float) -> np.ndarray:
     return signal
 
 
-def view_streams(signal: np.ndarray, features: FeatureConfig, model, path: Path) -> FileView:
-    """The student's log-mel frames and musicnn's token frames of one rendered 16 kHz signal."""
+def student_frames(signal: np.ndarray, features: FeatureConfig, path: Path) -> np.ndarray:
+    """The student's float16 log-mel frames of one rendered 16 kHz signal (at least one whole window)."""
     mel = log_mel(signal, features).astype(np.float16)
     if features.n_windows(mel.shape[1]) == 0:
         raise AudioError(f"shorter than one window ({features.window_seconds:.2f} s)", path=path)
+    return mel
+
+
+def token_frames(model, signal: np.ndarray, path: Path) -> np.ndarray:
+    """:func:`musicnn_tokens` of one rendered signal, an error naming ``path``."""
     try:
-        tokens = musicnn_tokens(model, signal)
+        return musicnn_tokens(model, signal)
     except AudioError as exc:
         raise AudioError(str(exc), path=path) from None
+
+
+def cached_view(
+    entries: StreamEntries, render: Callable[[], np.ndarray], features: FeatureConfig, model, path: Path
+) -> FileView:
+    """Both streams of one sound: each read from its cache entry when there and whole, else computed from
+    ``render()`` (called at most once, and not at all when both are cached) and written atomically (a
+    damaged entry is recomputed)."""
+    _check_rate(features)
+    mel, tokens = _read(entries.mel, "mel"), _read(entries.tokens, "tokens")
+    if mel is None or tokens is None:
+        signal = render()
+        if mel is None:
+            mel = student_frames(signal, features, path)
+            if entries.mel is not None:
+                atomic_write_npz(entries.mel, mel=mel)
+        if tokens is None:
+            tokens = token_frames(model, signal, path)
+            if entries.tokens is not None:
+                atomic_write_npz(entries.tokens, tokens=tokens)
     return FileView(mel, tokens)
 
 
-def cached_view(cache: Path | None, compute: Callable[[], FileView]) -> FileView:
-    """The :class:`FileView` stored at ``cache``, or ``compute()`` written there atomically (recomputing a
-    damaged entry); no cache: ``compute()``."""
-    if cache is None:
-        return compute()
-    if cache.is_file():
-        try:
-            with np.load(cache) as z:
-                return FileView(z["mel"], z["tokens"])
-        except DAMAGED_ENTRY_ERRORS:
-            pass  # a damaged entry is recomputed
-    got = compute()
-    atomic_write_npz(cache, mel=got.mel, tokens=got.tokens)
-    return got
+def _read(entry: Path | None, name: str) -> np.ndarray | None:
+    if entry is None or not entry.is_file():
+        return None
+    try:
+        with np.load(entry) as z:
+            return z[name]
+    except DAMAGED_ENTRY_ERRORS:
+        return None  # a damaged entry is recomputed
 
 
 def file_view(
@@ -219,11 +269,9 @@ def file_view(
     cache_dir: Path | None,
     max_seconds: float = MAX_SECONDS,
 ) -> FileView:
-    """:func:`compute_view`, read from or written (atomically) to ``cache_dir/views`` when there is one."""
-    cache = None
-    if cache_dir is not None:
-        cache = Path(cache_dir) / "views" / f"{view_key(path, features, view, seed, weights_id, max_seconds)}.npz"
-    return cached_view(cache, lambda: compute_view(path, features, view, seed, model, max_seconds))
+    """:func:`compute_view`, each stream read from or written (atomically) to ``cache_dir/views`` when there is one."""
+    entries = stream_entries(cache_dir, view_ident(path, view, seed, max_seconds), features, weights_id)
+    return cached_view(entries, lambda: render_file_view(path, view, seed, max_seconds), features, model, path)
 
 
 def mix_partner(digest: str, candidates: list[str], mix: int, seed: int) -> tuple[int, float]:
@@ -256,14 +304,9 @@ def render_mix(signal: np.ndarray, partner: np.ndarray, share: float) -> np.ndar
     return np.clip((1.0 - share) * x + share * y, -1.0, 1.0).astype(np.float32)
 
 
-def mix_key(
-    path: Path, partner: Path, share: float, features: FeatureConfig, weights_id: str, max_seconds: float
-) -> str:
-    ident = (
-        f"{VIEW_FORMAT}|mix|{content_digest(path)}|{content_digest(partner)}|{share!r}|{features.digest()}|"
-        f"{weights_id}|{TOKEN_POOL}|max{max_seconds!r}"
-    )
-    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+def mix_ident(path: Path, partner: Path, share: float, max_seconds: float) -> str:
+    """What identifies a mixed sound: both files' content, the partner's share, the cut."""
+    return f"mix|{content_digest(path)}|{content_digest(partner)}|{share!r}|max{max_seconds!r}"
 
 
 def file_mix(
@@ -278,15 +321,10 @@ def file_mix(
 ) -> FileView:
     """The file mixed with ``partner`` (:func:`render_mix`, both cut to their middle ``max_seconds``), both
     streams, cached like :func:`file_view`."""
-    _check_rate(features)
 
-    def compute() -> FileView:
+    def render() -> np.ndarray:
         signal = middle(load_audio(path, SAMPLE_RATE), max_seconds)
-        other = middle(load_audio(partner, SAMPLE_RATE), max_seconds)
-        return view_streams(render_mix(signal, other, share), features, model, path)
+        return render_mix(signal, middle(load_audio(partner, SAMPLE_RATE), max_seconds), share)
 
-    cache = None
-    if cache_dir is not None:
-        key = mix_key(path, partner, share, features, weights_id, max_seconds)
-        cache = Path(cache_dir) / "views" / f"{key}.npz"
-    return cached_view(cache, compute)
+    entries = stream_entries(cache_dir, mix_ident(path, partner, share, max_seconds), features, weights_id)
+    return cached_view(entries, render, features, model, path)
