@@ -1,6 +1,7 @@
 """File identity by content: the sha256 every cache key and bundle check uses.
 
-Owns hashing files (streamed in 1 MiB blocks) and a per-process memo keyed on
+Owns hashing files (streamed in 1 MiB blocks), the 24-hex cache key of an identity string
+(:func:`cache_key`), and a per-process memo keyed on
 path, size and modification time, so a file is read once per process however
 many caches ask. Caches key on the content, not on path and mtime, so copying or
 re-mounting a dataset (new mtimes, same bytes) keeps every cached feature and
@@ -33,3 +34,8 @@ def content_digest(path: Path) -> str:
     if key not in _memo:
         _memo[key] = sha256_file(path)
     return _memo[key]
+
+
+def cache_key(ident: str) -> str:
+    """The 24-hex cache-entry name of an identity string (sha256 of its UTF-8)."""
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]

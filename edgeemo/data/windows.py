@@ -12,7 +12,6 @@ stages wrap it as a torch dataset (:mod:`edgeemo.train.datasets`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from edgeemo.config import default_cache_root
 from edgeemo.data.types import Song
 from edgeemo.errors import AudioError, DataError
 from edgeemo.features import FeatureConfig, log_mel, pad_to_window
-from edgeemo.filehash import content_digest
+from edgeemo.filehash import cache_key, content_digest
 from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio
 
@@ -38,7 +37,7 @@ def default_cache_dir() -> Path:
 def _song_key(song: Song) -> str:
     """The cache key of a song's features: its file's content and the excerpt (not path or mtime)."""
     ident = f"{content_digest(song.path)}|{song.start_s}|{song.end_s}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+    return cache_key(ident)
 
 
 def song_frames(song: Song, cfg: FeatureConfig, cache_dir: Path | None = None) -> np.ndarray:

@@ -32,7 +32,7 @@ from edgeemo.config import PretrainConfig, StageContext, resolve_path, to_plain
 from edgeemo.data.unlabeled import find_unlabeled, holdout_split, window_indices
 from edgeemo.errors import AudioError, DataError, TrainingError
 from edgeemo.features import FeatureConfig, frame_windows, log_mel
-from edgeemo.filehash import content_digest
+from edgeemo.filehash import cache_key, content_digest
 from edgeemo.log import log
 from edgeemo.progress import progress_iter
 from edgeemo.runtime.audio import load_audio, resample
@@ -87,7 +87,7 @@ class PretrainWindows(Dataset):
 def _file_key(path: Path, features: FeatureConfig, cfg: PretrainConfig, embedder_id: str) -> str:
     """Cache key of a file's pretraining examples: its content (not path or mtime) and the settings they use."""
     ident = f"{content_digest(path)}|{features.digest()}|{cfg.hop_s}|{cfg.max_windows}|{embedder_id}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+    return cache_key(ident)
 
 
 SPEED_SEMITONES = (0.5, 3.0)  # a speed-changed copy moves pitch by this many semitones (either way) and tempo alike
@@ -189,7 +189,7 @@ def _cached_examples(
         return file_examples(path, cfg, features, embedder, speed)
     key = _file_key(path, features, cfg, embedder_id)
     if speed != 1.0:
-        key = hashlib.sha256(f"{key}|speed{speed!r}".encode()).hexdigest()[:24]
+        key = cache_key(f"{key}|speed{speed!r}")
     cache = Path(cache_dir) / "pretrain" / f"{key}.npz"
     if cache.is_file():
         try:

@@ -30,7 +30,7 @@ import numpy as np
 from edgeemo.atomic import DAMAGED_ENTRY_ERRORS, atomic_write_npz
 from edgeemo.errors import AudioError, DataError
 from edgeemo.features import FeatureConfig, log_mel
-from edgeemo.filehash import content_digest
+from edgeemo.filehash import cache_key, content_digest
 from edgeemo.runtime.audio import load_audio, resample
 
 SAMPLE_RATE = 16000  # musicnn's rate; the student's features must use it too
@@ -166,13 +166,9 @@ def stream_entries(cache_dir: Path | None, sound: str, features: FeatureConfig, 
     if cache_dir is None:
         return StreamEntries(None, None)
     root = Path(cache_dir) / "views"
-    mel = _key(f"{VIEW_FORMAT}|mel|{sound}|{features.digest()}")
-    tokens = _key(f"{VIEW_FORMAT}|tokens|{sound}|{weights_id}|{TOKEN_POOL}")
+    mel = cache_key(f"{VIEW_FORMAT}|mel|{sound}|{features.digest()}")
+    tokens = cache_key(f"{VIEW_FORMAT}|tokens|{sound}|{weights_id}|{TOKEN_POOL}")
     return StreamEntries(root / f"mel-{mel}.npz", root / f"tokens-{tokens}.npz")
-
-
-def _key(ident: str) -> str:
-    return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -187,9 +183,7 @@ def compute_view(
     path: Path, features: FeatureConfig, view: int, seed: int, model, max_seconds: float = MAX_SECONDS
 ) -> FileView:
     """Render ``view`` of the file (its middle ``max_seconds`` at most) and compute both streams (no cache)."""
-    return cached_view(
-        StreamEntries(None, None), lambda: render_file_view(path, view, seed, max_seconds), features, model, path
-    )
+    return file_view(path, features, view, seed, model, "", None, max_seconds)
 
 
 def render_file_view(path: Path, view: int, seed: int, max_seconds: float = MAX_SECONDS) -> np.ndarray:
@@ -269,7 +263,8 @@ def file_view(
     cache_dir: Path | None,
     max_seconds: float = MAX_SECONDS,
 ) -> FileView:
-    """:func:`compute_view`, each stream read from or written (atomically) to ``cache_dir/views`` when there is one."""
+    """``view`` of the file (its middle ``max_seconds`` at most) rendered once, each stream read from or written
+    (atomically) to ``cache_dir/views`` when there is one (``None``: computed, not cached)."""
     entries = stream_entries(cache_dir, view_ident(path, view, seed, max_seconds), features, weights_id)
     return cached_view(entries, lambda: render_file_view(path, view, seed, max_seconds), features, model, path)
 
