@@ -181,8 +181,8 @@ def reference_4q_m1sp() -> RunConfig:
     digest="8fe1d8e3b29f348d",
 )
 def hybrid_4q() -> RunConfig:
-    # the 4q-m1sp front end (16 kHz, 4 s windows every 0.5 s: musicnn's rate, as views need) at 128 mel bands:
-    # under the grouped CV the student's V-AUC rose on each of folds 0-2 over 64 bands (docs/cv.md)
+    # the 4q-m1sp front end (16 kHz, 4 s windows every 0.5 s: musicnn's rate, as views need) at 128 mel bands
+    # (1.5 semitones a band at 300 Hz instead of 3.2; the grouped-CV comparison with 64 is in docs/cv.md)
     cfg = reference_4q_m1sp()
     return cfg.replace(
         {
