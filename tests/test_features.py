@@ -308,6 +308,9 @@ _CHANGES = {
     "amin": 1e-10,
     "db_offset": -20.0,
     "db_scale": 10.0,
+    "win_length": 400,
+    "htk": 1,
+    "power": 1,
 }
 
 
@@ -339,6 +342,10 @@ def test_digest_changes_with_every_field():
         ({"n_frames": 0}, "positive"),
         ({"amin": 0.0}, "amin"),
         ({"db_scale": -1.0}, "db_scale"),
+        ({"win_length": 2048}, "win_length"),
+        ({"win_length": -1}, "win_length"),
+        ({"htk": 2}, "htk must be 0 or 1"),
+        ({"power": 3}, "power 1 or 2"),
     ],
 )
 def test_invalid_configs_raise(changes: dict, message: str):
@@ -405,3 +412,51 @@ def test_pad_to_window():
     assert not was_padded and out.size == long.size and out.dtype == np.float32
     empty, was_padded = pad_to_window(np.zeros(0), cfg)
     assert was_padded and empty.size == cfg.window_samples
+
+
+# --- a window shorter than the FFT, HTK bands, magnitude: YAMNet's own front end -------------------------
+YAMNET_LIKE = FeatureConfig(
+    n_fft=512, hop_length=160, n_mels=64, fmin=125.0, fmax=7500.0, n_frames=400, amin=1e-3, db_offset=0.0,
+    db_scale=10.0 / np.log(10.0), win_length=400, htk=1, power=1,
+)  # fmt: skip
+
+
+def test_added_fields_at_their_defaults_leave_the_dict_and_digest_as_before():
+    assert set(DEFAULT.to_dict()) == {f.name for f in dataclasses.fields(FeatureConfig)} - {
+        "win_length",
+        "htk",
+        "power",
+    }
+    assert YAMNET_LIKE.to_dict()["win_length"] == 400 and FeatureConfig.from_dict(YAMNET_LIKE.to_dict()) == YAMNET_LIKE
+    assert YAMNET_LIKE.frame_length == 400 and DEFAULT.frame_length == 1024
+    assert YAMNET_LIKE.window_samples == 399 * 160 + 400
+
+
+def test_short_window_htk_magnitude_frames_are_the_formula():
+    """Frame t: a 400-sample periodic Hann window from sample 160 t, zero-padded to 512, |rfft|, HTK triangles,
+    ln(m + 0.001) (db_scale 10/ln 10 turns the dB formula into the natural log)."""
+    y = _noise(16000, 1.0, seed=3)
+    got = log_mel(y, YAMNET_LIKE)
+    assert got.shape == (64, (y.size - 400) // 160 + 1)
+    t = 7
+    frame = y[160 * t : 160 * t + 400] * (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400))
+    mag = np.abs(np.fft.rfft(frame, n=512))
+    ref = np.log(mel_filterbank(YAMNET_LIKE).astype(np.float64) @ mag + 1e-3)
+    np.testing.assert_allclose(got[:, t], ref, atol=1e-5)
+    fb = mel_filterbank(YAMNET_LIKE)
+    assert fb.shape == (64, 257) and abs(fb.max() - 1.0) < 0.05  # unnormalised triangles peak near 1
+
+
+@needs_librosa
+def test_short_window_htk_magnitude_matches_librosa_and_streams():
+    np.testing.assert_allclose(
+        mel_filterbank(YAMNET_LIKE),
+        librosa.filters.mel(sr=16000, n_fft=512, n_mels=64, fmin=125.0, fmax=7500.0, htk=True, norm=None),
+        atol=1e-6,
+    )
+    for y in (_noise(16000, 3.0), _chirp(16000, 3.0)):
+        ours = log_mel(y, YAMNET_LIKE)
+        assert np.abs(ours - librosa_log_mel(y, YAMNET_LIKE)).max() <= PARITY_ATOL
+        stream = LogMelStream(YAMNET_LIKE)
+        parts = [stream.push(y[i : i + 777]) for i in range(0, y.size, 777)]
+        np.testing.assert_array_equal(np.concatenate(parts, axis=1), ours)

@@ -24,6 +24,7 @@ from edgeemo.errors import BundleError, EdgeemoError
 from edgeemo.exporting.e2e import build_raw_audio_model
 from edgeemo.exporting.frontend import frontend_model
 from edgeemo.features import FeatureConfig, frame_windows, log_mel
+from edgeemo.pretrained.yamnet import YAMNET_FEATURES
 from edgeemo.rawaudio import PcmWindower, pcm_windows, probe_signal
 from edgeemo.runtime import EmotionModel
 from edgeemo.runtime.audio import iter_audio_blocks
@@ -74,8 +75,9 @@ def loud_and_quiet(cfg: FeatureConfig, seconds: float = 6.0) -> np.ndarray:
             window_hop_s=300 / 22050 * 7,
         ),
         FeatureConfig(n_fft=512, hop_length=128, n_mels=48, n_frames=96, window_hop_s=0.256),
+        YAMNET_FEATURES,  # a 400-sample window in a 512-point FFT, HTK bands, magnitude, natural log
     ],
-    ids=["default", "22k-400", "512-128"],
+    ids=["default", "22k-400", "512-128", "yamnet"],
 )
 def test_frontend_matches_log_mel_on_synthesised_audio(cfg):
     sess = session(frontend_model(cfg))

@@ -93,9 +93,19 @@ def raw_audio_card(cfg: FeatureConfig, student_name: str) -> dict[str, Any]:
         "window_seconds": cfg.window_seconds,
         "hop_seconds": cfg.window_hop_s,
         "short_clips": "zero-pad a clip shorter than one window to one window (silence after it)",
-        "front_end": "edgeemo.features.log_mel in the graph: uncentred frames, periodic Hann, float64 DFT, "
-        "Slaney mel matrix, (10*log10(p + amin) - db_offset) / db_scale",
+        "front_end": front_end_description(cfg),
     }
+
+
+def front_end_description(cfg: FeatureConfig) -> str:
+    """One line saying what the graph's front end computes for ``cfg``."""
+    window = f"a {cfg.frame_length}-sample periodic Hann window in a {cfg.n_fft}-point float64 DFT"
+    mel = "HTK mel triangles" if cfg.htk else "Slaney mel matrix"
+    spec = "of the magnitude" if cfg.power == 1 else "of the power"
+    return (
+        f"edgeemo.features.log_mel in the graph: uncentred frames, {window}, {mel} {spec}, "
+        "(10*log10(p + amin) - db_offset) / db_scale"
+    )
 
 
 def add_raw_audio(models: dict[str, Path], card: dict[str, Any], cfg: FeatureConfig, tmp: Path) -> None:

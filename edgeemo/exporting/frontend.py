@@ -3,7 +3,7 @@
 Owns :func:`frontend_model`: input ``pcm`` ``(batch, window_samples)`` float32 mono at
 ``cfg.sample_rate``, output ``mel`` ``(batch, 1, n_mels, n_frames)`` float32, equal to
 :func:`edgeemo.features.log_mel` of the same samples. Only basic ONNX ops (Pad, Reshape,
-Slice, Concat, Mul, MatMul, Sub, Add, Log, Transpose, Cast), so every onnxruntime build
+Slice, Concat, Mul, MatMul, Sub, Add, Sqrt, Log, Transpose, Cast), so every onnxruntime build
 (native, WASM, mobile ORT format) runs it:
 
 * framing: the window is padded to whole hops and cut into ``(n_frames, hop)`` chunks;
@@ -12,7 +12,9 @@ Slice, Concat, Mul, MatMul, Sub, Add, Log, Transpose, Cast), so every onnxruntim
 * |DFT|^2: a two-stage Cooley-Tukey DFT with fixed bases (``n_fft = N1 * N2``; size-N1
   DFTs as one MatMul, twiddle factors, size-N2 DFTs as a MatMul), computed in float64
   like :mod:`numpy.fft` is in ``features.py``; only the half spectrum is formed;
-* the Slaney mel matrix (its rows permuted to the two-stage bin order) and the log scaling
+* a window shorter than ``n_fft`` (``cfg.win_length``) frames ``win_length`` samples and pads each
+  frame with zeros to ``n_fft``; ``cfg.power`` 1 takes the magnitude (Sqrt) before the mel matrix;
+* the config's mel matrix (Slaney or HTK; its rows permuted to the two-stage bin order) and the log scaling
   ``(10*log10(p + amin) - db_offset) / db_scale``, still in float64, rounded once to float32
   at the end, exactly as ``features.py`` does: the two agree bit for bit on all but ~3e-7 of
   the values (measured on 4Q clips), so even an int8 student's first ``QuantizeLinear``
@@ -50,7 +52,9 @@ def frontend_constants(cfg: FeatureConfig, dtype: Any = np.float64) -> dict[str,
     a1 = -2.0 * np.pi * np.outer(np.arange(n1), np.arange(n1)) / n1  # (k1, n1)
     tw = -2.0 * np.pi * np.outer(np.arange(n1), np.arange(n2)) / n  # (k1, n2)
     a2 = -2.0 * np.pi * np.outer(np.arange(n2), np.arange(k2_count)) / n2  # (n2, k2)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)  # periodic Hann, as features._hann
+    length = cfg.frame_length
+    window = np.zeros(n)
+    window[:length] = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)  # periodic Hann, zero-padded
     fb = mel_filterbank(cfg)  # (n_mels, n_fft//2 + 1) float32
     k = (np.arange(n1)[:, None] + n1 * np.arange(k2_count)[None, :]).reshape(-1)  # bin of flat (k1, k2)
     fb_perm = np.zeros((k.size, cfg.n_mels), np.float32)
@@ -77,8 +81,8 @@ def frontend_nodes(
     from onnx import TensorProto, helper, numpy_helper
 
     n1, n2 = dft_split(cfg.n_fft)
-    hop, n_fft, t = cfg.hop_length, cfg.n_fft, cfg.n_frames
-    span = -(-n_fft // hop)  # chunks a frame touches
+    hop, length, t = cfg.hop_length, cfg.frame_length, cfg.n_frames
+    span = -(-length // hop)  # chunks a frame touches
     n_chunks = t - 1 + span
     pad = n_chunks * hop - cfg.window_samples
     consts = frontend_constants(cfg, dft_dtype)
@@ -99,7 +103,7 @@ def frontend_nodes(
     ]
     parts = []
     for j in range(span):
-        width = min(hop, n_fft - j * hop)
+        width = min(hop, length - j * hop)
         out = p(f"part{j}")
         nodes.append(
             helper.make_node(
@@ -114,8 +118,13 @@ def frontend_nodes(
             )
         )
         parts.append(out)
+    nodes.append(helper.make_node("Concat", parts, [p("frames_raw")], axis=2))  # (B, T, frame_length)
+    if length < cfg.n_fft:  # a shorter window: each frame zero-padded to n_fft at its end
+        pad_end = const("frame_pads", [0, 0, 0, 0, 0, cfg.n_fft - length])
+        nodes.append(helper.make_node("Pad", [p("frames_raw"), pad_end], [p("frames32")], mode="constant"))
+    else:
+        nodes.append(helper.make_node("Identity", [p("frames_raw")], [p("frames32")]))
     nodes += [
-        helper.make_node("Concat", parts, [p("frames32")], axis=2),  # (B, T, n_fft)
         helper.make_node("Cast", [p("frames32")], [p("frames")], to=dft_type),
         helper.make_node("Reshape", [p("frames"), const("grid_shape", [0, t, n1, n2])], [p("grid")]),
         helper.make_node("Mul", [p("grid"), p("window")], [p("windowed")]),
@@ -139,7 +148,9 @@ def frontend_nodes(
         helper.make_node("Mul", [p("y_re"), p("y_re")], [p("y_re2")]),
         helper.make_node("Mul", [p("y_im"), p("y_im")], [p("y_im2")]),
         helper.make_node("Add", [p("y_re2"), p("y_im2")], [p("power_grid")]),  # (B, T, N1, K2)
-        helper.make_node("Reshape", [p("power_grid"), const("power_shape", [0, t, -1])], [p("power")]),
+        # cfg.power 1: the magnitude spectrum
+        helper.make_node("Sqrt" if cfg.power == 1 else "Identity", [p("power_grid")], [p("spec_grid")]),
+        helper.make_node("Reshape", [p("spec_grid"), const("power_shape", [0, t, -1])], [p("power")]),
         helper.make_node("Cast", [p("mel_matrix32")], [p("mel_matrix")], to=dft_type),  # stored float32: half the bytes
         helper.make_node("MatMul", [p("power"), p("mel_matrix")], [p("mel_power")]),  # (B, T, n_mels)
         helper.make_node("Add", [p("mel_power"), const("amin", cfg.amin, dft_dtype)], [p("floored")]),

