@@ -103,3 +103,11 @@ def test_recipe_4q_yamnet():
     assert cfg.teacher.depth == 20 and hybrid.teacher.depth == 8  # a deeper teacher keeps the 10x gate
     assert dataclasses.replace(cfg.teacher, depth=8) == hybrid.teacher  # otherwise 4q-hybrid's teacher
     assert cfg.student.views == hybrid.student.views == 3
+
+
+def test_a_bundle_card_names_the_front_end_it_computes():
+    from edgeemo.exporting.e2e import front_end_description
+
+    assert "400-sample periodic Hann window in a 512-point" in front_end_description(yamnet.YAMNET_FEATURES)
+    assert "HTK mel triangles of the magnitude" in front_end_description(yamnet.YAMNET_FEATURES)
+    assert "Slaney mel matrix of the power" in front_end_description(FeatureConfig())
