@@ -255,11 +255,14 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _hann(n_fft: int) -> np.ndarray:
-    # periodic Hann (scipy.signal.get_window('hann', n, fftbins=True)), librosa's default window. Kept float64
-    # (so the FFT runs in float64, as librosa's does): float32 rounding of the window raises the sidelobe floor
-    # and costs ~1e-4 of log-mel accuracy in quiet bands next to loud tones.
-    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
+def hann_window(length: int) -> np.ndarray:
+    """The periodic Hann window of ``length`` samples, float64, read-only.
+
+    As ``scipy.signal.get_window('hann', length, fftbins=True)``, librosa's default window. Kept
+    float64 (so the FFT runs in float64, as librosa's does): float32 rounding of the window raises
+    the sidelobe floor and costs ~1e-4 of log-mel accuracy in quiet bands next to loud tones.
+    """
+    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
     w.setflags(write=False)
     return w
 
@@ -323,7 +326,7 @@ def mel_power(signal: np.ndarray, cfg: FeatureConfig, dtype: type = np.float32) 
     if n_total == 0:
         return out
     frames = sliding_window_view(x, length)[:: cfg.hop_length][:n_total]
-    window = _hann(length)
+    window = hann_window(length)
     fb = mel_filterbank(cfg).astype(np.float64)
     for start in range(0, n_total, _CHUNK_FRAMES):
         block = frames[start : start + _CHUNK_FRAMES] * window

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeemo.features import FeatureConfig, mel_filterbank
+from edgeemo.features import FeatureConfig, hann_window, mel_filterbank
 
 PCM_NAME = "pcm"
 MEL_NAME = "mel"
@@ -54,7 +54,7 @@ def frontend_constants(cfg: FeatureConfig, dtype: Any = np.float64) -> dict[str,
     a2 = -2.0 * np.pi * np.outer(np.arange(n2), np.arange(k2_count)) / n2  # (n2, k2)
     length = cfg.frame_length
     window = np.zeros(n)
-    window[:length] = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)  # periodic Hann, zero-padded
+    window[:length] = hann_window(length)  # zero-padded to n_fft
     fb = mel_filterbank(cfg)  # (n_mels, n_fft//2 + 1) float32
     k = (np.arange(n1)[:, None] + n1 * np.arange(k2_count)[None, :]).reshape(-1)  # bin of flat (k1, k2)
     fb_perm = np.zeros((k.size, cfg.n_mels), np.float32)
