@@ -85,6 +85,17 @@ def test_frontend_matches_log_mel_on_synthesised_audio(cfg):
         assert frontend_diff(signal, cfg, sess) <= MEL_TOL
 
 
+def test_frontend_graph_holds_only_the_ops_its_config_needs():
+    def ops(cfg: FeatureConfig) -> list[str]:
+        return [n.op_type for n in frontend_model(cfg).graph.node]
+
+    default, yamnet = ops(FeatureConfig()), ops(YAMNET_FEATURES)
+    assert "Identity" not in default and "Identity" not in yamnet
+    assert "Sqrt" not in default and default.count("Pad") == 1  # the signal's pad only
+    assert yamnet.count("Sqrt") == 1 and yamnet.count("Pad") == 2  # plus each frame's pad to n_fft
+    assert len(yamnet) == len(default) + 2
+
+
 @pytest.mark.realdata
 def test_frontend_matches_log_mel_on_real_clips():
     clips = real_clips(3)

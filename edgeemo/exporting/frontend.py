@@ -118,12 +118,11 @@ def frontend_nodes(
             )
         )
         parts.append(out)
-    nodes.append(helper.make_node("Concat", parts, [p("frames_raw")], axis=2))  # (B, T, frame_length)
-    if length < cfg.n_fft:  # a shorter window: each frame zero-padded to n_fft at its end
+    short = length < cfg.n_fft  # a shorter window: each frame zero-padded to n_fft at its end
+    nodes.append(helper.make_node("Concat", parts, [p("frames_raw" if short else "frames32")], axis=2))  # (B, T, L)
+    if short:
         pad_end = const("frame_pads", [0, 0, 0, 0, 0, cfg.n_fft - length])
         nodes.append(helper.make_node("Pad", [p("frames_raw"), pad_end], [p("frames32")], mode="constant"))
-    else:
-        nodes.append(helper.make_node("Identity", [p("frames_raw")], [p("frames32")]))
     nodes += [
         helper.make_node("Cast", [p("frames32")], [p("frames")], to=dft_type),
         helper.make_node("Reshape", [p("frames"), const("grid_shape", [0, t, n1, n2])], [p("grid")]),
@@ -148,9 +147,13 @@ def frontend_nodes(
         helper.make_node("Mul", [p("y_re"), p("y_re")], [p("y_re2")]),
         helper.make_node("Mul", [p("y_im"), p("y_im")], [p("y_im2")]),
         helper.make_node("Add", [p("y_re2"), p("y_im2")], [p("power_grid")]),  # (B, T, N1, K2)
-        # cfg.power 1: the magnitude spectrum
-        helper.make_node("Sqrt" if cfg.power == 1 else "Identity", [p("power_grid")], [p("spec_grid")]),
-        helper.make_node("Reshape", [p("spec_grid"), const("power_shape", [0, t, -1])], [p("power")]),
+    ]
+    spec_grid = p("power_grid")
+    if cfg.power == 1:  # the magnitude spectrum
+        spec_grid = p("magnitude_grid")
+        nodes.append(helper.make_node("Sqrt", [p("power_grid")], [spec_grid]))
+    nodes += [
+        helper.make_node("Reshape", [spec_grid, const("power_shape", [0, t, -1])], [p("power")]),
         helper.make_node("Cast", [p("mel_matrix32")], [p("mel_matrix")], to=dft_type),  # stored float32: half the bytes
         helper.make_node("MatMul", [p("power"), p("mel_matrix")], [p("mel_power")]),  # (B, T, n_mels)
         helper.make_node("Add", [p("mel_power"), const("amin", cfg.amin, dft_dtype)], [p("floored")]),
