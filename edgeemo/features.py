@@ -188,7 +188,9 @@ class FeatureConfig:
         return dataclasses.replace(self, **changes)
 
 
-_ADDED_DEFAULTS = {"win_length": 0, "htk": 0, "power": 2}
+# fields added after the first release, with their defaults: to_dict() omits them at these values
+_ADDED_FIELDS = ("win_length", "htk", "power")
+_ADDED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FeatureConfig) if f.name in _ADDED_FIELDS}
 
 
 # --- filterbank -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ there, while a clamp only bounds what apps see and keeps gradients linear in ran
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from edgeemo.config import TEACHER_POOLS, TEACHER_STEMS
 from edgeemo.errors import TrainingError
+from edgeemo.features import FeatureConfig
 from edgeemo.train.checkpoint import load_checkpoint
 from edgeemo.train.stem import ConvStem, install_conv_stem
 
@@ -212,17 +214,17 @@ def student_spec(arch: str, input_shape: tuple[int, int]) -> dict[str, Any]:
     return spec
 
 
-def check_student_features(arch: str, features: Any) -> None:
+def check_student_features(arch: str, features: FeatureConfig) -> None:
     """Refuse a pretrained student over a front end other than the one its weights were trained on."""
     if arch != YAMNET_ARCH:
         return
     from edgeemo.pretrained.yamnet import YAMNET_FEATURES
 
-    keep = ("n_frames", "window_hop_s")
-    want = {k: v for k, v in YAMNET_FEATURES.to_dict().items() if k not in keep}
-    got = {k: v for k, v in features.to_dict().items() if k not in keep}
+    keep = ("n_frames", "window_hop_s")  # the window's length and step are free
+    want = {k: v for k, v in dataclasses.asdict(YAMNET_FEATURES).items() if k not in keep}
+    got = {k: v for k, v in dataclasses.asdict(features).items() if k not in keep}
     if got != want:
-        diff = ", ".join(f"{k}={got.get(k)} (needs {want.get(k)})" for k in sorted(want) if got.get(k) != want[k])
+        diff = ", ".join(f"{k}={got[k]} (needs {want[k]})" for k in sorted(want) if got[k] != want[k])
         raise TrainingError(
             f"the {YAMNET_ARCH} student reads YAMNet's own log-mel; set data.features to it ({diff}); "
             "recipe 4q-yamnet does"
