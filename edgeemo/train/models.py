@@ -220,9 +220,9 @@ def check_student_features(arch: str, features: FeatureConfig) -> None:
         return
     from edgeemo.pretrained.yamnet import YAMNET_FEATURES
 
-    keep = ("n_frames", "window_hop_s")  # the window's length and step are free
-    want = {k: v for k, v in dataclasses.asdict(YAMNET_FEATURES).items() if k not in keep}
-    got = {k: v for k, v in dataclasses.asdict(features).items() if k not in keep}
+    free = ("n_frames", "window_hop_s")  # the window's length and step may differ
+    want = {k: v for k, v in dataclasses.asdict(YAMNET_FEATURES).items() if k not in free}
+    got = {k: v for k, v in dataclasses.asdict(features).items() if k not in free}
     if got != want:
         diff = ", ".join(f"{k}={got[k]} (needs {want[k]})" for k in sorted(want) if got[k] != want[k])
         raise TrainingError(
