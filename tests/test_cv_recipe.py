@@ -1,5 +1,6 @@
 """A training recipe under the grouped-CV protocol end to end: each fold trains without its held-out songs,
-exports, scores them; the three roles share one run per fold; a second CV run resumes and retrains nothing."""
+exports, scores them; the three roles share one run per fold (the teacher role trains only the teacher); a second
+CV run resumes and retrains nothing."""
 
 from __future__ import annotations
 
@@ -38,13 +39,23 @@ def test_recipe_folds_leave_out_their_songs_and_resume(mini_recipe, tmp_path):
     songs = load_quadrants(mini_recipe).songs
     folds = grouped_folds(songs, 2, seed=0)
     work = tmp_path / "cv"
+    runs = work / "recipe-runs"
+    # the teacher role trains each fold's run up to its teacher only: no student, no bundle
+    teacher = run_system(recipe_system("cv-mini@teacher"), songs, folds, work)
+    assert len(teacher.folds) == 2 and len(list(runs.iterdir())) == 2  # one run per fold
+    assert all((r / "teacher" / "best.pt").is_file() for r in runs.iterdir())
+    assert not any((r / "student").exists() or (r / "bundle").exists() for r in runs.iterdir())
+    teachers = {p: p.stat().st_mtime_ns for p in runs.rglob("teacher/best.pt")}
+
+    # the int8 role then trains the students on the same runs and exports; the teachers are not retrained
     int8 = run_system(recipe_system("cv-mini"), songs, folds, work)
     assert [f.fold for f in int8.folds] == [0, 1] and not any(f.resumed for f in int8.folds)
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("teacher/best.pt")} == teachers
     for fold, result in zip(folds, int8.folds, strict=True):
         test_ids = {songs[i].id for i in fold.test}
         assert set(result.song_ids) == test_ids and len(result.valence) == len(test_ids)
         cfg = fold_config("cv-mini", [songs[i] for i in fold.test])
-        run_dir = work / "recipe-runs" / f"cv-mini-{cfg.digest()}"
+        run_dir = runs / f"cv-mini-{cfg.digest()}"
         split = json.loads((run_dir / "split.json").read_text())
         assert not test_ids & {i for k in ("train", "val", "test") for i in split[k]}  # never seen
         assert json.loads((run_dir / "config.json").read_text())["config"]["data"]["exclude"] == sorted(test_ids)
@@ -55,15 +66,13 @@ def test_recipe_folds_leave_out_their_songs_and_resume(mini_recipe, tmp_path):
         model = EmotionModel.load(run_dir / "bundle")
         first = next(s for s in songs if s.id == result.song_ids[0])
         assert result.valence[0] == pytest.approx(float(np.mean(model.predict_file(first.path).valence)), abs=0.008)
-    assert len(list((work / "recipe-runs").iterdir())) == 2  # one run per fold
+    assert len(list(runs.iterdir())) == 2
 
-    # the teacher role reuses the folds' runs: nothing is trained again
-    before = {p: p.stat().st_mtime_ns for p in (work / "recipe-runs").rglob("best.pt")}
-    teacher = run_system(recipe_system("cv-mini@teacher"), songs, folds, work)
-    assert len(teacher.folds) == 2 and len(list((work / "recipe-runs").iterdir())) == 2
-    assert {p: p.stat().st_mtime_ns for p in (work / "recipe-runs").rglob("best.pt")} == before
-    again = run_system(recipe_system("cv-mini"), songs, folds, work)  # the fold records are read back
+    # the fold records are read back: nothing is trained or scored again
+    before = {p: p.stat().st_mtime_ns for p in runs.rglob("best.pt")}
+    again = run_system(recipe_system("cv-mini"), songs, folds, work)
     assert all(f.resumed for f in again.folds) and [f.valence for f in again.folds] == [f.valence for f in int8.folds]
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("best.pt")} == before
 
 
 def test_recipe_system_spec_errors(mini_recipe):

@@ -15,11 +15,13 @@ is exported with int8, and the held-out songs are scored by ``ROLE``:
 
 - ``int8`` (default): the bundle's int8 model, as the runtime ships it;
 - ``fp32``: the bundle's fp32 ``model.onnx``;
-- ``teacher``: the run's teacher checkpoint (torch).
+- ``teacher``: the run's teacher checkpoint (torch). This role trains the fold's run only up to
+  its teacher (no student, no export), so a CV of teachers alone costs the teacher stage.
 
 A song's score is the mean of its 2 Hz windows (as ``edgeemo evaluate``). The run of a fold is
 shared by the three roles and lives in ``<work>/recipe-runs/<recipe>-<config digest>/``; it resumes
-from its checkpoints when the CV is run again, and its bundle is exported once. The export gate is
+from its checkpoints when the CV is run again (a student role after the teacher role trains only
+the student), and its bundle is exported once. The export gate is
 not applied here (a fold's figures are what is measured); the shipped model's export applies it.
 """
 
@@ -64,41 +66,43 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def train_fold(cfg: RunConfig, root: Path, progress: bool = False) -> tuple[Path, Path]:
+def train_fold(cfg: RunConfig, root: Path, progress: bool = False, *, teacher_only: bool = False) -> tuple[Path, Path]:
     """Train (or resume) the fold's run under ``root`` on every core and export its bundle once; returns
-    (run dir, bundle dir). The thread limits of the CV's one-thread timings are restored after."""
+    (run dir, bundle dir). ``teacher_only`` stops after the teacher stage (no student, no bundle). The
+    thread limits of the CV's one-thread timings are restored after."""
     from edgeemo.clipfeatures import all_cores, thread_count
     from edgeemo.exporting.export import export_run
-    from edgeemo.train.pipeline import open_run, train_all
+    from edgeemo.train.pipeline import STAGES, open_run, train_all
 
     run_dir = root / f"{cfg.recipe}-{cfg.digest()}"
     bundle = run_dir / "bundle"
     with thread_count(all_cores()):
         run = open_run(run_dir, cfg)
-        train_all(run, progress=progress)
-        if not (bundle / "card.json").is_file():  # written last and atomically: present means complete
+        train_all(run, stages=STAGES[: STAGES.index("teacher") + 1] if teacher_only else STAGES, progress=progress)
+        if not teacher_only and not (bundle / "card.json").is_file():  # written last and atomically
             log(f"[cv] exporting {run_dir.name}")
             export_run(run_dir, bundle, overrides=CV_EXPORT)
     return run_dir, bundle
 
 
 def score_songs(run_dir: Path, bundle: Path, test: Sequence[Song], role: str) -> np.ndarray:
-    """``(n_test, 2)``: each held-out song's mean (valence, arousal) over its windows, by ``role``'s model."""
+    """``(n_test, 2)``: each held-out song's mean (valence, arousal) over its windows, by ``role``'s model
+    (the teacher's from ``run_dir``, which needs no bundle; the students' from ``bundle``)."""
     from edgeemo.bundle import FP32_NAME, load_card
     from edgeemo.data.windows import build_windows, default_cache_dir
     from edgeemo.evaluation import predict_windowset
     from edgeemo.exporting.onnx import onnx_predictor
-    from edgeemo.features import FeatureConfig
     from edgeemo.train.models import load_model
+    from edgeemo.train.pipeline import open_run
 
-    card = load_card(bundle)
-    features = FeatureConfig.from_dict(card["feature_config"])
+    features = open_run(run_dir, None).cfg.features  # the features the bundle's card records
     windows = build_windows(list(test), features, default_cache_dir(), strict=True, progress=False)
     if role == "teacher":
         from edgeemo.train.pipeline import model_window_predictions
 
         model, _ = load_model(run_dir / "teacher" / "best.pt")
         return windows.song_means(model_window_predictions(model, windows, default_cache_dir()))
+    card = load_card(bundle)
     name = card["default_model"] if role == "int8" else FP32_NAME
     return windows.song_means(predict_windowset(onnx_predictor(bundle / name), windows))
 
@@ -123,7 +127,7 @@ def recipe_system(spec: str) -> EndToEndSystem:
 
     def fit_score(train: Sequence[Song], test: Sequence[Song], workdir: Path) -> SongScores:
         cfg = fold_config(name, test, overrides)
-        run_dir, bundle = train_fold(cfg, Path(workdir).parent.parent / "recipe-runs")
+        run_dir, bundle = train_fold(cfg, Path(workdir).parent.parent / "recipe-runs", teacher_only=role == "teacher")
         _check_fold(run_dir, train, test)
         scores = score_songs(run_dir, bundle, test, role)
         return SongScores(scores[:, 0], scores[:, 1], details={"run": run_dir.name, "config_digest": cfg.digest()})
