@@ -108,6 +108,20 @@ def test_export_measures_the_token_teacher_with_its_front_end(hybrid_run, tmp_pa
         assert scores.shape == (len(songs), 2) and np.all(np.abs(scores) <= 1)
 
 
+def test_bench_times_the_token_teacher_on_token_windows(hybrid_run, tmp_path):
+    from edgeemo.bench import run_bench
+
+    r, _, summary, _ = hybrid_run
+    bundle = tmp_path / "bundle"
+    export_run(r.dir, bundle, overrides=LOOSE)
+    rows = run_bench(bundle, run_dir=r.dir, runs=50)["rows"]
+    (label,) = [k for k in rows if k.startswith("teacher torch fp32")]
+    assert "token ViT" in label and rows[label]["params"] == summary["test"]["teacher"]["params"]
+    front_end = (r.dir / "export" / "teacher_frontend.onnx").stat().st_size
+    assert rows[label]["file_mb"] * 1e6 == (r.dir / "export" / "teacher.onnx").stat().st_size + front_end
+    assert rows[label]["latency_ms_median"] > 0 and rows["student torch fp32"]["latency_ms_median"] > 0
+
+
 def test_excerpt_songs_are_refused(hybrid_run):
     import dataclasses
 
