@@ -179,6 +179,8 @@ def test_card_licence_note_and_quadrant_table():
     assert "quadrants" in note and "research use only" in note
     pre = data_licence_note((DataSource("builtin"),), ("$EDGEEMO_CACHE/unlabeled/debian",))
     assert "no third-party audio" in pre and "$EDGEEMO_CACHE/unlabeled/debian" in pre and "musicnn" in pre
+    yam = data_licence_note((DataSource("quadrants", "x"),), musicnn_teacher=True, yamnet_student=True)
+    assert "ISC" in yam and "YAMNet" in yam and "Apache-2.0" in yam and "YAMNet" not in note
     q = {"quadrant_accuracy": 0.5, "quadrant_macro_f1": 0.25, "valence_auc": 0.75, "arousal_auc": 1.0, "n_songs": 8}
     lines = quadrant_table({"student_int8": q}).splitlines()
     assert lines[1].split() == ["student_int8", "0.500", "0.250", "0.750", "1.000"]

@@ -49,8 +49,10 @@ def data_licence_note(
     *,
     distill_unlabeled: tuple[str, ...] = (),
     musicnn_teacher: bool = False,
+    yamnet_student: bool = False,
 ) -> str:
-    """What the card says about the training data's licence (it travels with the weights)."""
+    """What the card says about the training data's and pretrained weights' licences (they travel with the
+    weights)."""
     kinds = {s.kind for s in sources} or {"builtin"}
     extra = (
         "; the teacher was pretrained on unlabeled audio (check the licences of "
@@ -61,6 +63,10 @@ def data_licence_note(
     )
     if musicnn_teacher:
         extra += "; the teacher runs MSD-musicnn's pretrained front end (musicnn: ISC licence)"
+    if yamnet_student:
+        from edgeemo.pretrained.yamnet import LICENCE
+
+        extra += f"; the student is fine-tuned from YAMNet's AudioSet weights (YAMNet: {LICENCE})"
     if distill_unlabeled:
         extra += (
             "; the student learnt the teacher's outputs on unlabeled audio (check the licences of "
@@ -231,7 +237,7 @@ def export_run(
 
     from edgeemo.bundle import INPUT_NAME, OUTPUT_NAME, write_bundle
     from edgeemo.exporting.e2e import add_raw_audio
-    from edgeemo.train.models import count_params, load_model
+    from edgeemo.train.models import YAMNET_ARCH, count_params, load_model
     from edgeemo.train.pipeline import model_window_predictions, open_run
     from edgeemo.train.rundata import prepare_run_data
     from edgeemo.train.tokenvit import TOKEN_VIT
@@ -360,6 +366,7 @@ def export_run(
                     run.cfg.pretrain.unlabeled,
                     distill_unlabeled=run.cfg.student.unlabeled if token_teacher else (),
                     musicnn_teacher=token_teacher,
+                    yamnet_student=run.cfg.student.arch == YAMNET_ARCH,
                 ),
                 **({"pretraining": pretraining_note(summary.get("pretrain"))} if summary.get("pretrain") else {}),
             },
