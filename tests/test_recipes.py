@@ -218,5 +218,5 @@ def test_from_card_rejects_cards_without_a_config(tmp_path):
     from edgeemo.cli_train import config_from_card
 
     cfg, name = config_from_card(REPO / "export" / "reference")
-    assert name == "4q-m1sp" and cfg == recipe_config("4q-m1sp")
+    assert name == "4q-yamnet" and cfg == recipe_config("4q-yamnet")
     assert config_from_card(REPO / "export" / "reference" / "card.json")[0] == cfg
