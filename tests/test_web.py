@@ -30,13 +30,16 @@ pytest.importorskip("onnx")  # the raw-audio bundle is built by the export side
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # git-ignored
-INT8_STEP = 1 / 127.5  # output quantisation step of the reference int8 student
-# onnxruntime-web's WASM int8 kernels requantise differently from native x86 onnxruntime: the same int8 file
-# gave 0-4 output steps of difference per window here (native onnxruntime itself moves by up to 6 steps between
-# graph optimisation levels), while the fp32 raw-audio model agreed to 1.4e-5 in the browser (so the in-graph
-# front end runs identically). Bound: every window within 8 steps, the mean within 3.
-BROWSER_MAX = 8 * INT8_STEP
+INT8_STEP = 1 / 127.5  # an output step of an int8 student without a float head
+# onnxruntime-web's WASM int8 kernels requantise differently from native x86 onnxruntime, while the fp32
+# raw-audio model agreed to 1.4e-5 in the browser (so the in-graph front end runs identically). The previous
+# reference (MobileViT-XXS) moved by 0-4 output steps per window; the YAMNet student's 14 int8 blocks add up more
+# rounding: on the 14 s test clip its windows differ by 0.005-0.111 (mean 0.021), its song mean by 0.005, and
+# native onnxruntime gives bit-identical outputs at every graph optimisation level. Bounds: every window within
+# 0.15, the mean over windows within 3 steps, the song mean within 0.01.
+BROWSER_MAX = 0.15
 BROWSER_MEAN = 3 * INT8_STEP
+BROWSER_SONG = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +188,9 @@ def test_page_predicts_a_file_like_the_python_runtime_and_the_mic_makes_windows(
         diff = np.abs(
             np.array([[w["valence"], w["arousal"]] for w in windows]) - np.stack([ref.valence, ref.arousal], 1)
         )
-        assert diff.max() <= BROWSER_MAX + 1e-6 and diff.mean() <= BROWSER_MEAN, diff.max(axis=1) / INT8_STEP
+        assert diff.max() <= BROWSER_MAX and diff.mean() <= BROWSER_MEAN, diff.max(axis=1)
+        song = np.array([[w["valence"], w["arousal"]] for w in windows]).mean(0)
+        assert np.abs(song - [np.mean(ref.valence), np.mean(ref.arousal)]).max() <= BROWSER_SONG
         assert [w["quadrant"] for w in windows] == _labels(windows)
         assert [w["mood"] for w in windows] == [
             {"Q1": "happy", "Q2": "tense", "Q3": "sad", "Q4": "calm"}[q] for q in _labels(windows)
@@ -197,7 +202,7 @@ def test_page_predicts_a_file_like_the_python_runtime_and_the_mic_makes_windows(
         _drop(page, wav)
         smooth = np.array([[w["valence"], w["arousal"]] for w in page.evaluate("() => window.edgeemo.windows")])
         ref_s = EmotionModel.load(bundle).predict_file(wav, smoothing=0.6)
-        assert np.abs(smooth - np.stack([ref_s.valence, ref_s.arousal], 1)).max() <= BROWSER_MAX + 1e-6
+        assert np.abs(smooth - np.stack([ref_s.valence, ref_s.arousal], 1)).max() <= BROWSER_MAX
         # a clip shorter than one window: one zero-padded window, as in Python
         page.fill("#smoothing", "0")
         short = write_wav_16k(tmp_path / "short.wav", mood_clip(1.5, cfg.sample_rate, seed=6), cfg)
@@ -205,7 +210,7 @@ def test_page_predicts_a_file_like_the_python_runtime_and_the_mic_makes_windows(
         got_short = page.evaluate("() => window.edgeemo.results")
         ref_short = EmotionModel.load(bundle).predict_file(short)
         assert got_short["padded"] is True and got_short["windows"] == len(ref_short) == 1
-        assert abs(got_short["valence"] - ref_short.summary["valence"]) <= BROWSER_MAX + 1e-6
+        assert abs(got_short["valence"] - ref_short.summary["valence"]) <= BROWSER_MAX
         # microphone: Chromium's fake device plays mic.wav at the AudioContext's rate; the page resamples it
         page.click("#mic")
         _wait(page, "() => window.edgeemo.state === 'listening' && window.edgeemo.windows.length >= 3", 30)
