@@ -26,7 +26,7 @@ from edgeemo.exporting.e2e import build_raw_audio_model
 from edgeemo.exporting.frontend import frontend_model
 from edgeemo.features import FeatureConfig, frame_windows, log_mel
 from edgeemo.pretrained.yamnet import YAMNET_FEATURES
-from edgeemo.rawaudio import PcmWindower, pcm_windows, probe_signal
+from edgeemo.rawaudio import PcmWindower, hop_samples, pcm_windows, probe_signal
 from edgeemo.runtime import EmotionModel
 from edgeemo.runtime.audio import iter_audio_blocks
 from tests.e2e_fixtures import e2e_reference_bundle, real_clips, write_wav_16k
@@ -154,7 +154,7 @@ def test_bundle_has_verified_raw_audio_files_and_card(e2e_bundle):
     cfg = FeatureConfig.from_dict(card["feature_config"])  # the contract follows the student's front end
     assert raw["files"] == ["model.e2e.int8.onnx", "model.e2e.int8.ort"] and raw["student"] == "model.int8.onnx"
     assert raw["input"]["shape"] == [None, cfg.window_samples] and raw["input"]["sample_rate"] == cfg.sample_rate
-    assert raw["hop_samples"] == round(cfg.window_hop_s * cfg.sample_rate) and set(raw["files"]) <= set(bundle.files)
+    assert raw["hop_samples"] == hop_samples(cfg) and set(raw["files"]) <= set(bundle.files)
     for name in raw["files"]:
         sess = session(e2e_bundle / name)
         assert [i.name for i in sess.get_inputs()] == ["pcm"] and sess.get_inputs()[0].shape[1] == cfg.window_samples

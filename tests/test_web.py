@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from edgeemo.cli import main
 from edgeemo.errors import BundleError
 from edgeemo.features import FeatureConfig
+from edgeemo.rawaudio import hop_samples
 from edgeemo.web.server import ORT_FILES, WebApp, default_ort_dir, make_server, url
 from tests.e2e_fixtures import e2e_reference_bundle, write_wav_16k
 from tests.runtime_fixtures import make_test_bundle, mood_clip
@@ -82,7 +83,7 @@ def test_server_serves_the_page_the_model_and_its_contract_locally(served, bundl
     assert status == 200 and b"/static/app.js" in body and "default-src 'self'" in headers["Content-Security-Policy"]
     cfg = json.loads(served.get("/bundle/config.json")[2])
     fc = FeatureConfig.from_dict(json.loads((bundle / "card.json").read_text())["feature_config"])
-    contract = (fc.sample_rate, fc.window_samples, round(fc.window_hop_s * fc.sample_rate), "pcm")
+    contract = (fc.sample_rate, fc.window_samples, hop_samples(fc), "pcm")
     assert (cfg["sample_rate"], cfg["window_samples"], cfg["hop_samples"], cfg["input"]) == contract
     assert cfg["quadrants"] == {"Q1": "happy", "Q2": "tense", "Q3": "sad", "Q4": "calm"} and cfg["smoothing"] == 0.0
     status, _, model = served.get(cfg["model_url"])
@@ -152,8 +153,6 @@ def browser(tmp_path_factory):
 
 
 def _cfg():
-    from edgeemo.features import FeatureConfig
-
     return FeatureConfig()
 
 
@@ -295,7 +294,6 @@ def test_page_resampler_and_windower_match_the_python_runtime():
 
     import soxr
 
-    from edgeemo.features import FeatureConfig
     from edgeemo.rawaudio import pcm_windows
 
     node = shutil.which("node")

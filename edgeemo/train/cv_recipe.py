@@ -93,9 +93,9 @@ def score_songs(run_dir: Path, bundle: Path, test: Sequence[Song], role: str) ->
     from edgeemo.evaluation import predict_windowset
     from edgeemo.exporting.onnx import onnx_predictor
     from edgeemo.train.models import load_model
-    from edgeemo.train.pipeline import open_run
+    from edgeemo.train.pipeline import read_run_config
 
-    features = open_run(run_dir, None).cfg.features  # the features the bundle's card records
+    features = read_run_config(run_dir / "config.json").features  # the features the bundle's card records
     windows = build_windows(list(test), features, default_cache_dir(), strict=True, progress=False)
     if role == "teacher":
         from edgeemo.train.pipeline import model_window_predictions
